@@ -1,0 +1,67 @@
+"""Request-scoped dependencies: the app's services and the caller's identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sight.config import Settings
+from sight.core.fetch import ImageFetcher
+from sight.core.metrics import Metrics
+from sight.core.pipeline import Pipeline
+from sight.engines.registry import EngineRegistry
+from sight.errors import AuthenticationError, InvalidInputError
+from sight.storage.keys import KeyStore, Principal
+
+
+@dataclass
+class Services:
+    """Everything a running app holds, opened and closed by the lifespan."""
+
+    settings: Settings
+    db: AsyncEngine
+    keys: KeyStore
+    engines: EngineRegistry
+    fetcher: ImageFetcher
+    metrics: Metrics
+    pipeline: Pipeline
+    draining: bool = False
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def key_from_header(value: str | None) -> str | None:
+    """``Authorization: Bearer <key>`` or the bare ``Authorization: <key>`` family-2 clients send."""
+    if not value:
+        return None
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return rest.strip() or None
+    return value.strip()
+
+
+async def authenticate(request: Request, body_key: str | None = None) -> Principal:
+    """Check the key from the header and/or the body field; both present and different is a 400."""
+    header_key = key_from_header(request.headers.get("authorization"))
+    if header_key and body_key and header_key != body_key:
+        raise InvalidInputError("the api_key field and the Authorization header carry different keys")
+    key = header_key or body_key
+    if not key:
+        raise AuthenticationError("missing API key: send Authorization: Bearer <key> or the api_key field")
+    return await get_services(request).keys.verify(key)
+
+
+async def header_principal(request: Request) -> Principal:
+    return await authenticate(request)
+
+
+PrincipalDep = Annotated[Principal, Depends(header_principal)]

@@ -1,0 +1,101 @@
+"""The one table from error class to HTTP status, and the handlers that answer with it.
+
+Request-level errors answer ``{"detail": {"code": ..., "message": ...}}``. Validation problems are 400
+and never echo the input (which may hold a key).
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sight.errors import (
+    AuthenticationError,
+    CancelledItemError,
+    ConflictError,
+    EngineUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    SightError,
+    StageTimeoutError,
+    UpstreamError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[SightError], int] = {
+    PayloadTooLargeError: 413,
+    InvalidInputError: 400,
+    AuthenticationError: 401,
+    NotFoundError: 404,
+    ConflictError: 409,
+    CancelledItemError: 409,
+    EngineUnavailableError: 503,
+    UpstreamError: 502,
+    StageTimeoutError: 504,
+    SightError: 500,
+}
+CODE_FOR_STATUS = {400: "invalid_input", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                   409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def status_for(exc: SightError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+async def _sight_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SightError)
+    status = status_for(exc)
+    if status >= 500:
+        log.warning("request failed: %s: %s", exc.code, exc.message)
+    return error_response(status, exc.code, exc.message)
+
+
+def describe_validation(exc: RequestValidationError) -> str:
+    """Where and what, without the offending values."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(400, "invalid_input", describe_validation(exc))
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = CODE_FOR_STATUS.get(exc.status_code, "internal" if exc.status_code >= 500 else "invalid_input")
+    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    response = error_response(exc.status_code, code, message)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal", "internal server error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(SightError, _sight_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,111 @@
+"""Turn the two request dialects (v1 multipart, v2 JSON) into work items for the pipeline."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+
+from sight.core.pipeline import ImageInput, WorkItem
+from sight.errors import InvalidInputError, PayloadTooLargeError
+from sight.schemas import ItemOptions, PredictRequestV2
+
+FORM_FIELD_BYTES = 1024 * 1024  # a metadata/query field; files are not bound by this
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()[:5]
+    )
+
+
+@dataclass
+class PredictCall:
+    """A parsed prediction request. ``form`` (v1) holds spooled uploads to close when done."""
+
+    items: list[WorkItem]
+    query: str | None
+    api_key: str | None
+    form: FormData | None = None
+
+    async def close(self) -> None:
+        if self.form is not None:
+            await self.form.close()
+
+
+def _text_field(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a text field, not a file")
+    return value
+
+
+async def read_v1(request: Request, max_files: int) -> PredictCall:
+    """Parse the multipart body: ``files`` with parallel ``metadata`` JSON strings."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidInputError("expected a multipart/form-data body with files and metadata")
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_files + 16, max_part_size=FORM_FIELD_BYTES)
+    except HTTPException as exc:
+        if "Too many" in str(exc.detail):
+            raise PayloadTooLargeError(f"{exc.detail} (at most {max_files} files a request)") from exc
+        raise InvalidInputError(f"malformed multipart body: {exc.detail}") from exc
+    try:
+        call = _items_from_form(form)
+    except BaseException:
+        await form.close()
+        raise
+    return call
+
+
+def _items_from_form(form: FormData) -> PredictCall:
+    files = form.getlist("files")
+    metadata = form.getlist("metadata")
+    if not files:
+        raise InvalidInputError("no files: send one or more 'files' parts")
+    if not all(isinstance(f, UploadFile) for f in files):
+        raise InvalidInputError("every 'files' part must be a file upload")
+    if len(metadata) != len(files):
+        raise InvalidInputError(f"got {len(files)} files but {len(metadata)} metadata entries; send one per file")
+    items: list[WorkItem] = []
+    for index, (upload, raw) in enumerate(zip(files, metadata, strict=True)):
+        assert isinstance(upload, UploadFile)
+        if not isinstance(raw, str):
+            raise InvalidInputError(f"metadata[{index}] must be a JSON text field")
+        try:
+            parsed = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidInputError(f"metadata[{index}] is not valid JSON") from exc
+        if not isinstance(parsed, dict):
+            raise InvalidInputError(f"metadata[{index}] must be a JSON object")
+        try:
+            options = ItemOptions.model_validate(parsed)
+        except ValidationError as exc:
+            raise InvalidInputError(f"metadata[{index}]: {_describe(exc)}") from exc
+        items.append(WorkItem(index, upload.filename, ImageInput(upload=upload), options))
+    return PredictCall(items, _text_field(form, "query"), _text_field(form, "api_key"), form)
+
+
+def read_v2(body: PredictRequestV2, max_files: int) -> PredictCall:
+    if len(body.data) > max_files:
+        raise PayloadTooLargeError(f"{len(body.data)} items; at most {max_files} a request")
+    items: list[WorkItem] = []
+    for index, item in enumerate(body.data):
+        options = ItemOptions.model_validate(item.model_dump(include=set(ItemOptions.model_fields)))
+        source = ImageInput(url=item.image_url, base64=item.image_base64)
+        items.append(WorkItem(index, item.filename or _name_from_url(item.image_url), source, options))
+    return PredictCall(items, body.query, body.api_key)
+
+
+def _name_from_url(url: str | None) -> str | None:
+    if not url:
+        return None
+    tail = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return tail or None

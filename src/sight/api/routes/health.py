@@ -1,0 +1,46 @@
+"""Operations: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from sight.api.deps import ServicesDep
+from sight.schemas import Health
+from sight.storage.db import ping
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Ready for traffic: database reachable, detectors listed, not draining."""
+    checks: dict[str, object] = {
+        "detectors": services.engines.detector_names,
+        "loaded": services.engines.loaded_detectors,
+        "llm_configured": services.settings.llm.base_url is not None,
+    }
+    ok = not services.draining
+    try:
+        await ping(services.db)
+        checks["database"] = "ok"
+    except Exception as exc:  # any driver error means not ready
+        checks["database"] = type(exc).__name__
+        ok = False
+    if services.draining:
+        checks["draining"] = True
+    body = Health(status="ok" if ok else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,104 @@
+"""Prediction API (family 1): batch and NDJSON stream, v1 multipart and v2 JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from sight.api.deps import ServicesDep, authenticate
+from sight.api.forms import PredictCall, read_v1, read_v2
+from sight.api.streaming import NDJSON, ndjson_response
+from sight.schemas import ErrorResponse, PredictBatchResponse, PredictRequestV2
+
+router = APIRouter(prefix="/api/v1/inference/predict", tags=["prediction"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in {
+        400: "Invalid request (never FastAPI's 422)",
+        401: "Missing, unknown or revoked API key",
+        413: "Too many files or bytes",
+    }.items()
+}
+METADATA_EXAMPLE = '{"is_yolo": true, "is_llm": false, "is_ocr": false, "conf": 0.25}'
+MULTIPART_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files", "metadata"],
+                    "properties": {
+                        "api_key": {"type": "string", "description": "or send Authorization: Bearer <key>"},
+                        "query": {"type": "string", "example": "find the serial number"},
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "metadata": {
+                            "type": "array",
+                            "items": {"type": "string", "example": METADATA_EXAMPLE},
+                            "description": "one JSON object per file, in the same order",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {NDJSON: {"schema": {"type": "string"}}}, "description": "one JSON object per line"},
+    **ERRORS,
+}
+
+
+def _batch_response(result: Any) -> PredictBatchResponse:
+    return PredictBatchResponse(code=0 if result.summary.error == 0 else 1, result=result)
+
+
+async def _run_batch(request: Request, services: ServicesDep, call: PredictCall) -> PredictBatchResponse:
+    try:
+        await authenticate(request, call.api_key)
+        services.metrics.requests.labels(request.url.path).inc()
+        return _batch_response(await services.pipeline.run_batch(call.items, call.query))
+    finally:
+        await call.close()
+
+
+async def _run_stream(request: Request, services: ServicesDep, call: PredictCall) -> StreamingResponse:
+    try:
+        await authenticate(request, call.api_key)
+    except BaseException:
+        await call.close()
+        raise
+    services.metrics.requests.labels(request.url.path).inc()
+    return ndjson_response(request, services.pipeline, call)
+
+
+@router.post("/batch", response_model=PredictBatchResponse, responses=ERRORS, openapi_extra=MULTIPART_BODY)
+async def predict_batch(request: Request, services: ServicesDep) -> PredictBatchResponse:
+    """Run the chosen stages on every uploaded file; items come back in input order."""
+    call = await read_v1(request, services.settings.server.max_files)
+    return await _run_batch(request, services, call)
+
+
+@router.post("/batch/v2", response_model=PredictBatchResponse, responses=ERRORS)
+async def predict_batch_v2(
+    body: PredictRequestV2, request: Request, services: ServicesDep
+) -> PredictBatchResponse:
+    """Like ``/batch`` with images given as URLs (fetched through the SSRF guard) or base64."""
+    return await _run_batch(request, services, read_v2(body, services.settings.server.max_files))
+
+
+@router.post("/stream", response_class=StreamingResponse, responses=STREAM_RESPONSE,
+             openapi_extra=MULTIPART_BODY)
+async def predict_stream(request: Request, services: ServicesDep) -> StreamingResponse:
+    """NDJSON: a ``processing`` line when an item starts, ``done``/``error`` as it ends, ``complete`` last."""
+    call = await read_v1(request, services.settings.server.max_files)
+    return await _run_stream(request, services, call)
+
+
+@router.post("/stream/v2", response_class=StreamingResponse, responses=STREAM_RESPONSE)
+async def predict_stream_v2(body: PredictRequestV2, request: Request, services: ServicesDep) -> StreamingResponse:
+    """The stream of ``/stream`` for a v2 JSON body."""
+    return await _run_stream(request, services, read_v2(body, services.settings.server.max_files))

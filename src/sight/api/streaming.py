@@ -1,0 +1,74 @@
+"""NDJSON streaming of pipeline events: one line per event, flushed as produced."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from sight.api.forms import PredictCall
+from sight.core.pipeline import Pipeline, summarize
+from sight.schemas import ItemResult, StreamComplete, StreamDone, StreamError, StreamProcessing
+
+NDJSON = "application/x-ndjson"
+
+
+def _line(model: BaseModel) -> bytes:
+    return model.model_dump_json(by_alias=True).encode() + b"\n"
+
+
+async def _lines(pipeline: Pipeline, call: PredictCall) -> AsyncIterator[bytes]:
+    start = time.perf_counter()
+    results: list[ItemResult] = []
+    async for event in pipeline.events(call.items, call.query):
+        if isinstance(event, StreamProcessing):
+            yield _line(event)
+            continue
+        results.append(event)
+        if event.status == "done":
+            yield _line(StreamDone(index=event.index, filename=event.filename, result=event))
+        else:
+            assert event.error is not None
+            yield _line(StreamError(index=event.index, filename=event.filename, error=event.error))
+    answer = await pipeline.answer(call.query, results)
+    duration = round((time.perf_counter() - start) * 1000, 2)
+    yield _line(StreamComplete(summary=summarize(results), answer=answer, duration_ms=duration))
+
+
+def ndjson_response(request: Request, pipeline: Pipeline, call: PredictCall) -> StreamingResponse:
+    """Stream ``call``; a client that goes away cancels the work still pending for it."""
+
+    async def body() -> AsyncIterator[bytes]:
+        out: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async for line in _lines(pipeline, call):
+                    await out.put(line)
+            finally:
+                out.put_nowait(None)
+
+        async def watch_disconnect() -> None:
+            # The body is fully read by now, so the next message can only be a disconnect.
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            producer.cancel()
+
+        producer = asyncio.create_task(produce())
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            while (line := await out.get()) is not None:
+                yield line
+            await producer  # surfaces a bug in production instead of ending the stream silently
+        finally:
+            producer.cancel()
+            watcher.cancel()
+            await asyncio.gather(producer, watcher, return_exceptions=True)
+            await call.close()
+
+    return StreamingResponse(body(), media_type=NDJSON, headers={"Cache-Control": "no-store",
+                                                                  "X-Accel-Buffering": "no"})

@@ -1,0 +1,113 @@
+"""The ``sight`` command: serve | keys."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sight.config import Settings
+from sight.errors import SightError
+
+app = typer.Typer(help="Sight: a self-hostable vision inference server.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console()
+T = TypeVar("T")
+
+
+def _with_keys(settings: Settings, action: Callable[..., Awaitable[T]]) -> T:
+    """Open the database (migrating it), run ``action(store)``, close it."""
+    from sight.storage.db import create_engine, migrate
+    from sight.storage.keys import KeyStore
+
+    async def run() -> T:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate(engine)
+            return await action(KeyStore(engine))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except SightError as exc:
+        console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+) -> None:
+    """Start the server; on first start create a team and an API key and print the key once."""
+    import uvicorn
+
+    from sight.api.app import create_app
+    from sight.storage.keys import KeyStore
+
+    settings = Settings()
+    if host:
+        settings.server.host = host
+    if port:
+        settings.server.port = port
+
+    async def first_key(store: KeyStore) -> str | None:
+        if await store.has_teams():
+            return None
+        key, _info = await store.create_key(settings.bootstrap_team, name="first-start", is_admin=True)
+        return key
+
+    key = _with_keys(settings, first_key)
+    if key:
+        console.print(
+            f"Created team [bold]{settings.bootstrap_team}[/bold] and its first API key. "
+            "It is shown only this once; store it now:"
+        )
+        print(key, flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    team: Annotated[str, typer.Option(help="Team name; created if it does not exist.")],
+    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+    admin: Annotated[bool, typer.Option(help="Allow admin operations.")] = False,
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    key, info = _with_keys(Settings(), lambda store: store.create_key(team, name=name, is_admin=admin))
+    console.print(f"key id [bold]{info.id}[/bold] for team [bold]{team}[/bold]; shown only this once:")
+    print(key, flush=True)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (ids and teams, never secrets)."""
+    infos = _with_keys(Settings(), lambda store: store.list_keys())
+    table = Table("id", "team", "name", "created", "status")
+    for k in infos:
+        status = "revoked" if k.revoked_at else "active"
+        table.add_row(k.id, k.team, k.name or "", k.created_at.isoformat(timespec="seconds"), status)
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id, e.g. key_ab12cd34ef56.")]) -> None:
+    """Revoke a key; requests with it answer 401 from now on."""
+    _with_keys(Settings(), lambda store: store.revoke(key_id))
+    console.print(f"revoked {key_id}")
+
+
+def main() -> None:
+    app()

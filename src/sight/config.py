@@ -1,0 +1,100 @@
+"""The one settings object. Nothing else in Sight reads ``os.environ``.
+
+Every field can be set from the environment with the ``SIGHT_`` prefix and ``__`` between groups::
+
+    SIGHT_YOLO__MODELS='{"yolo11n": "/models/yolo11n.onnx"}'
+    SIGHT_LLM__BASE_URL=http://localhost:8001/v1  SIGHT_LLM__MODEL=qwen2.5-vl-7b
+    SIGHT_DATABASE_URL=postgresql+asyncpg://sight@db/sight
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_files: int = Field(64, description="Most images in one prediction request.")
+    max_body_bytes: int = Field(256 * MiB, description="Largest request body; larger answers 413.")
+    item_concurrency: int = Field(4, description="Items of one request processed at once.")
+    log_level: str = "info"
+
+
+class ImageSettings(BaseModel):
+    max_bytes: int = Field(25 * MiB, description="Largest encoded image, upload or download.")
+    max_pixels: int = Field(50_000_000, description="Largest decoded image (width x height).")
+    formats: list[str] = ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
+
+
+class FetchSettings(BaseModel):
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    total_timeout: float = 20.0
+    max_redirects: int = 3
+    allowed_ports: list[int] = [80, 443]
+    # Test-only escape hatch: networks (CIDR) that may be fetched although private or loopback.
+    # Addresses in them may also use any port. Never set this in production.
+    allow_networks: list[str] = []
+
+
+class YoloSettings(BaseModel):
+    models: dict[str, Path] = Field(default_factory=dict, description="Detector name -> ONNX file.")
+    default_model: str = "yolo11n"
+    models_dir: Path | None = Field(None, description="Folder of *.onnx detectors named by file stem.")
+    providers: list[str] | None = Field(None, description="ONNX Runtime providers; default: best present.")
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+    intra_op_threads: int = 0
+    concurrency: int = Field(1, description="Session runs at once per model; more oversubscribes CPUs.")
+
+
+class OcrSettings(BaseModel):
+    enabled: bool = True
+    concurrency: int = 1
+
+
+class LLMSettings(BaseModel):
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    model: str = "gpt-4o-mini"
+    api_key: SecretStr | None = None
+    timeout: float = 60.0
+    connect_timeout: float = 5.0
+    retries: int = 2
+    backoff: float = 0.5
+    max_tokens: int = 512
+    temperature: float = 0.0
+    max_image_side: int = Field(1536, description="Images are downscaled to this before sending.")
+
+
+class Settings(BaseSettings):
+    """Sight's configuration, built once by the CLI or ``create_app()`` and passed down by group."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SIGHT_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    server: ServerSettings = ServerSettings()
+    images: ImageSettings = ImageSettings()
+    fetch: FetchSettings = FetchSettings()
+    yolo: YoloSettings = YoloSettings()
+    ocr: OcrSettings = OcrSettings()
+    llm: LLMSettings = LLMSettings()
+    data_dir: Path = Path("./sight-data")
+    database_url: str = "sqlite+aiosqlite:///./sight.db"
+    bootstrap_team: str = "default"
+
+    def detector_paths(self) -> dict[str, Path]:
+        """Configured detectors: the ``models`` mapping over the ``*.onnx`` files of ``models_dir``."""
+        found: dict[str, Path] = {}
+        models_dir = self.yolo.models_dir or self.data_dir / "models"
+        if models_dir.is_dir():
+            found.update({p.stem: p for p in sorted(models_dir.glob("*.onnx"))})
+        found.update(self.yolo.models)
+        return found

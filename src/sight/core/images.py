@@ -1,0 +1,86 @@
+"""Image bytes -> an oriented RGB picture, under size and pixel limits, allowed formats only."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from sight.config import ImageSettings
+from sight.errors import ImageTooLargeError, InvalidImageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+DATA_URI_PREFIX = "data:"
+
+
+def _pil() -> ModuleType:
+    from PIL import Image
+
+    Image.init()  # register every plugin so ``formats=`` can name WebP and TIFF
+    # Sight enforces its own, configurable pixel limit before any pixel is decoded; Pillow's global
+    # one would only warn (or raise at twice the limit) with a message users cannot act on.
+    Image.MAX_IMAGE_PIXELS = None
+    return Image
+
+
+def decode_base64(value: str, max_bytes: int) -> bytes:
+    """Raw base64 or a ``data:image/...;base64,`` URI -> bytes, refusing oversize input early."""
+    if value.startswith(DATA_URI_PREFIX):
+        header, _, value = value.partition(",")
+        if ";base64" not in header:
+            raise InvalidImageError("data URI must be base64-encoded")
+    if len(value) * 3 // 4 > max_bytes + 3:
+        raise ImageTooLargeError(f"image is larger than {max_bytes} bytes")
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImageError("image_base64 is not valid base64") from exc
+
+
+def decode_image(data: bytes, settings: ImageSettings) -> Image.Image:
+    """Decode ``data`` to RGB with EXIF orientation applied. Blocking: call it from a worker thread."""
+    PILImage = _pil()
+    from PIL import ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise InvalidImageError("empty file")
+    if len(data) > settings.max_bytes:
+        raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {settings.max_bytes}")
+    try:
+        image = PILImage.open(io.BytesIO(data), formats=settings.formats)
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError(f"not a supported image; accepted formats: {', '.join(settings.formats)}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImageError(f"unreadable image header: {exc}") from exc
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidImageError("image has no pixels")
+    if width * height > settings.max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {settings.max_pixels}"
+        )
+    try:
+        image.load()  # first frame only for animations
+        oriented = ImageOps.exif_transpose(image) or image
+        rgb = oriented.convert("RGB")
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImageError(f"corrupt or truncated image: {exc}") from exc
+    finally:
+        image.close()
+    return rgb
+
+
+def encode_jpeg(image: Image.Image, max_side: int, quality: int = 90) -> bytes:
+    """JPEG bytes of ``image`` no larger than ``max_side`` on its long edge (what the LLM gets)."""
+    PILImage = _pil()
+
+    if max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), PILImage.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()

@@ -1,0 +1,26 @@
+"""Prometheus metrics of one app instance (own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.items = Counter(
+            "sight_items", "Items processed, by final status and error code",
+            ["status", "code"], registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "sight_stage_seconds", "Time spent per pipeline stage", ["stage"],
+            buckets=STAGE_BUCKETS, registry=self.registry,
+        )
+        self.requests = Counter(
+            "sight_predict_requests", "Prediction requests, by endpoint", ["endpoint"], registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

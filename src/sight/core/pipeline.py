@@ -1,0 +1,238 @@
+"""One item -> its stages (fetch, decode, yolo, ocr, llm) -> an ``ItemResult``; many items at once.
+
+Every stage's failure becomes that item's error; nothing an item does can fail its siblings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from sight.config import Settings
+from sight.core.images import decode_base64, decode_image, encode_jpeg
+from sight.core.metrics import Metrics
+from sight.engines.base import Detection, DetectOptions, Grounding
+from sight.engines.registry import EngineRegistry
+from sight.errors import EngineUnavailableError, ImageTooLargeError, InvalidImageError, SightError
+from sight.schemas import (
+    BatchResult,
+    Box,
+    DetectionOut,
+    ErrorInfo,
+    ImageSize,
+    ItemOptions,
+    ItemResult,
+    LlmResult,
+    LlmUsage,
+    OcrLineOut,
+    OcrResult,
+    StreamProcessing,
+    Summary,
+    YoloResult,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from sight.core.fetch import ImageFetcher
+
+log = logging.getLogger(__name__)
+
+STAGES = ("fetch", "decode", "yolo", "ocr", "llm")
+
+
+class Upload(Protocol):
+    """An uploaded file (Starlette's ``UploadFile`` fits)."""
+
+    size: int | None
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+
+@dataclass(slots=True)
+class ImageInput:
+    """Where an item's image comes from: exactly one of these is set."""
+
+    upload: Upload | None = None
+    url: str | None = None
+    base64: str | None = None
+
+
+@dataclass(slots=True)
+class WorkItem:
+    index: int
+    filename: str | None
+    image: ImageInput
+    options: ItemOptions = field(default_factory=ItemOptions)
+
+
+class Pipeline:
+    """The execution core shared by every API family."""
+
+    def __init__(self, settings: Settings, engines: EngineRegistry, fetcher: ImageFetcher, metrics: Metrics):
+        self.settings = settings
+        self.engines = engines
+        self.fetcher = fetcher
+        self.metrics = metrics
+
+    @contextmanager
+    def _timed(self, stage: str, timings: dict[str, float]) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            timings[stage] = round(elapsed * 1000, 2)
+            self.metrics.stage_seconds.labels(stage).observe(elapsed)
+
+    async def _load(self, source: ImageInput, timings: dict[str, float]) -> bytes:
+        max_bytes = self.settings.images.max_bytes
+        if source.url is not None and source.base64 is not None:
+            raise InvalidImageError("give image_url or image_base64, not both")
+        if source.upload is not None:
+            if source.upload.size is not None and source.upload.size > max_bytes:
+                raise ImageTooLargeError(f"image is {source.upload.size} bytes; the limit is {max_bytes}")
+            return await source.upload.read()
+        if source.base64 is not None:
+            return decode_base64(source.base64, max_bytes)
+        if source.url is not None:
+            with self._timed("fetch", timings):
+                return await self.fetcher.fetch(source.url)
+        raise InvalidImageError("item has no image: give a file, image_url or image_base64")
+
+    async def run_item(self, item: WorkItem, query: str | None) -> ItemResult:
+        """Run the stages ``item`` asks for. Never raises, except on cancellation."""
+        timings = dict.fromkeys(STAGES, 0.0)
+        result = ItemResult(index=item.index, filename=item.filename, status="done")
+        errors: list[SightError] = []
+        opts = item.options
+        try:
+            data = await self._load(item.image, timings)
+            with self._timed("decode", timings):
+                image = await anyio.to_thread.run_sync(decode_image, data, self.settings.images)
+            del data
+            result.image = ImageSize(width=image.width, height=image.height)
+            grounding = Grounding()
+            if opts.is_yolo:
+                try:
+                    with self._timed("yolo", timings):
+                        result.yolo, found = await self._detect(image, opts)
+                    grounding.detections.extend(found)
+                except SightError as exc:
+                    errors.append(exc)
+            if opts.is_ocr:
+                try:
+                    with self._timed("ocr", timings):
+                        result.ocr = await self._read_text(image)
+                    grounding = Grounding(grounding.detections, result.ocr.text)
+                except SightError as exc:
+                    errors.append(exc)
+            if opts.is_llm:
+                with self._timed("llm", timings):
+                    result.llm = await self._analyze(image, query, grounding, opts.llm_model)
+        except SightError as exc:
+            errors.append(exc)
+        except Exception:  # a bug, not the user's fault: keep the item, hide internals
+            log.exception("item %d failed unexpectedly", item.index)
+            errors.append(SightError("internal error while processing this image"))
+        result.timings_ms = timings
+        if errors:
+            result.status = "error"
+            result.error = ErrorInfo(code=errors[0].code, message=errors[0].message)
+        self.metrics.items.labels(result.status, result.error.code if result.error else "").inc()
+        return result
+
+    async def _detect(self, image: Image.Image, opts: ItemOptions) -> tuple[YoloResult, list[Detection]]:
+        detector = await anyio.to_thread.run_sync(self.engines.detector, opts.yolo_model)
+        options = DetectOptions(conf=opts.conf, iou=opts.iou, classes=opts.classes)
+        async with self.engines.limiter(detector.name):
+            found = await anyio.to_thread.run_sync(detector.detect, image, options)
+        wire = YoloResult(
+            model=detector.name,
+            model_version=detector.version,
+            detections=[
+                DetectionOut(name=d.name, class_id=d.class_id, confidence=d.confidence, box=Box(**asdict(d.box)))
+                for d in found
+            ],
+        )
+        return wire, found
+
+    async def _read_text(self, image: Image.Image) -> OcrResult:
+        if not self.settings.ocr.enabled:
+            raise EngineUnavailableError("OCR is disabled on this server")
+        engine = await anyio.to_thread.run_sync(self.engines.ocr)
+        async with self.engines.ocr_limiter():
+            text = await anyio.to_thread.run_sync(engine.read, image)
+        return OcrResult(
+            text=text.text,
+            lines=[OcrLineOut(text=ln.text, confidence=ln.confidence, box=Box(**asdict(ln.box))) for ln in text.lines],
+        )
+
+    async def _analyze(
+        self, image: Image.Image, query: str | None, grounding: Grounding, model: str | None
+    ) -> LlmResult:
+        jpeg = await anyio.to_thread.run_sync(encode_jpeg, image, self.settings.llm.max_image_side)
+        answer = await self.engines.llm.analyze(jpeg, query or "", grounding, model)
+        usage = LlmUsage(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens)
+        return LlmResult(answer=answer.answer, model=answer.model, usage=usage)
+
+    async def events(
+        self, items: Sequence[WorkItem], query: str | None
+    ) -> AsyncIterator[StreamProcessing | ItemResult]:
+        """Start events and results as items finish (not in input order), at most
+        ``server.item_concurrency`` at a time. Closing the iterator cancels the work still pending."""
+        queue: asyncio.Queue[StreamProcessing | ItemResult] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.settings.server.item_concurrency)
+
+        async def one(item: WorkItem) -> None:
+            async with slots:
+                await queue.put(StreamProcessing(index=item.index, filename=item.filename))
+                await queue.put(await self.run_item(item, query))
+
+        tasks = [asyncio.create_task(one(item)) for item in items]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                event = await queue.get()
+                if isinstance(event, ItemResult):
+                    remaining -= 1
+                yield event
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def answer(self, query: str | None, results: Sequence[ItemResult]) -> str | None:
+        """The batch answer: one more LLM call condenses two or more per-image answers to ``query``."""
+        answers = [(r.filename or f"image {r.index}", r.llm.answer) for r in results if r.llm is not None]
+        if query and len(answers) >= 2:
+            try:
+                return (await self.engines.llm.condense(query, answers)).answer
+            except SightError as exc:
+                log.warning("condensing %d answers failed: %s", len(answers), exc.code)
+                return None
+        return answers[0][1] if len(answers) == 1 else None
+
+    async def run_batch(self, items: Sequence[WorkItem], query: str | None) -> BatchResult:
+        start = time.perf_counter()
+        results = [event async for event in self.events(items, query) if isinstance(event, ItemResult)]
+        results.sort(key=lambda r: r.index)
+        answer = await self.answer(query, results)
+        return BatchResult(
+            items=results,
+            answer=answer,
+            summary=summarize(results),
+            duration_ms=round((time.perf_counter() - start) * 1000, 2),
+        )
+
+
+def summarize(results: Sequence[ItemResult]) -> Summary:
+    done = sum(r.status == "done" for r in results)
+    return Summary(total=len(results), done=done, error=len(results) - done)

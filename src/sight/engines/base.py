@@ -1,0 +1,89 @@
+"""Engine roles (Protocols) and the plain domain values they exchange. No HTTP here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    name: str
+    class_id: int
+    confidence: float
+    box: Box
+
+
+@dataclass(frozen=True, slots=True)
+class DetectOptions:
+    conf: float | None = None
+    iou: float | None = None
+    classes: Sequence[str | int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OcrLine:
+    text: str
+    confidence: float
+    box: Box
+
+
+@dataclass(frozen=True, slots=True)
+class OcrText:
+    text: str
+    lines: list[OcrLine]
+
+
+@dataclass(frozen=True, slots=True)
+class LLMAnswer:
+    answer: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Grounding:
+    """What other stages found on the same image, given to the LLM as context."""
+
+    detections: list[Detection] = field(default_factory=list)
+    ocr_text: str | None = None
+
+
+class Detector(Protocol):
+    """Finds objects. ``detect`` blocks: call it from a worker thread."""
+
+    name: str
+    version: str
+
+    def detect(self, image: Image.Image, options: DetectOptions) -> list[Detection]: ...
+
+
+class OcrEngine(Protocol):
+    """Reads text. ``read`` blocks: call it from a worker thread."""
+
+    def read(self, image: Image.Image) -> OcrText: ...
+
+
+class VisionLLM(Protocol):
+    """Answers a question about an image over the network."""
+
+    async def analyze(
+        self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None
+    ) -> LLMAnswer: ...
+
+    async def condense(self, query: str, answers: list[tuple[str, str]], model: str | None = None) -> LLMAnswer: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,250 @@
+"""Ultralytics YOLO detection models (v8 / 11 style) on ONNX Runtime.
+
+>>> detector = OnnxYoloDetector.load("yolo11n", Path("yolo11n.onnx"))
+>>> detector.detect(image, DetectOptions(conf=0.4))
+[Detection(name='person', class_id=0, confidence=0.91, box=Box(...)), ...]
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sight.engines.base import Box, Detection, DetectOptions
+from sight.errors import EngineUnavailableError, InvalidInputError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from PIL import Image
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PAD_VALUE = 114
+MAX_WH = 7680  # class offset for class-aware NMS, as in Ultralytics
+MAX_NMS_CANDIDATES = 30_000
+
+
+def pick_providers(wanted: Sequence[str] | None = None) -> list[str]:
+    """The execution providers to use: ``wanted`` if given, else the best ones installed."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if wanted:
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise EngineUnavailableError(f"ONNX Runtime providers not installed: {missing}; have {available}")
+        return list(wanted)
+    return [p for p in PREFERRED_PROVIDERS if p in available] or available
+
+
+@dataclass(frozen=True, slots=True)
+class Letterbox:
+    """How an image was fitted into the model input, to map boxes back."""
+
+    gain: float
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping aspect ratio and pad to ``size`` (h, w); returns an HWC uint8 array."""
+    from PIL import Image as PILImage
+
+    target_h, target_w = size
+    w, h = image.size
+    gain = min(target_h / h, target_w / w)
+    new_w, new_h = max(1, round(w * gain)), max(1, round(h * gain))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), PILImage.Resampling.BILINEAR)
+    left, top = (target_w - new_w) // 2, (target_h - new_h) // 2
+    canvas = np.full((target_h, target_w, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[top : top + new_h, left : left + new_w] = np.asarray(image.convert("RGB"))
+    return canvas, Letterbox(gain, left, top, w, h)
+
+
+def to_tensor(canvases: Sequence[np.ndarray]) -> np.ndarray:
+    """HWC uint8 images -> BCHW float32 in 0..1, the layout Ultralytics exports take."""
+    batch = np.stack(canvases).transpose(0, 3, 1, 2)
+    out = np.empty(batch.shape, dtype=np.float32)
+    np.multiply(batch, np.float32(1 / 255), out=out)
+    return out
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression over xyxy ``boxes``; returns kept indices, best first."""
+    order = scores.argsort()[::-1]
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1).clip(0) * (y2 - y1).clip(0)
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        w = (np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])).clip(0)
+        h = (np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])).clip(0)
+        inter = w * h
+        overlap = inter / (areas[i] + areas[rest] - inter + 1e-9)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _parse_literal(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+
+
+class OnnxYoloDetector:
+    """A detector over one shared ``InferenceSession`` (ONNX Runtime sessions are thread-safe)."""
+
+    def __init__(
+        self,
+        name: str,
+        session: ort.InferenceSession,
+        *,
+        version: str = "1",
+        conf: float = 0.25,
+        iou: float = 0.45,
+        max_det: int = 300,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.session = session
+        self.conf, self.iou, self.max_det = conf, iou, max_det
+        inp = session.get_inputs()[0]
+        out = session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        meta = session.get_modelmeta().custom_metadata_map
+        names = _parse_literal(meta.get("names"))
+        if isinstance(names, list):
+            names = dict(enumerate(names))
+        self.names: dict[int, str] = {int(k): str(v) for k, v in (names or {}).items()}
+        imgsz = _parse_literal(meta.get("imgsz"))
+        if isinstance(imgsz, int):
+            imgsz = [imgsz, imgsz]
+        if not imgsz:
+            h, w = inp.shape[2], inp.shape[3]
+            imgsz = [h if isinstance(h, int) else 640, w if isinstance(w, int) else 640]
+        self.imgsz: tuple[int, int] = (int(imgsz[0]), int(imgsz[1]))
+        self.stride = int(_parse_literal(meta.get("stride")) or 32)
+        self.task = meta.get("task", "detect")
+        channels = out.shape[1]
+        if self.task != "detect" or (isinstance(channels, int) and self.names and channels != 4 + len(self.names)):
+            raise EngineUnavailableError(
+                f"model {name!r} is not an Ultralytics detection export (task={self.task}, output {out.shape})"
+            )
+        batch_dim = inp.shape[0]
+        self.dynamic_batch = not isinstance(batch_dim, int)
+
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        path: Path,
+        *,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 0,
+        **kwargs: Any,
+    ) -> OnnxYoloDetector:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise ModelNotFoundError(f"model {name!r}: no ONNX file at {path}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        try:
+            session = ort.InferenceSession(str(path), options, providers=pick_providers(providers))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise EngineUnavailableError(f"model {name!r} failed to load from {path}: {exc}") from exc
+        return cls(name, session, **kwargs)
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def class_ids(self, classes: Sequence[str | int] | None) -> np.ndarray | None:
+        """Resolve a ``classes`` filter of names or ids; an unknown name is the caller's error."""
+        if not classes:
+            return None
+        by_name = {v: k for k, v in self.names.items()}
+        ids: list[int] = []
+        for c in classes:
+            if isinstance(c, int):
+                ids.append(c)
+            elif c in by_name:
+                ids.append(by_name[c])
+            elif c.isdigit():
+                ids.append(int(c))
+            else:
+                raise InvalidInputError(f"class {c!r} is not known to model {self.name!r}")
+        return np.asarray(ids, dtype=np.int64)
+
+    def detect(self, image: Image.Image, options: DetectOptions) -> list[Detection]:
+        return self.detect_many([image], options)[0]
+
+    def detect_many(self, images: Sequence[Image.Image], options: DetectOptions) -> list[list[Detection]]:
+        """Detect on several images in one session call (a single call per image if the batch is static)."""
+        wanted = self.class_ids(options.classes)
+        prepared = [letterbox(img, self.imgsz) for img in images]
+        if self.dynamic_batch:
+            outputs = self._run([c for c, _ in prepared])
+        else:
+            outputs = np.concatenate([self._run([c]) for c, _ in prepared])
+        return [
+            self.decode(out, lb, options, wanted) for out, (_, lb) in zip(outputs, prepared, strict=True)
+        ]
+
+    def _run(self, canvases: Sequence[np.ndarray]) -> np.ndarray:
+        result = self.session.run([self.output_name], {self.input_name: to_tensor(canvases)})
+        return np.asarray(result[0])
+
+    def decode(
+        self, output: np.ndarray, lb: Letterbox, options: DetectOptions, wanted: np.ndarray | None
+    ) -> list[Detection]:
+        """One image's raw output [4 + classes, anchors] -> detections in original pixels."""
+        conf_thr = self.conf if options.conf is None else options.conf
+        iou_thr = self.iou if options.iou is None else options.iou
+        pred = output.T  # anchors x (4 + classes)
+        scores = pred[:, 4:]
+        class_id = scores.argmax(axis=1)
+        confidence = scores[np.arange(len(class_id)), class_id]
+        keep = confidence > conf_thr
+        if wanted is not None:
+            keep &= np.isin(class_id, wanted)
+        if not keep.any():
+            return []
+        xywh, class_id, confidence = pred[keep, :4], class_id[keep], confidence[keep]
+        if len(confidence) > MAX_NMS_CANDIDATES:
+            top = confidence.argsort()[::-1][:MAX_NMS_CANDIDATES]
+            xywh, class_id, confidence = xywh[top], class_id[top], confidence[top]
+        boxes = np.empty_like(xywh)
+        boxes[:, :2] = xywh[:, :2] - xywh[:, 2:] / 2
+        boxes[:, 2:] = xywh[:, :2] + xywh[:, 2:] / 2
+        kept = nms(boxes + (class_id * MAX_WH)[:, None], confidence, iou_thr)[: self.max_det]
+        boxes = boxes[kept]
+        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - lb.left) / lb.gain).clip(0, lb.width)
+        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - lb.top) / lb.gain).clip(0, lb.height)
+        return [
+            Detection(
+                name=self.names.get(int(c), str(int(c))),
+                class_id=int(c),
+                confidence=round(float(s), 5),
+                box=Box(*(round(float(v), 2) for v in b)),
+            )
+            for b, c, s in zip(boxes, class_id[kept], confidence[kept], strict=True)
+        ]

@@ -1,0 +1,158 @@
+"""Vision LLM over the OpenAI-compatible chat-completions API (vLLM, Ollama, llama.cpp, OpenAI).
+
+>>> llm = OpenAIVisionLLM(settings.llm)
+>>> await llm.analyze(jpeg_bytes, "find the serial number", Grounding())
+LLMAnswer(answer='SN-4X7Q-2291-B', model='qwen2.5-vl-7b', ...)
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import anyio
+import httpx
+
+from sight.config import LLMSettings
+from sight.engines.base import Grounding, LLMAnswer
+from sight.errors import LLMError, LLMUnavailableError, StageTimeoutError
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = (
+    "You are a careful visual analyst. Answer the user's question about the image concisely and only "
+    "from what is visible. If detector or OCR findings are given, use them as hints, but trust the image."
+)
+CONDENSE_PROMPT = (
+    "You are given one question and the answers that were found for it in several images. "
+    "Combine them into one concise answer to the question, naming the image each finding came from."
+)
+DEFAULT_QUERY = "Describe this image."
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER = 10.0
+
+
+def grounding_text(grounding: Grounding) -> str:
+    parts: list[str] = []
+    if grounding.detections:
+        found = "; ".join(
+            f"{d.name} ({d.confidence:.2f}) at [{d.box.x1:.0f}, {d.box.y1:.0f}, {d.box.x2:.0f}, {d.box.y2:.0f}]"
+            for d in grounding.detections[:50]
+        )
+        parts.append(f"Object detector found: {found}.")
+    if grounding.ocr_text:
+        parts.append(f"OCR read this text in the image:\n{grounding.ocr_text}")
+    return "\n\n".join(parts)
+
+
+class OpenAIVisionLLM:
+    """The same code talks to a local vLLM and to OpenAI; only ``base_url``, ``model`` and key differ."""
+
+    def __init__(self, settings: LLMSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        headers = {"Content-Type": "application/json"}
+        if settings.api_key is not None:
+            headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+        self._client: httpx.AsyncClient | None = None
+        if settings.base_url:
+            self._client = httpx.AsyncClient(
+                base_url=settings.base_url.rstrip("/") + "/",
+                headers=headers,
+                timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
+                transport=transport,
+                trust_env=False,
+            )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def analyze(
+        self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None
+    ) -> LLMAnswer:
+        data_uri = "data:image/jpeg;base64," + base64.b64encode(image_jpeg).decode("ascii")
+        text = query or DEFAULT_QUERY
+        context = grounding_text(grounding)
+        if context:
+            text = f"{text}\n\n{context}"
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": text},
+                    {"type": "image_url", "image_url": {"url": data_uri}},
+                ],
+            },
+        ]
+        return await self._chat(messages, model)
+
+    async def condense(self, query: str, answers: list[tuple[str, str]], model: str | None = None) -> LLMAnswer:
+        listing = "\n".join(f"- {name}: {answer}" for name, answer in answers)
+        messages = [
+            {"role": "system", "content": CONDENSE_PROMPT},
+            {"role": "user", "content": f"Question: {query}\n\nAnswers per image:\n{listing}"},
+        ]
+        return await self._chat(messages, model)
+
+    async def _chat(self, messages: list[dict[str, Any]], model: str | None) -> LLMAnswer:
+        if self._client is None:
+            raise LLMUnavailableError("no vision LLM configured: set SIGHT_LLM__BASE_URL and SIGHT_LLM__MODEL")
+        body = {
+            "model": model or self.settings.model,
+            "messages": messages,
+            "max_tokens": self.settings.max_tokens,
+            "temperature": self.settings.temperature,
+        }
+        attempts = self.settings.retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = await self._client.post("chat/completions", json=body)
+            except httpx.TimeoutException as exc:
+                if last:
+                    raise StageTimeoutError(f"vision LLM did not answer within {self.settings.timeout}s") from exc
+                await anyio.sleep(self._backoff(attempt, None))
+                continue
+            except httpx.TransportError as exc:
+                if last:
+                    raise LLMUnavailableError(f"vision LLM unreachable: {type(exc).__name__}") from exc
+                await anyio.sleep(self._backoff(attempt, None))
+                continue
+            if response.status_code in RETRYABLE_STATUS and not last:
+                log.warning("vision LLM answered %s; retrying", response.status_code)
+                await anyio.sleep(self._backoff(attempt, response.headers.get("retry-after")))
+                continue
+            return self._parse(response, str(body["model"]))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(float(retry_after), MAX_RETRY_AFTER)
+            except ValueError:
+                pass
+        return float(self.settings.backoff * (2**attempt))
+
+    @staticmethod
+    def _parse(response: httpx.Response, model: str) -> LLMAnswer:
+        if response.status_code != 200:
+            raise LLMError(f"vision LLM answered HTTP {response.status_code}")
+        try:
+            payload = response.json()
+            choice = payload["choices"][0]["message"]
+            content = choice["content"]
+            if isinstance(content, list):  # some servers return content parts
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if not isinstance(content, str):
+                raise TypeError("content is not text")
+            usage = payload.get("usage") or {}
+            return LLMAnswer(
+                answer=content.strip(),
+                model=str(payload.get("model") or model),
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise LLMError("vision LLM returned a malformed chat completion") from exc

@@ -1,0 +1,117 @@
+"""Sight's one exception tree. Standard library only: the client SDK imports it too.
+
+Every class has a stable ``code`` that goes on the wire; ``api/errors.py`` maps classes to HTTP status.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "CancelledItemError",
+    "ConflictError",
+    "EngineUnavailableError",
+    "FetchFailedError",
+    "ImageTooLargeError",
+    "InvalidImageError",
+    "InvalidInputError",
+    "LLMError",
+    "LLMUnavailableError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "SightError",
+    "StageTimeoutError",
+    "UpstreamError",
+    "UrlNotAllowedError",
+    "error_for_code",
+]
+
+
+class SightError(Exception):
+    code = "internal"
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidInputError(SightError):
+    code = "invalid_input"
+
+
+class InvalidImageError(InvalidInputError):
+    code = "invalid_image"
+
+
+class ImageTooLargeError(InvalidInputError):
+    code = "image_too_large"
+
+
+class UrlNotAllowedError(InvalidInputError):
+    code = "url_not_allowed"
+
+
+class PayloadTooLargeError(InvalidInputError):
+    code = "payload_too_large"
+
+
+class AuthenticationError(SightError):
+    code = "unauthorized"
+
+
+class NotFoundError(SightError):
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class ConflictError(SightError):
+    code = "conflict"
+
+
+class EngineUnavailableError(SightError):
+    code = "engine_unavailable"
+
+
+class LLMUnavailableError(EngineUnavailableError):
+    code = "llm_unavailable"
+
+
+class UpstreamError(SightError):
+    code = "upstream_error"
+
+
+class FetchFailedError(UpstreamError):
+    code = "fetch_failed"
+
+
+class LLMError(UpstreamError):
+    code = "llm_error"
+
+
+class StageTimeoutError(SightError):
+    code = "timeout"
+
+
+class CancelledItemError(SightError):
+    code = "cancelled"
+
+
+def _all_subclasses(cls: type[SightError]) -> list[type[SightError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_for_code(code: str, message: str) -> SightError:
+    """The exception a wire ``{"code", "message"}`` pair stands for (used by the client)."""
+    for cls in _all_subclasses(SightError):
+        if cls.code == code:
+            return cls(message)
+    return SightError(message)

@@ -1,0 +1,172 @@
+"""Wire models: every request and response shape of the HTTP API, named by use."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ItemOptions(BaseModel):
+    """What to run on one image: the v1 ``metadata`` object, also embedded in v2 items."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    is_yolo: StrictBool = False
+    is_llm: StrictBool = False
+    is_ocr: StrictBool = False
+    yolo_model: StrictStr | None = None
+    conf: Probability | None = None
+    iou: Probability | None = None
+    classes: list[StrictStr | StrictInt] | None = None
+    llm_model: StrictStr | None = None
+
+
+class PredictItemV2(ItemOptions):
+    image_url: StrictStr | None = None
+    image_base64: StrictStr | None = None
+    filename: StrictStr | None = None
+
+
+class PredictRequestV2(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "api_key": "sk-sight-...",
+                    "query": "find the serial number",
+                    "data": [{"image_url": "https://example.com/a.jpg", "filename": "a.jpg",
+                              "is_yolo": True, "is_llm": True}],
+                }
+            ]
+        },
+    )
+
+    api_key: StrictStr | None = None
+    query: StrictStr | None = None
+    data: list[PredictItemV2] = Field(min_length=1)
+
+
+class Box(BaseModel):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class DetectionOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    class_id: int = Field(alias="class", serialization_alias="class")
+    confidence: float
+    box: Box
+
+
+class YoloResult(BaseModel):
+    model: str
+    model_version: str
+    detections: list[DetectionOut]
+
+
+class OcrLineOut(BaseModel):
+    text: str
+    confidence: float
+    box: Box
+
+
+class OcrResult(BaseModel):
+    text: str
+    lines: list[OcrLineOut]
+
+
+class LlmUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LlmResult(BaseModel):
+    answer: str
+    model: str
+    usage: LlmUsage
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class ItemResult(BaseModel):
+    index: int
+    filename: str | None
+    status: Literal["done", "error"]
+    image: ImageSize | None = None
+    yolo: YoloResult | None = None
+    ocr: OcrResult | None = None
+    llm: LlmResult | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+
+
+class Summary(BaseModel):
+    total: int
+    done: int
+    error: int
+
+
+class BatchResult(BaseModel):
+    items: list[ItemResult]
+    answer: str | None
+    summary: Summary
+    duration_ms: float
+
+
+class PredictBatchResponse(BaseModel):
+    code: Literal[0, 1]
+    result: BatchResult
+
+
+class ErrorResponse(BaseModel):
+    """Request-level error body of families 1, 3 and 4."""
+
+    detail: ErrorInfo
+
+
+class StreamProcessing(BaseModel):
+    status: Literal["processing"] = "processing"
+    index: int
+    filename: str | None
+
+
+class StreamDone(BaseModel):
+    status: Literal["done"] = "done"
+    index: int
+    filename: str | None
+    result: ItemResult
+
+
+class StreamError(BaseModel):
+    status: Literal["error"] = "error"
+    index: int
+    filename: str | None
+    error: ErrorInfo
+
+
+class StreamComplete(BaseModel):
+    status: Literal["complete"] = "complete"
+    summary: Summary
+    answer: str | None
+    duration_ms: float
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,102 @@
+"""Fixtures: temp settings, the app with its lifespan, real engines, real loopback servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sight.api.app import create_app
+from sight.config import FetchSettings, LLMSettings, ServerSettings, Settings, YoloSettings
+from sight.engines.base import Detector, OcrEngine
+from sight.engines.registry import EngineRegistry
+from tests.servers import FakeLLMServer, ImageServer, LiveServer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SIGHT_SHARED_DIR", ROOT.parent / "shared"))
+IMAGES = SHARED / "images"
+YOLO11N_UNTRAINED = SHARED / "models" / "yolo11n-untrained.onnx"
+
+
+def nudenet_path() -> Path:
+    import nudenet
+
+    return Path(nudenet.__file__).with_name("320n.onnx")
+
+
+@pytest.fixture(scope="session")
+def nudenet_detector() -> Detector:
+    from sight.engines.onnx_yolo import OnnxYoloDetector
+
+    return OnnxYoloDetector.load("nudenet", nudenet_path())
+
+
+@pytest.fixture(scope="session")
+def ocr_engine() -> OcrEngine:
+    from sight.engines.rapid_ocr import RapidOcrEngine
+
+    return RapidOcrEngine.load()
+
+
+@pytest.fixture(scope="session")
+def llm_server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def llm(llm_server: FakeLLMServer) -> FakeLLMServer:
+    llm_server.reset()
+    return llm_server
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[ImageServer]:
+    with ImageServer(IMAGES) as server:
+        yield server
+
+
+@pytest.fixture
+def settings(tmp_path: Path, llm_server: FakeLLMServer) -> Settings:
+    return Settings(
+        _env_file=None,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'sight.db'}",
+        data_dir=tmp_path / "data",
+        server=ServerSettings(max_files=16, max_body_bytes=40 * 1024 * 1024),
+        yolo=YoloSettings(models={"nudenet": nudenet_path()}, default_model="nudenet"),
+        llm=LLMSettings(base_url=llm_server.url, model="fake-vl", timeout=2.0, retries=1, backoff=0.01),
+        fetch=FetchSettings(),
+    )
+
+
+@pytest.fixture
+def engines(settings: Settings, nudenet_detector: Detector, ocr_engine: OcrEngine) -> EngineRegistry:
+    """Real engines, loaded once per session and shared (as one server shares them)."""
+    return EngineRegistry(settings, detectors={"nudenet": nudenet_detector}, ocr=ocr_engine)
+
+
+@pytest.fixture
+def app(settings: Settings, engines: EngineRegistry):  # type: ignore[no-untyped-def]
+    return create_app(settings, engines=engines)
+
+
+@pytest.fixture
+def client(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def api_key(client: TestClient, app) -> str:  # type: ignore[no-untyped-def]
+    key, _info = client.portal.call(app.state.services.keys.create_key, "team-a")  # type: ignore[union-attr]
+    return key
+
+
+@pytest.fixture
+def live(app) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
+    """The app served by a real uvicorn on a loopback port (for disconnects and concurrency)."""
+    with LiveServer(app) as server:
+        yield server

@@ -1,0 +1,215 @@
+"""Real HTTP servers on loopback for tests: an OpenAI-compatible vision LLM, an image host, uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import uvicorn
+
+MAX_SLEEP = 10.0  # no handler ever sleeps longer, so a test can never hang on a server
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Background:
+    """A ThreadingHTTPServer on 127.0.0.1, started and stopped as a context manager."""
+
+    handler: type[BaseHTTPRequestHandler]
+
+    def __enter__(self) -> _Background:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class _LLMHandler(_Quiet):
+    def do_POST(self) -> None:  # noqa: N802
+        owner: FakeLLMServer = self.server.owner  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._send(400, b'{"error": "bad json"}')
+            return
+        if self.path != "/v1/chat/completions":
+            self._send(404, b'{"error": "not found"}')
+            return
+        with owner.lock:
+            owner.requests.append({"body": body, "headers": dict(self.headers)})
+            mode = owner.mode_for(body)
+        if mode == "slow":
+            time.sleep(min(owner.delay, MAX_SLEEP))
+        elif mode == "429":
+            self._send(429, b'{"error": {"message": "rate limited"}}', headers={"Retry-After": "0"})
+            return
+        elif mode == "500":
+            self._send(500, b'{"error": {"message": "boom"}}')
+            return
+        elif mode == "malformed":
+            self._send(200, b'{"choices": [{"mess')
+            return
+        text = owner.reply(body)
+        payload = {
+            "id": "chatcmpl-test", "object": "chat.completion", "model": body.get("model"),
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107},
+        }
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._send(200, json.dumps(payload).encode())
+
+
+class FakeLLMServer(_Background):
+    """Speaks OpenAI chat completions; records what it receives; can be slow, 429, 500 or malformed."""
+
+    handler = _LLMHandler
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.mode = "ok"
+        self.delay = 0.0
+        self.mode_for: Callable[[dict[str, Any]], str] = lambda _body: self.mode
+
+    @property
+    def url(self) -> str:  # type: ignore[override]
+        return super().url + "/v1"
+
+    @staticmethod
+    def user_text(body: dict[str, Any]) -> str:
+        content = body["messages"][-1]["content"]
+        if isinstance(content, str):
+            return content
+        return " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+    @staticmethod
+    def image_urls(body: dict[str, Any]) -> list[str]:
+        content = body["messages"][-1]["content"]
+        if isinstance(content, str):
+            return []
+        return [p["image_url"]["url"] for p in content if p.get("type") == "image_url"]
+
+    def reply(self, body: dict[str, Any]) -> str:
+        text = self.user_text(body)
+        if "Answers per image" in text:
+            return "CONDENSED: " + " | ".join(line for line in text.splitlines() if line.startswith("- "))
+        if "SN-4X7Q-2291-B" in text.replace(" ", ""):
+            return "The serial number is SN-4X7Q-2291-B."
+        return "I see an image."
+
+
+class _ImageHandler(_Quiet):
+    def do_GET(self) -> None:  # noqa: N802
+        owner: ImageServer = self.server.owner  # type: ignore[attr-defined]
+        with owner.lock:
+            owner.hits.append(self.path)
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        if url.path == "/redirect":
+            target = query["to"][0]
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if url.path == "/slow":
+            time.sleep(min(float(query.get("s", ["1"])[0]), MAX_SLEEP))
+        name = url.path.rsplit("/", 1)[-1]
+        path = owner.root / name
+        if not name or not path.is_file():
+            self._send(404, b"not found", "text/plain")
+            return
+        self._send(200, path.read_bytes(), "image/png" if name.endswith(".png") else "image/jpeg")
+
+
+class ImageServer(_Background):
+    """Serves files of a folder; ``/redirect?to=URL`` redirects, ``/slow/NAME?s=1`` waits first."""
+
+    handler = _ImageHandler
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.lock = threading.Lock()
+        self.hits: list[str] = []
+
+
+class LiveServer:
+    """Serves an app with uvicorn on a free loopback port in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(self.config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        finally:
+            self.loop.close()
+
+    def __enter__(self) -> LiveServer:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    @property
+    def url(self) -> str:
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``await fn(*args)`` on the server's event loop (e.g. to create a key)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(fn(*args), self.loop).result(timeout=30)

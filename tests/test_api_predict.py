@@ -1,0 +1,211 @@
+"""The prediction API as clients see it: shapes, per-item isolation, request-level errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.conftest import IMAGES
+from tests.helpers import image_bytes, png_bytes, v1_request
+from tests.servers import LiveServer
+
+BATCH = "/api/v1/inference/predict/batch"
+BATCH_V2 = "/api/v1/inference/predict/batch/v2"
+
+
+def test_batch_v1_as_the_public_python_example_sends_it(live: LiveServer, app) -> None:  # type: ignore[no-untyped-def]
+    # Built exactly like the public example: httpx, data={api_key, metadata: [json...], query}, files=[...],
+    # sent over a real socket to uvicorn.
+    api_key, _ = live.call(app.state.services.keys.create_key, "team-a")
+    names = ["astronaut.png", "coffee.png"]
+    metadata = [{"is_yolo": True, "is_llm": False}, {"is_yolo": True, "is_llm": False}]
+    handles = [open(IMAGES / n, "rb") for n in names]  # noqa: SIM115
+    try:
+        r = httpx.post(
+            f"{live.url}{BATCH}",
+            data={"api_key": api_key, "metadata": [json.dumps(m) for m in metadata], "query": "what is here?"},
+            files=[("files", f) for f in handles],
+            timeout=60,
+        )
+    finally:
+        for f in handles:
+            f.close()
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["code"] == 0
+    items = body["result"]["items"]
+    assert [i["index"] for i in items] == [0, 1]
+    assert [i["filename"] for i in items] == names
+    first = items[0]
+    assert first["status"] == "done" and first["error"] is None
+    assert first["image"] == {"width": 512, "height": 512}
+    assert first["yolo"]["model"] == "nudenet" and first["yolo"]["model_version"] == "1"
+    det = first["yolo"]["detections"][0]
+    assert set(det) == {"name", "class", "confidence", "box"}
+    assert det["name"] == "FACE_FEMALE" and det["class"] == 1
+    assert set(det["box"]) == {"x1", "y1", "x2", "y2"}
+    assert first["ocr"] is None and first["llm"] is None
+    assert set(first["timings_ms"]) == {"fetch", "decode", "yolo", "ocr", "llm"}
+    assert first["timings_ms"]["yolo"] > 0 and first["timings_ms"]["decode"] > 0
+    assert body["result"]["summary"] == {"total": 2, "done": 2, "error": 0}
+    assert body["result"]["answer"] is None
+    assert body["result"]["duration_ms"] > 0
+
+
+def test_batch_reports_bad_items_without_failing_siblings(client: TestClient, api_key: str) -> None:
+    bomb = png_bytes(Image.new("L", (10_000, 6_000)))  # 60 Mpx > the 50 Mpx default, tiny on the wire
+    truncated = image_bytes("bus.jpg")[:5000]
+    files = [
+        ("good.png", image_bytes("astronaut.png")),
+        ("corrupt.jpg", truncated),
+        ("notes.jpg", b"this is plain text, not an image"),
+        ("bomb.png", bomb),
+        ("empty.jpg", b""),
+        ("good2.png", image_bytes("coffee.png")),
+    ]
+    r = client.post(BATCH, **v1_request(files, [{"is_yolo": True}] * len(files), api_key=api_key))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["code"] == 1
+    items = body["result"]["items"]
+    codes = [(i["status"], (i["error"] or {}).get("code")) for i in items]
+    assert codes == [
+        ("done", None),
+        ("error", "invalid_image"),
+        ("error", "invalid_image"),
+        ("error", "image_too_large"),
+        ("error", "invalid_image"),
+        ("done", None),
+    ]
+    assert all(i["error"]["message"] for i in items if i["error"])
+    assert body["result"]["summary"] == {"total": 6, "done": 2, "error": 4}
+
+
+def test_batch_v2_base64_and_data_uri(client: TestClient, api_key: str) -> None:
+    raw = base64.b64encode(image_bytes("astronaut.png")).decode()
+    body = {
+        "api_key": api_key,
+        "data": [
+            {"image_base64": raw, "filename": "a.png", "is_yolo": True, "is_llm": False},
+            {"image_base64": "data:image/png;base64," + raw, "is_yolo": True},
+            {"image_base64": "!!!not base64!!!", "filename": "bad", "is_yolo": True},
+            {"filename": "nothing", "is_yolo": True},
+        ],
+    }
+    r = client.post(BATCH_V2, json=body)
+    assert r.status_code == 200, r.text
+    items = r.json()["result"]["items"]
+    assert items[0]["yolo"]["detections"][0]["name"] == "FACE_FEMALE"
+    assert items[1]["yolo"]["detections"] == items[0]["yolo"]["detections"]
+    assert items[2]["error"]["code"] == "invalid_image"
+    assert items[3]["error"]["code"] == "invalid_image"
+
+
+def test_item_options_reach_the_detector(client: TestClient, api_key: str) -> None:
+    files = [("a.png", image_bytes("astronaut.png"))] * 3
+    meta = [{"is_yolo": True}, {"is_yolo": True, "conf": 0.99}, {"is_yolo": True, "classes": ["FACE_MALE"]}]
+    items = client.post(BATCH, **v1_request(files, meta, api_key=api_key)).json()["result"]["items"]
+    assert items[0]["yolo"]["detections"]
+    assert items[1]["yolo"]["detections"] == []
+    assert all(d["name"] == "FACE_MALE" for d in items[2]["yolo"]["detections"])
+
+
+def test_unknown_model_is_an_item_error(client: TestClient, api_key: str) -> None:
+    files = [("a.png", image_bytes("astronaut.png"))] * 2
+    meta = [{"is_yolo": True, "yolo_model": "ghost"}, {"is_yolo": True, "yolo_model": "nudenet:1"}]
+    items = client.post(BATCH, **v1_request(files, meta, api_key=api_key)).json()["result"]["items"]
+    assert items[0]["error"]["code"] == "model_not_found"
+    assert items[1]["status"] == "done"
+
+
+def test_ocr_item_reads_serial_number(client: TestClient, api_key: str) -> None:
+    files = [("label.png", image_bytes("serial-label.png"))]
+    items = client.post(BATCH, **v1_request(files, [{"is_ocr": True}], api_key=api_key)).json()["result"]["items"]
+    assert "SN-4X7Q-2291-B" in items[0]["ocr"]["text"].replace(" ", "")
+    assert items[0]["ocr"]["lines"][0]["box"]["x2"] > 0
+
+
+def _error(r: httpx.Response, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]["code"] == code
+    assert r.json()["detail"]["message"]
+
+
+def test_request_level_errors_answer_400_not_422(client: TestClient, api_key: str) -> None:
+    one = [("a.png", image_bytes("coffee.png"))]
+    _error(client.post(BATCH, **v1_request(one * 2, [{"is_yolo": True}], api_key=api_key)), 400, "invalid_input")
+    bad_json = {"data": {"api_key": api_key, "metadata": ["{not json"]}, "files": [("files", ("a.png", b"x"))]}
+    _error(client.post(BATCH, **bad_json), 400, "invalid_input")
+    wrong_type = v1_request(one, [{"is_yolo": "yes"}], api_key=api_key)
+    _error(client.post(BATCH, **wrong_type), 400, "invalid_input")
+    _error(client.post(BATCH, **v1_request(one, [{"conf": 2}], api_key=api_key)), 400, "invalid_input")
+    _error(client.post(BATCH, data={"api_key": api_key, "metadata": []}), 400, "invalid_input")
+    _error(client.post(BATCH, json={"api_key": api_key}), 400, "invalid_input")
+    _error(client.post(BATCH_V2, json={"api_key": api_key, "data": []}), 400, "invalid_input")
+    _error(client.post(BATCH_V2, content=b"{oops", headers={"Content-Type": "application/json"}), 400,
+           "invalid_input")
+    r = client.post(BATCH_V2, json={"api_key": api_key, "data": [{"is_yolo": "maybe"}]})
+    _error(r, 400, "invalid_input")
+    assert api_key not in r.text
+
+
+def test_too_many_files_and_bytes_answer_413(client: TestClient, api_key: str) -> None:
+    many = [("a.png", b"x")] * 17  # max_files is 16 in the test settings
+    _error(client.post(BATCH, **v1_request(many, [{}] * 17, api_key=api_key)), 413, "payload_too_large")
+    big = [("big.png", b"\0" * (41 * 1024 * 1024))]
+    _error(client.post(BATCH, **v1_request(big, [{}], api_key=api_key)), 413, "payload_too_large")
+    v2 = {"api_key": api_key, "data": [{"image_url": "http://example.com/a.jpg"}] * 17}
+    _error(client.post(BATCH_V2, json=v2), 413, "payload_too_large")
+
+
+def test_auth_header_body_and_failures(client: TestClient, api_key: str, app) -> None:  # type: ignore[no-untyped-def]
+    one = [("a.png", image_bytes("coffee.png"))]
+    ok = v1_request(one, [{"is_yolo": True}])
+    assert client.post(BATCH, headers={"Authorization": f"Bearer {api_key}"}, **ok).status_code == 200
+    assert client.post(BATCH, headers={"Authorization": api_key}, **ok).status_code == 200
+    _error(client.post(BATCH, **ok), 401, "unauthorized")
+    _error(client.post(BATCH, **v1_request(one, [{}], api_key="sk-sight-garbage")), 401, "unauthorized")
+    forged = api_key[: api_key.rindex("-") + 1] + "A" * 43
+    _error(client.post(BATCH, **v1_request(one, [{}], api_key=forged)), 401, "unauthorized")
+    other, _ = client.portal.call(app.state.services.keys.create_key, "team-b")
+    conflict = v1_request(one, [{}], api_key=api_key)
+    r = client.post(BATCH, headers={"Authorization": f"Bearer {other}"}, **conflict)
+    _error(r, 400, "invalid_input")
+    assert api_key not in r.text and other not in r.text
+    key_id = other.split("-")[2]
+    client.portal.call(app.state.services.keys.revoke, key_id)
+    _error(client.post(BATCH, headers={"Authorization": f"Bearer {other}"}, **ok), 401, "unauthorized")
+    v2 = {"data": [{"image_base64": base64.b64encode(image_bytes("coffee.png")).decode()}]}
+    _error(client.post(BATCH_V2, json=v2), 401, "unauthorized")
+    assert client.post(BATCH_V2, json={**v2, "api_key": api_key}).status_code == 200
+
+
+def test_exif_orientation_is_applied_before_detection(client: TestClient, api_key: str) -> None:
+    from tests.helpers import exif_rotated_jpeg
+
+    _upright, sideways = exif_rotated_jpeg(IMAGES / "astronaut.png")
+    assert Image.open(io.BytesIO(sideways)).getexif()[0x0112] == 6
+    item = client.post(BATCH, **v1_request([("s.jpg", sideways)], [{"is_yolo": True}], api_key=api_key)).json()
+    det = item["result"]["items"][0]["yolo"]["detections"]
+    face = next(d for d in det if d["name"] == "FACE_FEMALE")
+    assert 150 < face["box"]["x1"] < face["box"]["x2"] < 300 and 50 < face["box"]["y1"] < face["box"]["y2"] < 210
+
+
+def test_health_ready_metrics_and_openapi(client: TestClient, api_key: str) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    client.post(BATCH, **v1_request([("a.png", image_bytes("coffee.png"))], [{"is_yolo": True}], api_key=api_key))
+    metrics = client.get("/metrics").text
+    assert 'sight_items_total{code="",status="done"}' in metrics
+    assert 'sight_stage_seconds_bucket{le="0.001",stage="yolo"}' in metrics
+    spec = client.get("/openapi.json").json()
+    for path in (BATCH, BATCH_V2, "/api/v1/inference/predict/stream", "/api/v1/inference/predict/stream/v2"):
+        assert path in spec["paths"]
+    assert "multipart/form-data" in spec["paths"][BATCH]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
