@@ -28,6 +28,11 @@ def nudenet_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
 def nudenet_detector() -> Detector:
     from sight.engines.onnx_yolo import OnnxYoloDetector
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -67,8 +68,11 @@ def ndjson_response(request: Request, pipeline: Pipeline, call: PredictCall) -> 
         finally:
             producer.cancel()
             watcher.cancel()
-            await asyncio.gather(producer, watcher, return_exceptions=True)
-            await call.close()
+            # Starlette cancels this generator through an anyio scope that keeps cancelling every await:
+            # shield the cleanup so uploads are always closed.
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(producer, watcher, return_exceptions=True)
+                await call.close()
 
     return StreamingResponse(body(), media_type=NDJSON, headers={"Cache-Control": "no-store",
                                                                   "X-Accel-Buffering": "no"})

@@ -1,0 +1,3 @@
+from sight.cli import main
+
+main()
