@@ -65,12 +65,14 @@ def decode_image(data: bytes, settings: ImageSettings) -> Image.Image:
         )
     try:
         image.load()  # first frame only for animations
-        oriented = ImageOps.exif_transpose(image) or image
-        rgb = oriented.convert("RGB")
+        ImageOps.exif_transpose(image, in_place=True)
+        if image.mode == "RGB":
+            return image  # no copy: most photos are decoded straight to RGB
+        rgb = image.convert("RGB")
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidImageError(f"corrupt or truncated image: {exc}") from exc
-    finally:
         image.close()
+        raise InvalidImageError(f"corrupt or truncated image: {exc}") from exc
+    image.close()
     return rgb
 
 

@@ -54,18 +54,22 @@ class Letterbox:
 
 
 def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping aspect ratio and pad to ``size`` (h, w); returns an HWC uint8 array."""
-    from PIL import Image as PILImage
+    """Resize keeping aspect ratio and pad to ``size`` (h, w), as Ultralytics does (OpenCV bilinear,
+    grey 114 padding, centred); returns an HWC uint8 RGB array."""
+    import cv2
 
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     target_h, target_w = size
     w, h = image.size
     gain = min(target_h / h, target_w / w)
     new_w, new_h = max(1, round(w * gain)), max(1, round(h * gain))
+    pixels = np.asarray(image)
     if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), PILImage.Resampling.BILINEAR)
+        pixels = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     left, top = (target_w - new_w) // 2, (target_h - new_h) // 2
     canvas = np.full((target_h, target_w, 3), PAD_VALUE, dtype=np.uint8)
-    canvas[top : top + new_h, left : left + new_w] = np.asarray(image.convert("RGB"))
+    canvas[top : top + new_h, left : left + new_w] = pixels
     return canvas, Letterbox(gain, left, top, w, h)
 
 
