@@ -77,6 +77,30 @@ def settings(tmp_path: Path, llm_server: FakeLLMServer) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL: SIGHT_TEST_POSTGRES_URL, or a throwaway cluster from Debian's binaries."""
+    from tests.pg import TempPostgres
+
+    if url := os.environ.get("SIGHT_TEST_POSTGRES_URL"):
+        yield url
+        return
+    server = TempPostgres()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+    from tests.pg import fresh_database
+
+    return fresh_database(request.getfixturevalue("postgres_server"))
+
+
 @pytest.fixture
 def engines(settings: Settings, nudenet_detector: Detector, ocr_engine: OcrEngine) -> EngineRegistry:
     """Real engines, loaded once per session and shared (as one server shares them)."""

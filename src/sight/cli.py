@@ -79,6 +79,32 @@ def serve(
     )
 
 
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option(help="Exit once no work is left instead of waiting for more.")] = False,
+) -> None:
+    """Process batch requests from the shared database. Run any number of these; start the API server with
+    SIGHT_JOBS__RUN_IN_SERVER=false to leave all processing to them."""
+    import signal
+
+    from sight.runtime import open_services
+
+    async def run() -> None:
+        async with open_services(Settings()) as services:
+            runner = services.new_runner()
+            if burst:
+                await runner.run_until_idle()
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            console.print(f"worker {runner.worker} processing batch requests")
+            await runner.run(stop)
+
+    asyncio.run(run())
+
+
 @keys_app.command("create")
 def keys_create(
     team: Annotated[str, typer.Option(help="Team name; created if it does not exist.")],

@@ -73,6 +73,22 @@ class LLMSettings(BaseModel):
     max_image_side: int = Field(1536, description="Images are downscaled to this before sending.")
 
 
+class JobsSettings(BaseModel):
+    run_in_server: bool = Field(True, description="Process batch requests inside `sight serve`.")
+    concurrency: int = Field(4, description="Batch requests one runner processes at once.")
+    claim_batch: int = Field(8, description="Requests claimed per database round trip.")
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 10.0
+    poll_seconds: float = 0.5
+    max_attempts: int = 3
+    backoff_seconds: float = 2.0
+    backoff_max_seconds: float = 300.0
+    retention_hours: float = Field(24 * 30, description="Results are kept this long after a batch is created.")
+    deadline_hours: float = Field(24, description="Work still pending this long after creation is cancelled.")
+    sweep_seconds: float = 60.0
+    max_requests_per_call: int = 1000
+
+
 class Settings(BaseSettings):
     """Sight's configuration, built once by the CLI or ``create_app()`` and passed down by group."""
 
@@ -86,6 +102,7 @@ class Settings(BaseSettings):
     yolo: YoloSettings = YoloSettings()
     ocr: OcrSettings = OcrSettings()
     llm: LLMSettings = LLMSettings()
+    jobs: JobsSettings = JobsSettings()
     data_dir: Path = Path("./sight-data")
     database_url: str = "sqlite+aiosqlite:///./sight.db"
     bootstrap_team: str = "default"

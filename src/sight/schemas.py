@@ -170,3 +170,99 @@ class StreamComplete(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- Batches (xAI Batch API compatible) ---------------------------------------------------------------
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"name": "serial numbers, line 4"}]})
+
+    name: StrictStr = Field(min_length=1, max_length=500)
+
+
+class BatchState(BaseModel):
+    num_requests: int
+    num_pending: int
+    num_success: int
+    num_error: int
+    num_cancelled: int
+
+
+class BatchPublic(BaseModel):
+    batch_id: str
+    name: str
+    create_time: str
+    expire_time: str
+    cancel_time: str | None
+    create_api_key_id: str
+    status: Literal["processing", "ended", "cancelled", "expired"]
+    state: BatchState
+
+
+class BatchList(BaseModel):
+    batches: list[BatchPublic]
+    pagination_token: str | None
+
+
+class VisionPredict(ItemOptions):
+    image_url: StrictStr | None = None
+    image_base64: StrictStr | None = None
+    filename: StrictStr | None = None
+    query: StrictStr | None = None
+
+
+class BatchRequestBody(BaseModel):
+    vision_predict: VisionPredict
+
+
+class BatchRequestIn(BaseModel):
+    batch_request_id: StrictStr | None = Field(None, min_length=1, max_length=200)
+    batch_request: BatchRequestBody
+
+
+class BatchRequestsAdd(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"batch_requests": [
+        {"batch_request_id": "img-1", "batch_request": {"vision_predict": {
+            "image_url": "https://example.com/label.jpg", "is_ocr": True, "is_llm": True,
+            "query": "find the serial number"}}}]}]})
+
+    batch_requests: list[BatchRequestIn] = Field(min_length=1)
+
+
+class BatchRequestIds(BaseModel):
+    batch_request_ids: list[str]
+
+
+class BatchRequestMetadata(BaseModel):
+    batch_request_id: str
+    endpoint: Literal["vision_predict"] = "vision_predict"
+    model: str | None
+    state: Literal["pending", "succeeded", "failed", "cancelled"]
+    create_time: str
+    finish_time: str | None
+
+
+class BatchRequestList(BaseModel):
+    batch_request_metadata: list[BatchRequestMetadata]
+    pagination_token: str | None
+
+
+class BatchResponseBody(BaseModel):
+    vision_predict: ItemResult
+
+
+class BatchResultBody(BaseModel):
+    response: BatchResponseBody
+
+
+class BatchResultEntry(BaseModel):
+    batch_request_id: str
+    batch_result: BatchResultBody | None = None
+    error_message: str | None = None
+    error: ErrorInfo | None = None
+
+
+class BatchResultList(BaseModel):
+    results: list[BatchResultEntry]
+    pagination_token: str | None

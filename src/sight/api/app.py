@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,16 +11,12 @@ from fastapi import FastAPI
 
 from sight import __version__
 from sight.api import errors
-from sight.api.deps import Services
 from sight.api.limits import BodyLimitMiddleware
+from sight.api.routes import batches as batch_routes
 from sight.api.routes import health, predict
 from sight.config import Settings
-from sight.core.fetch import ImageFetcher
-from sight.core.metrics import Metrics
-from sight.core.pipeline import Pipeline
 from sight.engines.registry import EngineRegistry
-from sight.storage.db import create_engine, migrate
-from sight.storage.keys import KeyStore
+from sight.runtime import open_services
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +32,22 @@ def create_app(settings: Settings | None = None, *, engines: EngineRegistry | No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = create_engine(settings.database_url)
-        await migrate(db)
-        registry = engines or EngineRegistry(settings)
-        fetcher = ImageFetcher(settings.fetch, settings.images.max_bytes)
-        metrics = Metrics()
-        app.state.services = Services(
-            settings=settings,
-            db=db,
-            keys=KeyStore(db),
-            engines=registry,
-            fetcher=fetcher,
-            metrics=metrics,
-            pipeline=Pipeline(settings, registry, fetcher, metrics),
-        )
-        try:
-            yield
-        finally:
-            app.state.services.draining = True
-            await fetcher.aclose()
-            await registry.aclose()
-            await db.dispose()
+        async with open_services(settings, engines=engines, with_runner=settings.jobs.run_in_server) as services:
+            app.state.services = services
+            stop = asyncio.Event()
+            runner = asyncio.create_task(services.runner.run(stop)) if services.runner else None
+            try:
+                yield
+            finally:
+                services.draining = True
+                stop.set()
+                if runner is not None:
+                    await runner
 
     app = FastAPI(title="Sight", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
     app.include_router(health.router)
     app.include_router(predict.router)
+    app.include_router(batch_routes.router)
     return app

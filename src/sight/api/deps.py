@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sight.config import Settings
-from sight.core.fetch import ImageFetcher
-from sight.core.metrics import Metrics
-from sight.core.pipeline import Pipeline
-from sight.engines.registry import EngineRegistry
 from sight.errors import AuthenticationError, InvalidInputError
-from sight.storage.keys import KeyStore, Principal
-
-
-@dataclass
-class Services:
-    """Everything a running app holds, opened and closed by the lifespan."""
-
-    settings: Settings
-    db: AsyncEngine
-    keys: KeyStore
-    engines: EngineRegistry
-    fetcher: ImageFetcher
-    metrics: Metrics
-    pipeline: Pipeline
-    draining: bool = False
+from sight.runtime import Services
+from sight.storage.keys import Principal
 
 
 def get_services(request: Request) -> Services:

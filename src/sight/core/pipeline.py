@@ -61,6 +61,7 @@ class ImageInput:
     """Where an item's image comes from: exactly one of these is set."""
 
     upload: Upload | None = None
+    data: bytes | None = None
     url: str | None = None
     base64: str | None = None
 
@@ -96,6 +97,8 @@ class Pipeline:
         max_bytes = self.settings.images.max_bytes
         if source.url is not None and source.base64 is not None:
             raise InvalidImageError("give image_url or image_base64, not both")
+        if source.data is not None:
+            return source.data
         if source.upload is not None:
             if source.upload.size is not None and source.upload.size > max_bytes:
                 raise ImageTooLargeError(f"image is {source.upload.size} bytes; the limit is {max_bytes}")

@@ -22,6 +22,8 @@ def create_engine(database_url: str) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, begin transactions: see _begin_immediate.
+        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
@@ -29,11 +31,20 @@ def create_engine(database_url: str) -> AsyncEngine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        # Writers take the write lock up front: a deferred transaction that later writes can fail with
+        # SQLITE_BUSY whatever the busy timeout, and claims must be atomic across processes. Readers
+        # (session_factory(readonly=True)) begin deferred and, under WAL, never block anyone.
+        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}")
+
     return engine
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: AsyncEngine, *, readonly: bool = False) -> async_sessionmaker[Any]:
+    """Sessions on ``engine``; ``readonly`` ones must not write (on SQLite they begin DEFERRED)."""
+    bind = engine.execution_options(sqlite_begin="DEFERRED") if readonly else engine
+    return async_sessionmaker(bind, expire_on_commit=False)
 
 
 async def migrate(engine: AsyncEngine) -> None:

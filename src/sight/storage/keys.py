@@ -52,9 +52,10 @@ class KeyInfo:
 class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = session_factory(engine)
+        self._reads = session_factory(engine, readonly=True)
 
     async def has_teams(self) -> bool:
-        async with self._sessions() as s:
+        async with self._reads() as s:
             return (await s.execute(select(Team.id).limit(1))).first() is not None
 
     async def ensure_team(self, name: str) -> str:
@@ -82,7 +83,7 @@ class KeyStore:
         return f"{KEY_PREFIX}{key_id}-{secret}", info
 
     async def list_keys(self) -> list[KeyInfo]:
-        async with self._sessions() as s:
+        async with self._reads() as s:
             rows = await s.execute(
                 select(ApiKey, Team.name).join(Team, Team.id == ApiKey.team_id).order_by(ApiKey.created_at)
             )
@@ -105,7 +106,7 @@ class KeyStore:
         key_id, secret = match.groups() if match else ("", presented)
         row: tuple[ApiKey, str] | None = None
         if match:
-            async with self._sessions() as s:
+            async with self._reads() as s:
                 found = await s.execute(
                     select(ApiKey, Team.name).join(Team, Team.id == ApiKey.team_id).where(ApiKey.id == key_id)
                 )

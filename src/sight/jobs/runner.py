@@ -1,0 +1,163 @@
+"""Processes batch requests: claims them, runs each through the pipeline, records the outcome.
+
+Runs inside ``sight serve`` (default) or as any number of ``sight worker`` processes sharing the database.
+
+>>> runner = Runner(queue, store, pipeline, blobs, settings.jobs)
+>>> await runner.run_until_idle()     # tests: work until nothing is left
+>>> await runner.run(stop_event)      # servers and workers: until told to stop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+
+import anyio
+
+from sight.config import JobsSettings
+from sight.core.pipeline import ImageInput, Pipeline, WorkItem
+from sight.errors import SightError
+from sight.jobs.blobs import BlobStore
+from sight.jobs.queue import Claimed, JobQueue
+from sight.jobs.store import BatchStore
+from sight.schemas import ItemOptions
+
+log = logging.getLogger(__name__)
+
+# Worth another attempt: the network, the LLM backend or a deadline may do better next time.
+TRANSIENT_CODES = frozenset({"fetch_failed", "llm_unavailable", "llm_error", "timeout", "internal"})
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Runner:
+    def __init__(
+        self, queue: JobQueue, store: BatchStore, pipeline: Pipeline, blobs: BlobStore, settings: JobsSettings,
+        *, worker: str | None = None,
+    ) -> None:
+        self.queue, self.store, self.pipeline, self.blobs = queue, store, pipeline, blobs
+        self.settings = settings
+        self.worker = worker or worker_name()
+        self._inflight: dict[int, tuple[asyncio.Task[None], int]] = {}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """New work was added in this process: look now instead of at the next poll."""
+        self._wake.set()
+
+    def cancel_batch(self, batch_seq: int) -> None:
+        """Interrupt this process's in-flight requests of a cancelled batch (others notice at heartbeat)."""
+        for task, seq_of_batch in list(self._inflight.values()):
+            if seq_of_batch == batch_seq:
+                task.cancel()
+
+    async def _process(self, job: Claimed) -> None:
+        try:
+            payload = dict(job.payload)
+            data = await anyio.to_thread.run_sync(self.blobs.get, job.blob_sha) if job.blob_sha else None
+            item = WorkItem(
+                index=0,
+                filename=payload.get("filename"),
+                image=ImageInput(data=data, url=payload.get("image_url")),
+                options=ItemOptions.model_validate(payload),
+            )
+            result = await self.pipeline.run_item(item, payload.get("query"))
+            if result.status == "done":
+                await self.queue.complete(self.worker, job.seq, "succeeded", result.model_dump(mode="json",
+                                                                                              by_alias=True), None)
+                return
+            assert result.error is not None
+            error = result.error.model_dump()
+        except SightError as exc:
+            error = exc.to_dict()
+        if error["code"] in TRANSIENT_CODES and job.attempts < self.settings.max_attempts:
+            delay = min(self.settings.backoff_seconds * 2 ** (job.attempts - 1), self.settings.backoff_max_seconds)
+            await self.queue.retry(self.worker, job.seq, error, delay)
+        else:
+            await self.queue.complete(self.worker, job.seq, "failed", None, error)
+
+    async def _guarded(self, job: Claimed) -> None:
+        try:
+            await self._process(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the database went away mid-write, say: the lease lapses and another claim retries
+            log.exception("request %s of batch %s failed in the runner", job.request_id, job.batch_seq)
+        finally:
+            self._inflight.pop(job.seq, None)
+
+    async def _fill(self) -> int:
+        free = self.settings.concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
+        jobs = await self.queue.claim(self.worker, min(free, self.settings.claim_batch))
+        for job in jobs:
+            self._inflight[job.seq] = (asyncio.create_task(self._guarded(job)), job.batch_seq)
+        return len(jobs)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            try:
+                held = await self.queue.heartbeat(self.worker, list(self._inflight))
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            for seq, (task, _batch) in list(self._inflight.items()):
+                if seq not in held:
+                    task.cancel()  # cancelled by the user, or our lease lapsed and another worker has it
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                await self.store.sweep()
+            except Exception:
+                log.exception("sweep failed")
+            await asyncio.sleep(self.settings.sweep_seconds)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        self._wake.clear()
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=self.settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then cancel what is in flight (its leases lapse and it is retried)."""
+        helpers = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._sweep())]
+        try:
+            while not stop.is_set():
+                try:
+                    claimed = await self._fill()
+                except Exception:
+                    log.exception("claiming work failed")
+                    claimed = 0
+                if claimed == 0:
+                    await self._idle(stop)
+        finally:
+            for task in [*helpers, *(t for t, _ in self._inflight.values())]:
+                task.cancel()
+            await asyncio.gather(*helpers, *(t for t, _ in self._inflight.values()), return_exceptions=True)
+
+    async def run_until_idle(self) -> None:
+        """Work until nothing is pending or running (waiting out retry backoffs). For tests and bursts."""
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while True:
+                await self._fill()
+                if self._inflight:
+                    await asyncio.wait([t for t, _ in self._inflight.values()], return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if not await self.queue.has_claimable():
+                    return
+                await asyncio.sleep(min(self.settings.poll_seconds, 0.05))
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)

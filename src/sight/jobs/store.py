@@ -1,0 +1,335 @@
+"""Batches as the API sees them: create, list, add requests, page requests and results, cancel, expire.
+
+Every method takes the caller's ``team_id``; another team's batch is simply not found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from sight.config import Settings
+from sight.core.images import decode_base64
+from sight.errors import (
+    ConflictError,
+    ImageTooLargeError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from sight.jobs import paging
+from sight.jobs.blobs import BlobStore
+from sight.schemas import (
+    BatchList,
+    BatchPublic,
+    BatchRequestIn,
+    BatchRequestList,
+    BatchRequestMetadata,
+    BatchResultEntry,
+    BatchResultList,
+    BatchState,
+    ErrorInfo,
+)
+from sight.storage.db import session_factory
+from sight.storage.tables import Batch, BatchRequest
+
+OPEN_STATES = ("pending", "running")
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything Sight stores is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def body_hash(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    total: int = 0
+    pending: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class BatchStore:
+    def __init__(self, engine: AsyncEngine, settings: Settings, blobs: BlobStore) -> None:
+        self._sessions = session_factory(engine)
+        self._reads = session_factory(engine, readonly=True)
+        self.settings = settings
+        self.blobs = blobs
+
+    # -- batches ---------------------------------------------------------------------------------------
+
+    async def create(self, team_id: str, key_id: str, name: str, idempotency_key: str | None) -> BatchPublic:
+        digest = body_hash({"name": name}) if idempotency_key else None
+        if idempotency_key:
+            existing = await self._by_idempotency(team_id, idempotency_key, digest)
+            if existing is not None:
+                return existing
+        created = now()
+        jobs = self.settings.jobs
+        batch = Batch(
+            id="batch_" + secrets.token_hex(12), team_id=team_id, name=name, create_api_key_id=key_id,
+            idempotency_key=idempotency_key, body_hash=digest, created_at=created,
+            expire_at=created + timedelta(hours=jobs.retention_hours),
+            deadline_at=created + timedelta(hours=jobs.deadline_hours), result_counter=0,
+        )
+        try:
+            async with self._sessions() as s, s.begin():
+                s.add(batch)
+        except IntegrityError:
+            # Lost a race with the same Idempotency-Key: answer with the winner.
+            existing = await self._by_idempotency(team_id, idempotency_key or "", digest)
+            if existing is None:
+                raise
+            return existing
+        return await self.get(team_id, batch.id)
+
+    async def _by_idempotency(self, team_id: str, key: str, digest: str | None) -> BatchPublic | None:
+        async with self._reads() as s:
+            batch = (await s.execute(
+                select(Batch).where(Batch.team_id == team_id, Batch.idempotency_key == key)
+            )).scalar_one_or_none()
+            if batch is None:
+                return None
+            if batch.body_hash != digest:
+                raise ConflictError("this Idempotency-Key was used with a different request body")
+            return await self._public(s, batch)
+
+    async def _batch(self, s: AsyncSession, team_id: str, batch_id: str) -> Batch:
+        batch = (await s.execute(
+            select(Batch).where(Batch.id == batch_id, Batch.team_id == team_id)
+        )).scalar_one_or_none()
+        if batch is None:
+            raise NotFoundError(f"no batch {batch_id!r}")
+        return batch
+
+    async def _counts(self, s: AsyncSession, batch_seq: int) -> Counts:
+        rows = (await s.execute(
+            select(BatchRequest.state, func.count()).where(BatchRequest.batch_seq == batch_seq)
+            .group_by(BatchRequest.state)
+        )).all()
+        by_state = {state: int(n) for state, n in rows}
+        return Counts(
+            total=sum(by_state.values()),
+            pending=sum(by_state.get(st, 0) for st in OPEN_STATES),
+            succeeded=by_state.get("succeeded", 0),
+            failed=by_state.get("failed", 0),
+            cancelled=by_state.get("cancelled", 0),
+        )
+
+    @staticmethod
+    def _expired(batch: Batch) -> bool:
+        return batch.purged or utc(batch.expire_at) <= now()
+
+    async def _public(self, s: AsyncSession, batch: Batch) -> BatchPublic:
+        c = await self._counts(s, batch.seq)
+        if self._expired(batch):
+            status = "expired"
+        elif batch.cancel_time is not None:
+            status = "cancelled"
+        elif c.total and not c.pending:
+            status = "ended"
+        else:
+            status = "processing"
+        return BatchPublic(
+            batch_id=batch.id, name=batch.name, create_time=rfc3339(batch.created_at) or "",
+            expire_time=rfc3339(batch.expire_at) or "", cancel_time=rfc3339(batch.cancel_time),
+            create_api_key_id=batch.create_api_key_id, status=status,
+            state=BatchState(num_requests=c.total, num_pending=c.pending, num_success=c.succeeded,
+                             num_error=c.failed, num_cancelled=c.cancelled),
+        )
+
+    async def get(self, team_id: str, batch_id: str) -> BatchPublic:
+        async with self._reads() as s:
+            return await self._public(s, await self._batch(s, team_id, batch_id))
+
+    async def list_batches(self, team_id: str, limit: int, token: str | None) -> BatchList:
+        scope = 0
+        before = paging.decode(token, "batches", scope)
+        query = select(Batch).where(Batch.team_id == team_id)
+        if before is not None:
+            query = query.where(Batch.seq < before)
+        async with self._reads() as s:
+            rows = list((await s.execute(query.order_by(Batch.seq.desc()).limit(limit + 1))).scalars())
+            page = [await self._public(s, b) for b in rows[:limit]]
+        more = len(rows) > limit
+        return BatchList(batches=page, pagination_token=paging.encode("batches", scope, rows[limit - 1].seq)
+                         if more else None)
+
+    # -- requests --------------------------------------------------------------------------------------
+
+    def _model_of(self, options: dict[str, Any]) -> str | None:
+        if options.get("is_yolo"):
+            return str(options.get("yolo_model") or self.settings.yolo.default_model)
+        if options.get("is_llm"):
+            return str(options.get("llm_model") or self.settings.llm.model)
+        if options.get("is_ocr"):
+            return "rapidocr"
+        return None
+
+    async def add_requests(self, team_id: str, batch_id: str, items: Sequence[BatchRequestIn]) -> list[str]:
+        if len(items) > self.settings.jobs.max_requests_per_call:
+            raise InvalidInputError(f"at most {self.settings.jobs.max_requests_per_call} requests per call")
+        ids = [item.batch_request_id or "req_" + secrets.token_hex(10) for item in items]
+        if len(set(ids)) != len(ids):
+            raise ConflictError("duplicate batch_request_id in this call")
+        payloads: list[tuple[dict[str, Any], str | None]] = []
+        for index, item in enumerate(items):
+            vp = item.batch_request.vision_predict
+            if (vp.image_url is None) == (vp.image_base64 is None):
+                raise InvalidInputError(f"batch_requests[{index}] needs exactly one of image_url and image_base64")
+            payload = vp.model_dump(exclude={"image_base64"}, exclude_none=True)
+            sha = None
+            if vp.image_base64 is not None:
+                # Validates and caps (413) before anything is stored; the bytes go to disk once, by content.
+                try:
+                    data = decode_base64(vp.image_base64, self.settings.images.max_bytes)
+                except ImageTooLargeError as exc:
+                    raise PayloadTooLargeError(f"batch_requests[{index}]: {exc.message}") from exc
+                sha = await anyio.to_thread.run_sync(self.blobs.put, data)
+            payloads.append((payload, sha))
+        created = now()
+        try:
+            async with self._sessions() as s, s.begin():
+                batch = await self._batch(s, team_id, batch_id)
+                if self._expired(batch) or batch.cancel_time is not None:
+                    raise ConflictError("the batch is cancelled or expired; no requests can be added")
+                s.add_all([
+                    BatchRequest(batch_seq=batch.seq, request_id=rid, payload=payload, blob_sha=sha,
+                                 state="pending", attempts=0, available_at=created, created_at=created)
+                    for rid, (payload, sha) in zip(ids, payloads, strict=True)
+                ])
+        except IntegrityError as exc:
+            raise ConflictError("a batch_request_id is already in this batch") from exc
+        return ids
+
+    async def list_requests(self, team_id: str, batch_id: str, limit: int, token: str | None) -> BatchRequestList:
+        async with self._reads() as s:
+            batch = await self._batch(s, team_id, batch_id)
+            after = paging.decode(token, "requests", batch.seq) or 0
+            rows = list((await s.execute(
+                select(BatchRequest).where(BatchRequest.batch_seq == batch.seq, BatchRequest.seq > after)
+                .order_by(BatchRequest.seq).limit(limit + 1)
+            )).scalars())
+        page = [
+            BatchRequestMetadata(
+                batch_request_id=r.request_id, model=self._model_of(r.payload or {}),
+                state="pending" if r.state in OPEN_STATES else r.state,
+                create_time=rfc3339(r.created_at) or "", finish_time=rfc3339(r.finished_at),
+            )
+            for r in rows[:limit]
+        ]
+        more = len(rows) > limit
+        return BatchRequestList(batch_request_metadata=page,
+                                pagination_token=paging.encode("requests", batch.seq, rows[limit - 1].seq)
+                                if more else None)
+
+    async def results(self, team_id: str, batch_id: str, limit: int, token: str | None) -> BatchResultList:
+        """Finished results in completion order. While the batch runs, the last page carries a token to
+        poll again from; rows never move, so pages neither skip nor repeat."""
+        async with self._reads() as s:
+            batch = await self._batch(s, team_id, batch_id)
+            after = paging.decode(token, "results", batch.seq) or 0
+            if self._expired(batch):
+                return BatchResultList(results=[], pagination_token=None)
+            rows = list((await s.execute(
+                select(BatchRequest).where(BatchRequest.batch_seq == batch.seq, BatchRequest.result_seq > after)
+                .order_by(BatchRequest.result_seq).limit(limit + 1)
+            )).scalars())
+            still_running = batch.cancel_time is None and (await self._counts(s, batch.seq)).pending > 0
+        page = [self._result_entry(r) for r in rows[:limit]]
+        last = rows[min(len(rows), limit) - 1].result_seq if rows else after
+        more = len(rows) > limit or still_running
+        return BatchResultList(results=page,
+                               pagination_token=paging.encode("results", batch.seq, last or 0) if more else None)
+
+    @staticmethod
+    def _result_entry(r: BatchRequest) -> BatchResultEntry:
+        if r.state == "succeeded" and r.result is not None:
+            return BatchResultEntry.model_validate(
+                {"batch_request_id": r.request_id, "batch_result": {"response": {"vision_predict": r.result}}}
+            )
+        error = ErrorInfo.model_validate(r.error or {"code": "internal", "message": "failed"})
+        return BatchResultEntry(batch_request_id=r.request_id, error_message=error.message, error=error)
+
+    # -- cancel and expiry -----------------------------------------------------------------------------
+
+    async def cancel(self, team_id: str, batch_id: str) -> tuple[BatchPublic, int]:
+        """Cancel what is still open; finished results stay. Idempotent. Returns the batch and its seq."""
+        async with self._sessions() as s, s.begin():
+            batch = await self._batch(s, team_id, batch_id)
+            at = now()
+            # Requests before the batch row, in every transaction, so completions cannot deadlock with us.
+            await s.execute(
+                update(BatchRequest)
+                .where(BatchRequest.batch_seq == batch.seq, BatchRequest.state.in_(OPEN_STATES))
+                .values(state="cancelled", finished_at=at, lease_owner=None, lease_expires_at=None)
+            )
+            if batch.cancel_time is None:
+                batch.cancel_time = at
+        return await self.get(team_id, batch_id), batch.seq
+
+    async def sweep(self) -> tuple[int, int]:
+        """Cancel work past its processing deadline; purge expired batches' payloads, results and blobs.
+        Returns (requests cancelled, batches purged)."""
+        at = now()
+        async with self._sessions() as s, s.begin():
+            late = select(Batch.seq).where(Batch.deadline_at <= at)
+            cancelled = (await s.execute(
+                update(BatchRequest)
+                .where(BatchRequest.batch_seq.in_(late), BatchRequest.state.in_(OPEN_STATES))
+                .values(state="cancelled", finished_at=at, lease_owner=None, lease_expires_at=None,
+                        error={"code": "timeout", "message": "not processed before the batch's deadline"})
+            )).rowcount
+        async with self._sessions() as s, s.begin():
+            expired = list((await s.execute(
+                select(Batch.seq).where(Batch.expire_at <= at, Batch.purged.is_(False))
+            )).scalars())
+            shas: list[str] = []
+            if expired:
+                shas = [sha for sha in (await s.execute(
+                    select(BatchRequest.blob_sha).where(BatchRequest.batch_seq.in_(expired),
+                                                        BatchRequest.blob_sha.is_not(None))
+                )).scalars() if sha]
+                await s.execute(
+                    update(BatchRequest).where(BatchRequest.batch_seq.in_(expired))
+                    .values(payload=None, result=None, blob_sha=None, lease_owner=None)
+                )
+                await s.execute(
+                    update(BatchRequest)
+                    .where(BatchRequest.batch_seq.in_(expired), BatchRequest.state.in_(OPEN_STATES))
+                    .values(state="cancelled", finished_at=at)
+                )
+                await s.execute(update(Batch).where(Batch.seq.in_(expired)).values(purged=True))
+        if shas:
+            async with self._reads() as s:
+                keep = set((await s.execute(
+                    select(BatchRequest.blob_sha).where(BatchRequest.blob_sha.in_(set(shas)))
+                )).scalars())
+            await anyio.to_thread.run_sync(self.blobs.delete_except, keep, shas)
+        return int(cancelled or 0), len(expired)

@@ -1,0 +1,339 @@
+"""Batches API on SQLite and PostgreSQL: lifecycle, teams, idempotency, cancel, retries, paging, expiry."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sight.api.app import create_app
+from sight.config import ImageSettings, JobsSettings, Settings
+from sight.engines.registry import EngineRegistry
+from tests.helpers import image_bytes
+from tests.servers import FakeLLMServer
+
+FAST_JOBS = JobsSettings(run_in_server=False, backoff_seconds=0.01, heartbeat_seconds=0.2, poll_seconds=0.05,
+                         max_attempts=3)
+
+
+def _b64(name: str) -> str:
+    return base64.b64encode(image_bytes(name)).decode()
+
+
+def _vp(**fields: Any) -> dict[str, Any]:
+    return {"batch_request": {"vision_predict": fields}}
+
+
+class Api:
+    """A team's view of the Batches API through the test client."""
+
+    def __init__(self, client: TestClient, key: str) -> None:
+        self.client, self.headers = client, {"Authorization": f"Bearer {key}"}
+        self.key_id = key.split("-")[2]
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.client.post(path, json=json, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.client.get(path, params={k: v for k, v in params.items() if v is not None},
+                               headers=self.headers)
+
+    def create(self, name: str = "b") -> dict[str, Any]:
+        r = self.post("/v1/batches", {"name": name})
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def add(self, batch_id: str, requests: list[dict[str, Any]]) -> list[str]:
+        r = self.post(f"/v1/batches/{batch_id}/requests", {"batch_requests": requests})
+        assert r.status_code == 200, r.text
+        return r.json()["batch_request_ids"]  # type: ignore[no-any-return]
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        r = self.get(f"/v1/batches/{batch_id}")
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def results(self, batch_id: str, **params: Any) -> dict[str, Any]:
+        r = self.get(f"/v1/batches/{batch_id}/results", **params)
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+
+def _settings(settings: Settings, database_url: str, **jobs: Any) -> Settings:
+    return settings.model_copy(update={"database_url": database_url, "jobs": FAST_JOBS.model_copy(update=jobs)})
+
+
+@pytest.fixture
+def client(settings: Settings, database_url: str, engines: EngineRegistry) -> Iterator[TestClient]:
+    with TestClient(create_app(_settings(settings, database_url), engines=engines)) as c:
+        yield c
+
+
+def _api(client: TestClient, team: str) -> Api:
+    key, _ = client.portal.call(client.app.state.services.keys.create_key, team)  # type: ignore[attr-defined]
+    return Api(client, key)
+
+
+def _drain(client: TestClient) -> None:
+    runner = client.app.state.services.new_runner()  # type: ignore[attr-defined]
+    client.portal.call(runner.run_until_idle)
+
+
+def test_batch_lifecycle_and_result_shapes(client: TestClient) -> None:
+    api = _api(client, "a")
+    created = api.create("serials")
+    assert created["status"] == "processing" and created["name"] == "serials"
+    assert created["create_api_key_id"] == api.key_id
+    assert created["state"] == {"num_requests": 0, "num_pending": 0, "num_success": 0, "num_error": 0,
+                                "num_cancelled": 0}
+    assert created["create_time"].endswith("Z") and created["expire_time"] > created["create_time"]
+    bid = created["batch_id"]
+    ids = api.add(bid, [
+        {"batch_request_id": "face", **_vp(image_base64=_b64("astronaut.png"), filename="a.png", is_yolo=True)},
+        {"batch_request_id": "private", **_vp(image_url="http://127.0.0.1/x.png", is_yolo=True)},
+        _vp(image_base64=_b64("serial-label.png"), is_ocr=True),
+    ])
+    assert ids[:2] == ["face", "private"] and ids[2]
+    listed = api.get(f"/v1/batches/{bid}/requests").json()
+    assert [m["state"] for m in listed["batch_request_metadata"]] == ["pending"] * 3
+    assert listed["batch_request_metadata"][0]["model"] == "nudenet"
+    assert listed["batch_request_metadata"][0]["endpoint"] == "vision_predict"
+
+    _drain(client)
+
+    batch = api.batch(bid)
+    assert batch["status"] == "ended"
+    assert batch["state"] == {"num_requests": 3, "num_pending": 0, "num_success": 2, "num_error": 1,
+                              "num_cancelled": 0}
+    results = api.results(bid)
+    assert results["pagination_token"] is None
+    by_id = {r["batch_request_id"]: r for r in results["results"]}
+    face = by_id["face"]["batch_result"]["response"]["vision_predict"]
+    assert face["status"] == "done" and face["filename"] == "a.png"
+    assert face["yolo"]["detections"][0]["name"] == "FACE_FEMALE"
+    assert by_id["private"]["error"]["code"] == "url_not_allowed"
+    assert by_id["private"]["error_message"]
+    assert "SN-4X7Q-2291-B" in by_id[ids[2]]["batch_result"]["response"]["vision_predict"]["ocr"]["text"]
+    meta = api.get(f"/v1/batches/{bid}/requests").json()["batch_request_metadata"]
+    assert [m["state"] for m in meta] == ["succeeded", "failed", "succeeded"]
+    assert all(m["finish_time"] for m in meta)
+
+
+def test_same_image_is_stored_once_on_disk(client: TestClient, settings: Settings) -> None:
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)] * 3)
+    blobs = [p for p in (settings.data_dir / "blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == 1 and blobs[0].read_bytes() == image_bytes("coffee.png")
+
+
+def test_other_teams_get_404_on_every_batch_route(client: TestClient) -> None:
+    a, b = _api(client, "a"), _api(client, "b")
+    bid = a.create()["batch_id"]
+    a.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)])
+    for r in (b.get(f"/v1/batches/{bid}"), b.get(f"/v1/batches/{bid}/requests"),
+              b.get(f"/v1/batches/{bid}/results"), b.post(f"/v1/batches/{bid}:cancel"),
+              b.post(f"/v1/batches/{bid}/requests", {"batch_requests": [_vp(image_url="http://e.com/a.png")]})):
+        assert r.status_code == 404, r.text
+        assert r.json()["detail"]["code"] == "not_found"
+    assert b.get("/v1/batches").json()["batches"] == []
+    assert [x["batch_id"] for x in a.get("/v1/batches").json()["batches"]] == [bid]
+    assert a.batch(bid)["state"]["num_requests"] == 1, "b's add did not land in a's batch"
+    assert client.get(f"/v1/batches/{bid}").status_code == 401
+
+
+def test_duplicate_request_ids_answer_409(client: TestClient) -> None:
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    req = {"batch_request_id": "x", **_vp(image_base64=_b64("coffee.png"), is_yolo=True)}
+    assert api.post(f"/v1/batches/{bid}/requests", {"batch_requests": [req, req]}).status_code == 409
+    api.add(bid, [req])
+    r = api.post(f"/v1/batches/{bid}/requests", {"batch_requests": [req]})
+    assert r.status_code == 409 and r.json()["detail"]["code"] == "conflict"
+    assert api.batch(bid)["state"]["num_requests"] == 1
+
+
+def test_idempotency_key_returns_the_same_batch(client: TestClient) -> None:
+    api = _api(client, "a")
+    headers = {"Idempotency-Key": "run-42"}
+    first = api.post("/v1/batches", {"name": "n"}, headers=headers).json()
+    again = api.post("/v1/batches", {"name": "n"}, headers=headers).json()
+    assert first["batch_id"] == again["batch_id"]
+    assert api.post("/v1/batches", {"name": "other"}, headers=headers).status_code == 409
+    assert len(api.get("/v1/batches").json()["batches"]) == 1
+    other_team = _api(client, "b").post("/v1/batches", {"name": "n"}, headers=headers).json()
+    assert other_team["batch_id"] != first["batch_id"]
+
+
+def test_cancel_keeps_results_refuses_adds_and_is_idempotent(client: TestClient) -> None:
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    api.add(bid, [_vp(image_base64=_b64("astronaut.png"), is_yolo=True)] * 2)
+    _drain(client)
+    api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)] * 3)
+    cancelled = api.post(f"/v1/batches/{bid}:cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["cancel_time"]
+    assert cancelled["state"]["num_success"] == 2 and cancelled["state"]["num_cancelled"] == 3
+    _drain(client)
+    assert api.batch(bid)["state"]["num_cancelled"] == 3, "cancelled requests are never run"
+    assert len(api.results(bid)["results"]) == 2
+    r = api.post(f"/v1/batches/{bid}/requests", {"batch_requests": [_vp(image_url="http://e.com/a.png")]})
+    assert r.status_code == 409
+    again = api.post(f"/v1/batches/{bid}:cancel").json()
+    assert again["cancel_time"] == cancelled["cancel_time"] and again["state"] == cancelled["state"]
+
+
+def test_cancel_interrupts_an_in_flight_llm_call(
+    settings: Settings, database_url: str, engines: EngineRegistry, llm: FakeLLMServer
+) -> None:
+    llm.mode, llm.delay = "slow", 1.8  # below the client's 2 s timeout: only a cancel ends it early
+    cfg = _settings(settings, database_url, run_in_server=True, concurrency=1)
+    with TestClient(create_app(cfg, engines=engines)) as client:
+        api = _api(client, "a")
+        bid = api.create()["batch_id"]
+        api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_llm=True, query="q")] * 3)
+        deadline = time.monotonic() + 10
+        while not llm.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(llm.requests) == 1
+        start = time.monotonic()
+        state = api.post(f"/v1/batches/{bid}:cancel").json()["state"]
+        assert state["num_cancelled"] == 3 and state["num_pending"] == 0
+        time.sleep(2.5)
+        assert len(llm.requests) == 1, "no further LLM calls after cancel"
+        assert api.results(bid)["results"] == [], "the interrupted call's result is not recorded"
+        assert time.monotonic() - start < 5
+
+
+def test_transient_failures_retry_with_backoff_then_fail(client: TestClient, llm: FakeLLMServer) -> None:
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    llm.mode = "500"
+    api.add(bid, [{"batch_request_id": "doomed", **_vp(image_base64=_b64("coffee.png"), is_llm=True)}])
+    _drain(client)
+    (result,) = api.results(bid)["results"]
+    assert result["error"]["code"] == "llm_error"
+    assert len(llm.requests) == 3 * 2, "3 attempts, each with the LLM client's own retry"
+
+    llm.reset()
+    calls = {"n": 0}
+
+    def flaky(_body: dict[str, Any]) -> str:
+        calls["n"] += 1
+        return "500" if calls["n"] <= 2 else "ok"  # the whole first attempt fails
+
+    llm.mode_for = flaky
+    api.add(bid, [{"batch_request_id": "recovers", **_vp(image_base64=_b64("coffee.png"), is_llm=True)}])
+    _drain(client)
+    by_id = {r["batch_request_id"]: r for r in api.results(bid)["results"]}
+    assert by_id["recovers"]["batch_result"]["response"]["vision_predict"]["llm"]["answer"]
+
+
+def test_permanent_errors_are_not_retried(client: TestClient, llm: FakeLLMServer) -> None:
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    api.add(bid, [_vp(image_base64=base64.b64encode(b"not an image").decode(), is_yolo=True)])
+    _drain(client)
+    meta = api.get(f"/v1/batches/{bid}/requests").json()["batch_request_metadata"][0]
+    assert meta["state"] == "failed"
+    rows = client.portal.call(_attempts, client)
+    assert rows == [1]
+
+
+async def _attempts(client: TestClient) -> list[int]:
+    from sqlalchemy import select
+
+    from sight.storage.tables import BatchRequest
+
+    async with client.app.state.services.db.connect() as conn:  # type: ignore[attr-defined]
+        return list((await conn.execute(select(BatchRequest.attempts))).scalars())
+
+
+def test_paging_is_stable_while_results_arrive(
+    settings: Settings, database_url: str, engines: EngineRegistry
+) -> None:
+    cfg = _settings(settings, database_url, run_in_server=True, concurrency=2)
+    with TestClient(create_app(cfg, engines=engines)) as client:
+        api = _api(client, "a")
+        bid = api.create()["batch_id"]
+        ids = api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)] * 40)
+        seen: list[str] = []
+        token = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            page = api.results(bid, limit=4, pagination_token=token)
+            if len(page["results"]) == 4:
+                assert api.results(bid, limit=4, pagination_token=token) == page, "a full page reads the same"
+            seen.extend(r["batch_request_id"] for r in page["results"])
+            if page["pagination_token"] is None:
+                break
+            if not page["results"]:
+                time.sleep(0.02)
+            token = page["pagination_token"]
+        assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+        listed: list[str] = []
+        token = None
+        while True:
+            page = api.get(f"/v1/batches/{bid}/requests", limit=7, pagination_token=token).json()
+            listed.extend(m["batch_request_id"] for m in page["batch_request_metadata"])
+            token = page["pagination_token"]
+            if token is None:
+                break
+        assert listed == ids, "requests list in insertion order, each once"
+
+
+def test_limits_and_tokens_are_validated(client: TestClient) -> None:
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    assert api.get("/v1/batches", limit=101).status_code == 400
+    assert api.get(f"/v1/batches/{bid}/requests", limit=1001).status_code == 400
+    assert api.get(f"/v1/batches/{bid}/results", pagination_token="garbage!").status_code == 400
+    other = api.create()["batch_id"]
+    api.add(other, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)] * 3)
+    token = api.get(f"/v1/batches/{other}/requests", limit=1).json()["pagination_token"]
+    assert api.get(f"/v1/batches/{bid}/requests", pagination_token=token).status_code == 400
+    for _ in range(3):
+        api.create()
+    page = api.get("/v1/batches", limit=2).json()
+    rest = api.get("/v1/batches", limit=100, pagination_token=page["pagination_token"]).json()
+    assert len(page["batches"]) == 2 and len(rest["batches"]) == 3 and rest["pagination_token"] is None
+
+
+def test_oversized_request_answers_413(settings: Settings, database_url: str, engines: EngineRegistry) -> None:
+    cfg = _settings(settings, database_url).model_copy(update={"images": ImageSettings(max_bytes=50_000)})
+    with TestClient(create_app(cfg, engines=engines)) as client:
+        api = _api(client, "a")
+        bid = api.create()["batch_id"]
+        r = api.post(f"/v1/batches/{bid}/requests", {"batch_requests": [_vp(image_base64=_b64("coffee.png"))]})
+        assert r.status_code == 413 and r.json()["detail"]["code"] == "payload_too_large"
+
+
+def test_expiry_removes_results_and_deadline_cancels_pending(
+    settings: Settings, database_url: str, engines: EngineRegistry
+) -> None:
+    cfg = _settings(settings, database_url, retention_hours=1.5 / 3600, deadline_hours=0.8 / 3600)
+    with TestClient(create_app(cfg, engines=engines)) as client:
+        api = _api(client, "a")
+        bid = api.create()["batch_id"]
+        api.add(bid, [_vp(image_base64=_b64("astronaut.png"), is_yolo=True)])
+        _drain(client)
+        api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)])
+        assert len(api.results(bid)["results"]) == 1
+        time.sleep(0.9)  # past the processing deadline, before expiry
+        client.portal.call(client.app.state.services.batches.sweep)  # type: ignore[attr-defined]
+        state = api.batch(bid)["state"]
+        assert state["num_success"] == 1 and state["num_cancelled"] == 1
+        time.sleep(0.8)  # past expiry
+        assert api.batch(bid)["status"] == "expired"
+        assert api.results(bid)["results"] == []
+        r = api.post(f"/v1/batches/{bid}/requests", {"batch_requests": [_vp(image_url="http://e.com/a.png")]})
+        assert r.status_code == 409
+        cancelled, purged = client.portal.call(client.app.state.services.batches.sweep)  # type: ignore[attr-defined]
+        assert purged == 1
+        blobs = Path(cfg.data_dir / "blobs")
+        assert not [p for p in blobs.rglob("*") if p.is_file()], "expired images are deleted from disk"
