@@ -337,3 +337,23 @@ def test_expiry_removes_results_and_deadline_cancels_pending(
         assert purged == 1
         blobs = Path(cfg.data_dir / "blobs")
         assert not [p for p in blobs.rglob("*") if p.is_file()], "expired images are deleted from disk"
+
+
+def test_only_the_lease_holder_can_complete(client: TestClient) -> None:
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    api.add(bid, [{"batch_request_id": "only", **_vp(image_base64=_b64("coffee.png"), is_yolo=True)}])
+    queue = client.app.state.services.queue  # type: ignore[attr-defined]
+    queue.settings = queue.settings.model_copy(update={"lease_seconds": 0.05})
+    (first,) = client.portal.call(queue.claim, "w1", 10)
+    assert first.attempts == 1
+    time.sleep(0.1)  # w1's lease lapses (w1 stalled, say)
+    (second,) = client.portal.call(queue.claim, "w2", 10)
+    assert second.seq == first.seq and second.attempts == 2, "attempts are counted at claim time"
+    assert client.portal.call(queue.complete, "w1", first.seq, "succeeded", {"from": "w1"}, None) is False
+    assert client.portal.call(queue.heartbeat, "w1", [first.seq]) == set()
+    assert client.portal.call(queue.complete, "w2", second.seq, "failed", None,
+                              {"code": "internal", "message": "w2"}) is True
+    assert client.portal.call(queue.complete, "w2", second.seq, "succeeded", {"again": 1}, None) is False
+    (result,) = api.results(bid)["results"]
+    assert result["error"]["message"] == "w2"

@@ -1,0 +1,87 @@
+"""``sight serve`` and ``sight worker`` as real subprocesses, for end-to-end and crash tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import nudenet_path
+
+KEY_RE = re.compile(r"sk-sight-key_[a-z0-9]{12}-[A-Za-z0-9_\-]+")
+SIGHT = [sys.executable, "-m", "sight"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sight_env(workdir: Path, database_url: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGHT_")}
+    env.update({
+        "SIGHT_DATABASE_URL": database_url or f"sqlite+aiosqlite:///{workdir / 'sight.db'}",
+        "SIGHT_DATA_DIR": str(workdir / "data"),
+        "SIGHT_YOLO__MODELS": json.dumps({"nudenet": str(nudenet_path())}),
+        "SIGHT_YOLO__DEFAULT_MODEL": "nudenet",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    })
+    return env
+
+
+class SightProcess:
+    """One ``sight`` subprocess; output goes to a file so a chatty process can never block on a pipe."""
+
+    def __init__(self, args: list[str], workdir: Path, env: dict[str, str]) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="sight-", suffix=".log", delete=False)  # noqa: SIM115
+        self.proc = subprocess.Popen([*SIGHT, *args], cwd=workdir, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+class SightServer(SightProcess):
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["serve", "--port", str(self.port)], workdir, env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                if self.proc.poll() is not None:
+                    raise AssertionError("sight serve exited early:\n" + self.output()) from None
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError("sight serve did not come up:\n" + self.output())
+
+    def first_key(self) -> str | None:
+        match = KEY_RE.search(self.output())
+        return match.group(0) if match else None

@@ -1,0 +1,186 @@
+"""Nothing lost, nothing doubled: workers and the API server are SIGKILLed mid-batch and restarted.
+
+Real subprocesses, a real database (SQLite file or PostgreSQL), seeded kill points.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.helpers import image_bytes
+from tests.processes import SightProcess, SightServer, sight_env
+
+REQUESTS = 200
+FAST_LEASES = {
+    "SIGHT_JOBS__LEASE_SECONDS": "2",
+    "SIGHT_JOBS__HEARTBEAT_SECONDS": "0.5",
+    "SIGHT_JOBS__POLL_SECONDS": "0.1",
+    "SIGHT_JOBS__MAX_ATTEMPTS": "50",  # kills are not the requests' fault: never give up on them here
+    "SIGHT_JOBS__BACKOFF_SECONDS": "0.1",
+    "SIGHT_JOBS__CONCURRENCY": "4",
+}
+
+
+def _images() -> list[str]:
+    """A few distinct small images (so blobs are shared, as in real batches)."""
+    out = []
+    for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"):
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(image_bytes(name))).convert("RGB").save(buf, format="JPEG", quality=80)
+        out.append(base64.b64encode(buf.getvalue()).decode())
+    return out
+
+
+class Client:
+    def __init__(self, url: str, key: str) -> None:
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def submit(self) -> tuple[str, list[str]]:
+        bid = self.http.post("/v1/batches", json={"name": "durability"}).json()["batch_id"]
+        images = _images()
+        requests = [{"batch_request_id": f"r{i:03d}", "batch_request": {"vision_predict": {
+            "image_base64": images[i % len(images)], "filename": f"{i}.jpg", "is_yolo": True}}}
+            for i in range(REQUESTS)]
+        ids: list[str] = []
+        for start in range(0, REQUESTS, 50):
+            r = self.http.post(f"/v1/batches/{bid}/requests", json={"batch_requests": requests[start:start + 50]})
+            assert r.status_code == 200, r.text
+            ids += r.json()["batch_request_ids"]
+        return bid, ids
+
+    def state(self, bid: str) -> dict[str, Any]:
+        return self.http.get(f"/v1/batches/{bid}").json()  # type: ignore[no-any-return]
+
+    def wait_progress(self, bid: str, more_than: int, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.state(bid)["state"]["num_success"]
+            if done > more_than:
+                return int(done)
+            time.sleep(0.05)
+        raise AssertionError(f"no progress past {more_than}")
+
+    def wait_ended(self, bid: str, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = self.state(bid)
+            if batch["status"] == "ended":
+                return batch
+            time.sleep(0.2)
+        raise AssertionError(f"batch did not end: {self.state(bid)}")
+
+    def all_results(self, bid: str) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        token = None
+        while True:
+            params = {"limit": 37, **({"pagination_token": token} if token else {})}
+            page = self.http.get(f"/v1/batches/{bid}/results", params=params).json()
+            results += page["results"]
+            token = page["pagination_token"]
+            if token is None:
+                return results
+
+
+def _redone_requests(database_url: str) -> int:
+    """How many requests were claimed more than once (their first worker died holding them)."""
+    import asyncio
+
+    from sqlalchemy import func, select
+
+    from sight.storage.db import create_engine
+    from sight.storage.tables import BatchRequest
+
+    async def count() -> int:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                return int((await conn.execute(
+                    select(func.count()).select_from(BatchRequest).where(BatchRequest.attempts > 1))).scalar_one())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(count())
+
+
+def _check_exactly_once(client: Client, bid: str, ids: list[str]) -> None:
+    batch = client.wait_ended(bid)
+    assert batch["state"] == {"num_requests": REQUESTS, "num_pending": 0, "num_success": REQUESTS,
+                              "num_error": 0, "num_cancelled": 0}, batch
+    results = client.all_results(bid)
+    got = [r["batch_request_id"] for r in results]
+    assert len(got) == REQUESTS and sorted(got) == sorted(ids), "every request has exactly one result"
+    for r in results:
+        item = r["batch_result"]["response"]["vision_predict"]
+        assert item["status"] == "done" and item["filename"] == f"{int(r['batch_request_id'][1:])}.jpg"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+def test_workers_killed_at_random_points_lose_and_double_nothing(workdir: Path, database_url: str) -> None:
+    rng = random.Random(1234)
+    env = sight_env(workdir, database_url, SIGHT_JOBS__RUN_IN_SERVER="false", **FAST_LEASES)
+    server = SightServer(workdir, env)
+    workers: list[SightProcess] = []
+    try:
+        key = server.first_key()
+        assert key
+        with Client(server.url, key) as client:
+            bid, ids = client.submit()
+            done = 0
+            for _kill in range(4):
+                pair = [SightProcess(["worker"], workdir, env) for _ in range(2)]
+                workers += pair
+                done = client.wait_progress(bid, done)
+                time.sleep(rng.uniform(0.0, 0.4))
+                for worker in pair:
+                    worker.kill()
+                done = client.state(bid)["state"]["num_success"]
+                assert done < REQUESTS, "the kills must land while work remains"
+            workers += [SightProcess(["worker"], workdir, env) for _ in range(2)]
+            _check_exactly_once(client, bid, ids)
+        assert _redone_requests(database_url) > 0, "some kills hit requests in flight, which were redone"
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.stop()
+
+
+def test_api_server_restarted_mid_batch_finishes_it(workdir: Path, database_url: str) -> None:
+    env = sight_env(workdir, database_url, **FAST_LEASES)
+    server = SightServer(workdir, env)
+    try:
+        key = server.first_key()
+        assert key
+        with Client(server.url, key) as client:
+            bid, ids = client.submit()
+            client.wait_progress(bid, 20)
+        server.kill()
+    finally:
+        server.stop()
+    restarted = SightServer(workdir, env)
+    try:
+        assert restarted.first_key() is None
+        with Client(restarted.url, key) as client:
+            assert client.state(bid)["state"]["num_success"] < REQUESTS, "the restart happened mid-batch"
+            _check_exactly_once(client, bid, ids)
+    finally:
+        restarted.stop()
