@@ -12,23 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-DEFAULT_MODEL = SHARED / "models" / "yolo11n-untrained.onnx"
-PHOTOS = ["bus.jpg", "rocket.jpg"]
-KEY_RE = re.compile(r"sk-sight-key_[a-z0-9]{12}-[A-Za-z0-9_\-]+")
+from common import DEFAULT_MODEL, PHOTOS, SHARED, spawn_server
 
 
 def bare_session(model: Path, n: int) -> float:
@@ -70,39 +61,6 @@ def sight_batch(url: str, key: str, n: int, per_request: int, clients: int) -> f
     with ThreadPoolExecutor(max_workers=clients) as pool:
         done = sum(pool.map(post, range(requests)))
     return done / (time.perf_counter() - start)
-
-
-def spawn_server(model: Path, workdir: Path) -> tuple[subprocess.Popen[str], str, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGHT_")}
-    env.update({
-        "SIGHT_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
-        "SIGHT_DATA_DIR": str(workdir / "data"),
-        "SIGHT_YOLO__MODELS": json.dumps({"yolo11n": str(model)}),
-        "SIGHT_SERVER__LOG_LEVEL": "warning",
-        "PYTHONUNBUFFERED": "1",
-    })
-    proc = subprocess.Popen([sys.executable, "-m", "sight", "serve", "--port", str(port)], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    key = ""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while not key and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            raise SystemExit("sight serve exited before printing its key")
-        if match := KEY_RE.search(line):
-            key = match.group(0)
-    url = f"http://127.0.0.1:{port}"
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url, key
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise SystemExit("sight serve did not come up")
 
 
 def main() -> None:

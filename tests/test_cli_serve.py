@@ -63,3 +63,39 @@ def test_serve_prints_first_key_once_and_keys_cli_manages_keys(tmp_path: Path) -
         assert r.status_code == 401
     assert server.first_key() is None, "the first key is printed only on the very first start"
     assert key not in server.output()
+
+
+def test_batches_cli_adds_a_folder_files_and_urls_and_writes_jsonl(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import IMAGES
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(IMAGES / "astronaut.png", folder / "a.png")
+    shutil.copy(IMAGES / "coffee.png", folder / "sub" / "c.png")
+    (folder / "notes.txt").write_text("not an image")
+    with _serve(tmp_path) as server:
+        key = server.first_key()
+        assert key
+        env = {"--url": server.url, "--key": key}
+        opts = [x for pair in env.items() for x in pair]
+        bid = _cli(tmp_path, "batches", "create", "cli run", *opts).strip().splitlines()[-1]
+        assert bid.startswith("batch_")
+        out = _cli(tmp_path, "batches", "add", bid, str(folder), str(IMAGES / "rocket.jpg"),
+                   "http://127.0.0.1:1/private.png", *opts)
+        assert "added 4 requests" in out
+        watched = _cli(tmp_path, "batches", "status", bid, "--watch", "--interval", "0.2", *opts)
+        assert "ended" in watched and "4 requests: 3 ok, 1 failed" in watched
+        _cli(tmp_path, "batches", "results", bid, "-o", str(tmp_path / "r.jsonl"), *opts)
+        lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+        assert len(lines) == 4
+        names = sorted(x["batch_result"]["response"]["vision_predict"]["filename"] for x in lines
+                       if "batch_result" in x)
+        assert names == ["a.png", "rocket.jpg", "sub/c.png"]
+        assert [x["error"]["code"] for x in lines if "error" in x] == ["url_not_allowed"]
+        other = _cli(tmp_path, "batches", "create", "to cancel", *opts).strip().splitlines()[-1]
+        assert "cancelled" in _cli(tmp_path, "batches", "cancel", other, *opts)
+        bad = subprocess.run([*SIGHT, "batches", "status", "batch_nope", *opts], cwd=tmp_path,
+                             env=sight_env(tmp_path), capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "not_found" in bad.stdout

@@ -10,12 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sight.batches_cli import app as batches_app
 from sight.config import Settings
 from sight.errors import SightError
 
 app = typer.Typer(help="Sight: a self-hostable vision inference server.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(batches_app, name="batches")
 console = Console()
 T = TypeVar("T")
 

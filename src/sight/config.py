@@ -89,6 +89,13 @@ class JobsSettings(BaseModel):
     max_requests_per_call: int = 1000
 
 
+class ClientSettings(BaseModel):
+    """Where the CLI's client commands (``sight batches ...``) send requests."""
+
+    url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     """Sight's configuration, built once by the CLI or ``create_app()`` and passed down by group."""
 
@@ -103,6 +110,7 @@ class Settings(BaseSettings):
     ocr: OcrSettings = OcrSettings()
     llm: LLMSettings = LLMSettings()
     jobs: JobsSettings = JobsSettings()
+    client: ClientSettings = ClientSettings()
     data_dir: Path = Path("./sight-data")
     database_url: str = "sqlite+aiosqlite:///./sight.db"
     bootstrap_team: str = "default"

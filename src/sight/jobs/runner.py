@@ -90,6 +90,7 @@ class Runner:
             log.exception("request %s of batch %s failed in the runner", job.request_id, job.batch_seq)
         finally:
             self._inflight.pop(job.seq, None)
+            self._wake.set()  # a slot is free: claim more now, not at the next poll
 
     async def _fill(self) -> int:
         free = self.settings.concurrency - len(self._inflight)
@@ -121,7 +122,6 @@ class Runner:
             await asyncio.sleep(self.settings.sweep_seconds)
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        self._wake.clear()
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
         try:
             await asyncio.wait(waiters, timeout=self.settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -134,6 +134,7 @@ class Runner:
         helpers = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._sweep())]
         try:
             while not stop.is_set():
+                self._wake.clear()  # before claiming, so a wake during the claim is not lost
                 try:
                     claimed = await self._fill()
                 except Exception:
