@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sight.client import Client
@@ -61,7 +62,7 @@ def _run(action: Callable[[], None]) -> None:
     try:
         action()
     except SightError as exc:
-        console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        console.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}")
         raise typer.Exit(1) from exc
 
 

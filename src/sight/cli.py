@@ -8,16 +8,19 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sight.batches_cli import app as batches_app
 from sight.config import Settings
 from sight.errors import SightError
+from sight.models_cli import app as models_app
 
 app = typer.Typer(help="Sight: a self-hostable vision inference server.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(batches_app, name="batches")
+app.add_typer(models_app, name="models")
 console = Console()
 T = TypeVar("T")
 
@@ -38,7 +41,7 @@ def _with_keys(settings: Settings, action: Callable[..., Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except SightError as exc:
-        console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        console.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}")
         raise typer.Exit(1) from exc
 
 

@@ -89,6 +89,12 @@ class JobsSettings(BaseModel):
     max_requests_per_call: int = 1000
 
 
+class RegistrySettings(BaseModel):
+    path: Path | None = Field(None, description="TOML file declaring models and deployments.")
+    eager: bool = Field(False, description="Load every local model at start instead of on first use.")
+    shadow_concurrency: int = Field(2, description="Shadow model runs at once (they never delay answers).")
+
+
 class ClientSettings(BaseModel):
     """Where the CLI's client commands (``sight batches ...``) send requests."""
 
@@ -110,6 +116,7 @@ class Settings(BaseSettings):
     ocr: OcrSettings = OcrSettings()
     llm: LLMSettings = LLMSettings()
     jobs: JobsSettings = JobsSettings()
+    registry: RegistrySettings = RegistrySettings()
     client: ClientSettings = ClientSettings()
     data_dir: Path = Path("./sight-data")
     database_url: str = "sqlite+aiosqlite:///./sight.db"

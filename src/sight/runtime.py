@@ -9,13 +9,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sight.config import Settings
+from sight.core.deployments import Deployments
 from sight.core.fetch import ImageFetcher
 from sight.core.metrics import Metrics
 from sight.core.pipeline import Pipeline
-from sight.engines.registry import EngineRegistry
+from sight.core.predict import MultiPredictor
+from sight.core.shadow import ShadowRunner
+from sight.engines.registry import EngineHub, EngineRegistry
 from sight.jobs.blobs import BlobStore
 from sight.jobs.queue import JobQueue
 from sight.jobs.runner import Runner
@@ -29,15 +33,22 @@ class Services:
     settings: Settings
     db: AsyncEngine
     keys: KeyStore
-    engines: EngineRegistry
+    hub: EngineHub
+    shadows: ShadowRunner
     fetcher: ImageFetcher
     metrics: Metrics
     pipeline: Pipeline
     batches: BatchStore
     queue: JobQueue
     blobs: BlobStore
+    predictor: MultiPredictor
+    deployments: Deployments
     runner: Runner | None = None
     draining: bool = False
+
+    @property
+    def engines(self) -> EngineRegistry:
+        return self.hub.current
 
     def new_runner(self, worker: str | None = None) -> Runner:
         return Runner(self.queue, self.batches, self.pipeline, self.blobs, self.settings.jobs, worker=worker)
@@ -49,22 +60,36 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Open the database (migrating it), engines and clients; close them on exit."""
     db = create_engine(settings.database_url)
-    registry = engines or EngineRegistry(settings)
+    hub = EngineHub(engines or EngineRegistry(settings))
     fetcher = ImageFetcher(settings.fetch, settings.images.max_bytes)
+    metrics = Metrics()
+    shadows = ShadowRunner(metrics, settings.registry.shadow_concurrency)
     try:
         await migrate(db)
-        metrics = Metrics()
-        pipeline = Pipeline(settings, registry, fetcher, metrics)
+        if settings.registry.eager:
+            await anyio.to_thread.run_sync(preload, hub.current)
+        pipeline = Pipeline(settings, hub, fetcher, metrics, shadows)
         blobs = BlobStore(settings.data_dir / "blobs")
         services = Services(
-            settings=settings, db=db, keys=KeyStore(db), engines=registry, fetcher=fetcher, metrics=metrics,
+            settings=settings, db=db, keys=KeyStore(db), hub=hub, shadows=shadows, fetcher=fetcher, metrics=metrics,
             pipeline=pipeline, batches=BatchStore(db, settings, blobs), queue=JobQueue(db, settings.jobs),
-            blobs=blobs,
+            blobs=blobs, predictor=MultiPredictor(pipeline),
+            deployments=Deployments(pipeline, settings.server.item_concurrency),
         )
         if with_runner:
             services.runner = services.new_runner()
         yield services
     finally:
+        await shadows.drain()
         await fetcher.aclose()
-        await registry.aclose()
+        await hub.aclose()
         await db.dispose()
+
+
+def preload(engines: EngineRegistry) -> None:
+    """Load every local model of the catalog now (SIGHT_REGISTRY__EAGER). Blocking."""
+    for entry in engines.catalog.all_models():
+        if entry.task == "detect":
+            engines.detector_for(entry)
+        elif entry.task == "ocr":
+            engines.ocr()

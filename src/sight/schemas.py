@@ -266,3 +266,77 @@ class BatchResultEntry(BaseModel):
 class BatchResultList(BaseModel):
     results: list[BatchResultEntry]
     pagination_token: str | None
+
+
+# --- Models and multi-model predict (Spice style) ------------------------------------------------------
+
+
+class ModelPublic(BaseModel):
+    name: str
+    version: str
+    task: Literal["detect", "ocr", "llm"]
+    aliases: list[str]
+    loaded: bool
+    source: str | None = None
+    shadow_of: str | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelPublic]
+
+
+class ShadowAgreement(BaseModel):
+    primary: str
+    shadow: str
+    runs: int
+    errors: int
+    precision: float
+    recall: float
+    exact_match: float
+
+
+class ModelDetail(BaseModel):
+    name: str
+    versions: list[ModelPublic]
+    shadows: list[ShadowAgreement]
+
+
+class PredictInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_url: StrictStr | None = None
+    image_base64: StrictStr | None = None
+    query: StrictStr | None = None
+    conf: Probability | None = None
+    iou: Probability | None = None
+    classes: list[StrictStr | StrictInt] | None = None
+
+
+class PredictionSpec(BaseModel):
+    model_name: StrictStr
+    model_version: StrictStr | StrictInt | None = None
+    input: PredictInput | None = None
+
+
+class MultiPredictRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "input": {"image_url": "https://example.com/bus.jpg"},
+        "predictions": [{"model_name": "yolo11n"}, {"model_name": "yolo11n", "model_version": 2},
+                        {"model_name": "rapidocr"}]}]})
+
+    input: PredictInput | None = None
+    predictions: list[PredictionSpec] = Field(min_length=1, max_length=32)
+
+
+class PredictionOut(BaseModel):
+    status: Literal["Success", "BadRequest", "InternalError"]
+    model_name: str
+    model_version: str | None
+    prediction: Any = None
+    duration_ms: float
+    error_message: str | None = None
+
+
+class MultiPredictResponse(BaseModel):
+    duration_ms: float
+    predictions: list[PredictionOut]

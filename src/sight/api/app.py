@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,10 +15,11 @@ from sight import __version__
 from sight.api import errors
 from sight.api.limits import BodyLimitMiddleware
 from sight.api.routes import batches as batch_routes
-from sight.api.routes import health, predict
+from sight.api.routes import deployments, health, models, predict
 from sight.config import Settings
 from sight.engines.registry import EngineRegistry
-from sight.runtime import open_services
+from sight.errors import SightError
+from sight.runtime import Services, open_services
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,21 @@ DESCRIPTION = """Run YOLO detection, OCR and vision-LLM analysis over images.
 
 Authenticate with `Authorization: Bearer <key>` (or the `api_key` field of prediction requests).
 Errors answer `{"detail": {"code": "...", "message": "..."}}` with a stable `code`."""
+
+
+def _reload_on_sighup(services: Services) -> None:
+    """``kill -HUP`` re-reads the registry file, as ``POST /v1/models:reload`` does."""
+
+    def reload() -> None:
+        try:
+            services.hub.reload()
+            log.info("model registry reloaded")
+        except SightError as exc:
+            log.error("model registry reload failed; keeping the current one: %s", exc.message)
+
+    # Only the main thread may own signal handlers; an app embedded elsewhere (tests) reloads over HTTP.
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 def create_app(settings: Settings | None = None, *, engines: EngineRegistry | None = None) -> FastAPI:
@@ -34,6 +52,7 @@ def create_app(settings: Settings | None = None, *, engines: EngineRegistry | No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_services(settings, engines=engines, with_runner=settings.jobs.run_in_server) as services:
             app.state.services = services
+            _reload_on_sighup(services)
             stop = asyncio.Event()
             runner = asyncio.create_task(services.runner.run(stop)) if services.runner else None
             try:
@@ -50,4 +69,6 @@ def create_app(settings: Settings | None = None, *, engines: EngineRegistry | No
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(batch_routes.router)
+    app.include_router(models.router)
+    app.include_router(deployments.router)  # last: its /v1/{deployment}/{ref} would shadow fixed paths
     return app

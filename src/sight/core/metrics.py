@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -20,6 +20,15 @@ class Metrics:
         )
         self.requests = Counter(
             "sight_predict_requests", "Prediction requests, by endpoint", ["endpoint"], registry=self.registry
+        )
+
+        self.shadow_runs = Counter(
+            "sight_shadow_runs", "Shadow model runs, by outcome", ["primary", "shadow", "outcome"],
+            registry=self.registry,
+        )
+        self.shadow_agreement = Gauge(
+            "sight_shadow_agreement", "Mean agreement of a shadow with its primary (precision, recall, exact_match)",
+            ["primary", "shadow", "metric"], registry=self.registry,
         )
 
     def render(self) -> bytes:

@@ -11,15 +11,18 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
 from sight.config import Settings
+from sight.core.catalog import ModelEntry
 from sight.core.images import decode_base64, decode_image, encode_jpeg
 from sight.core.metrics import Metrics
-from sight.engines.base import Detection, DetectOptions, Grounding
-from sight.engines.registry import EngineRegistry
+from sight.core.shadow import ShadowRunner
+from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText
+from sight.engines.registry import EngineHub, EngineRegistry
 from sight.errors import EngineUnavailableError, ImageTooLargeError, InvalidImageError, SightError
 from sight.schemas import (
     BatchResult,
@@ -77,11 +80,13 @@ class WorkItem:
 class Pipeline:
     """The execution core shared by every API family."""
 
-    def __init__(self, settings: Settings, engines: EngineRegistry, fetcher: ImageFetcher, metrics: Metrics):
+    def __init__(self, settings: Settings, hub: EngineHub, fetcher: ImageFetcher, metrics: Metrics,
+                 shadows: ShadowRunner):
         self.settings = settings
-        self.engines = engines
+        self.hub = hub
         self.fetcher = fetcher
         self.metrics = metrics
+        self.shadows = shadows
 
     @contextmanager
     def _timed(self, stage: str, timings: dict[str, float]) -> Iterator[None]:
@@ -110,36 +115,41 @@ class Pipeline:
                 return await self.fetcher.fetch(source.url)
         raise InvalidImageError("item has no image: give a file, image_url or image_base64")
 
-    async def run_item(self, item: WorkItem, query: str | None) -> ItemResult:
-        """Run the stages ``item`` asks for. Never raises, except on cancellation."""
+    async def load_image(self, source: ImageInput, timings: dict[str, float]) -> Image.Image:
+        """Fetch or read, then decode off the event loop."""
+        data = await self._load(source, timings)
+        with self._timed("decode", timings):
+            return await anyio.to_thread.run_sync(decode_image, data, self.settings.images)
+
+    async def run_item(self, item: WorkItem, query: str | None, request_id: str | None = None) -> ItemResult:
+        """Run the stages ``item`` asks for. Never raises, except on cancellation. The engine snapshot is
+        taken once, so a registry reload never swaps a model under a running item."""
+        engines = self.hub.current
         timings = dict.fromkeys(STAGES, 0.0)
         result = ItemResult(index=item.index, filename=item.filename, status="done")
         errors: list[SightError] = []
         opts = item.options
         try:
-            data = await self._load(item.image, timings)
-            with self._timed("decode", timings):
-                image = await anyio.to_thread.run_sync(decode_image, data, self.settings.images)
-            del data
+            image = await self.load_image(item.image, timings)
             result.image = ImageSize(width=image.width, height=image.height)
             grounding = Grounding()
             if opts.is_yolo:
                 try:
                     with self._timed("yolo", timings):
-                        result.yolo, found = await self._detect(image, opts)
+                        result.yolo, found = await self._detect(engines, image, opts, request_id)
                     grounding.detections.extend(found)
                 except SightError as exc:
                     errors.append(exc)
             if opts.is_ocr:
                 try:
                     with self._timed("ocr", timings):
-                        result.ocr = await self._read_text(image)
+                        result.ocr = await self._read_text(engines, image)
                     grounding = Grounding(grounding.detections, result.ocr.text)
                 except SightError as exc:
                     errors.append(exc)
             if opts.is_llm:
                 with self._timed("llm", timings):
-                    result.llm = await self._analyze(image, query, grounding, opts.llm_model)
+                    result.llm = await self._analyze(engines, image, query, grounding, opts.llm_model, request_id)
         except SightError as exc:
             errors.append(exc)
         except Exception:  # a bug, not the user's fault: keep the item, hide internals
@@ -152,42 +162,59 @@ class Pipeline:
         self.metrics.items.labels(result.status, result.error.code if result.error else "").inc()
         return result
 
-    async def _detect(self, image: Image.Image, opts: ItemOptions) -> tuple[YoloResult, list[Detection]]:
-        detector = await anyio.to_thread.run_sync(self.engines.detector, opts.yolo_model)
-        options = DetectOptions(conf=opts.conf, iou=opts.iou, classes=opts.classes)
-        async with self.engines.limiter(detector.name):
+    async def detect(
+        self, engines: EngineRegistry, image: Image.Image, ref: str | None, options: DetectOptions,
+        request_id: str | None = None,
+    ) -> tuple[ModelEntry, list[Detection]]:
+        """Run a detector (and, in the background, its shadows) on ``image``."""
+        entry = engines.detector_entry(ref, request_id)
+        detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
+        async with engines.limiter(entry.ref):
             found = await anyio.to_thread.run_sync(detector.detect, image, options)
-        wire = YoloResult(
-            model=detector.name,
-            model_version=detector.version,
-            detections=[
-                DetectionOut(name=d.name, class_id=d.class_id, confidence=d.confidence, box=Box(**asdict(d.box)))
-                for d in found
-            ],
-        )
-        return wire, found
+        for shadow in engines.catalog.shadows.get(entry.ref, []):
+            self.shadows.spawn(entry.ref, shadow.ref, partial(self._shadow_detect, engines, shadow, image, options),
+                               found)
+        return entry, found
 
-    async def _read_text(self, image: Image.Image) -> OcrResult:
+    async def _shadow_detect(self, engines: EngineRegistry, entry: ModelEntry, image: Image.Image,
+                             options: DetectOptions) -> list[Detection]:
+        detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
+        async with engines.limiter(entry.ref):
+            return await anyio.to_thread.run_sync(detector.detect, image, options)
+
+    async def read_text(self, engines: EngineRegistry, image: Image.Image) -> OcrText:
         if not self.settings.ocr.enabled:
             raise EngineUnavailableError("OCR is disabled on this server")
-        engine = await anyio.to_thread.run_sync(self.engines.ocr)
-        async with self.engines.ocr_limiter():
-            text = await anyio.to_thread.run_sync(engine.read, image)
-        return OcrResult(
-            text=text.text,
-            lines=[OcrLineOut(text=ln.text, confidence=ln.confidence, box=Box(**asdict(ln.box))) for ln in text.lines],
-        )
+        engine = await anyio.to_thread.run_sync(engines.ocr)
+        async with engines.ocr_limiter():
+            return await anyio.to_thread.run_sync(engine.read, image)
+
+    async def analyze(
+        self, engines: EngineRegistry, image: Image.Image, query: str | None, grounding: Grounding,
+        llm_ref: str | None, request_id: str | None = None,
+    ) -> LLMAnswer:
+        jpeg = await anyio.to_thread.run_sync(encode_jpeg, image, self.settings.llm.max_image_side)
+        client, model = engines.llm_for(llm_ref, request_id)
+        return await client.analyze(jpeg, query or "", grounding, model)
+
+    async def _detect(
+        self, engines: EngineRegistry, image: Image.Image, opts: ItemOptions, request_id: str | None
+    ) -> tuple[YoloResult, list[Detection]]:
+        options = DetectOptions(conf=opts.conf, iou=opts.iou, classes=opts.classes)
+        entry, found = await self.detect(engines, image, opts.yolo_model, options, request_id)
+        return yolo_result(entry, found), found
+
+    async def _read_text(self, engines: EngineRegistry, image: Image.Image) -> OcrResult:
+        return ocr_result(await self.read_text(engines, image))
 
     async def _analyze(
-        self, image: Image.Image, query: str | None, grounding: Grounding, model: str | None
+        self, engines: EngineRegistry, image: Image.Image, query: str | None, grounding: Grounding,
+        model: str | None, request_id: str | None,
     ) -> LlmResult:
-        jpeg = await anyio.to_thread.run_sync(encode_jpeg, image, self.settings.llm.max_image_side)
-        answer = await self.engines.llm.analyze(jpeg, query or "", grounding, model)
-        usage = LlmUsage(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens)
-        return LlmResult(answer=answer.answer, model=answer.model, usage=usage)
+        return llm_result(await self.analyze(engines, image, query, grounding, model, request_id))
 
     async def events(
-        self, items: Sequence[WorkItem], query: str | None
+        self, items: Sequence[WorkItem], query: str | None, request_id: str | None = None
     ) -> AsyncIterator[StreamProcessing | ItemResult]:
         """Start events and results as items finish (not in input order), at most
         ``server.item_concurrency`` at a time. Closing the iterator cancels the work still pending."""
@@ -197,7 +224,7 @@ class Pipeline:
         async def one(item: WorkItem) -> None:
             async with slots:
                 await queue.put(StreamProcessing(index=item.index, filename=item.filename))
-                await queue.put(await self.run_item(item, query))
+                await queue.put(await self.run_item(item, query, request_id))
 
         tasks = [asyncio.create_task(one(item)) for item in items]
         try:
@@ -217,15 +244,16 @@ class Pipeline:
         answers = [(r.filename or f"image {r.index}", r.llm.answer) for r in results if r.llm is not None]
         if query and len(answers) >= 2:
             try:
-                return (await self.engines.llm.condense(query, answers)).answer
+                return (await self.hub.current.llm.condense(query, answers)).answer
             except SightError as exc:
                 log.warning("condensing %d answers failed: %s", len(answers), exc.code)
                 return None
         return answers[0][1] if len(answers) == 1 else None
 
-    async def run_batch(self, items: Sequence[WorkItem], query: str | None) -> BatchResult:
+    async def run_batch(self, items: Sequence[WorkItem], query: str | None, request_id: str | None = None
+                        ) -> BatchResult:
         start = time.perf_counter()
-        results = [event async for event in self.events(items, query) if isinstance(event, ItemResult)]
+        results = [event async for event in self.events(items, query, request_id) if isinstance(event, ItemResult)]
         results.sort(key=lambda r: r.index)
         answer = await self.answer(query, results)
         return BatchResult(
@@ -239,3 +267,23 @@ class Pipeline:
 def summarize(results: Sequence[ItemResult]) -> Summary:
     done = sum(r.status == "done" for r in results)
     return Summary(total=len(results), done=done, error=len(results) - done)
+
+
+def yolo_result(entry: ModelEntry, found: Sequence[Detection]) -> YoloResult:
+    return YoloResult(
+        model=entry.name, model_version=str(entry.version),
+        detections=[DetectionOut(name=d.name, class_id=d.class_id, confidence=d.confidence, box=Box(**asdict(d.box)))
+                    for d in found],
+    )
+
+
+def ocr_result(text: OcrText) -> OcrResult:
+    return OcrResult(
+        text=text.text,
+        lines=[OcrLineOut(text=ln.text, confidence=ln.confidence, box=Box(**asdict(ln.box))) for ln in text.lines],
+    )
+
+
+def llm_result(answer: LLMAnswer) -> LlmResult:
+    usage = LlmUsage(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens)
+    return LlmResult(answer=answer.answer, model=answer.model, usage=usage)

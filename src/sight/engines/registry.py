@@ -1,4 +1,8 @@
-"""The engines a running server holds: detectors by name (loaded once, lazily), OCR and the LLM."""
+"""The engines a running server holds, per catalog snapshot, and the hub that swaps snapshots on reload.
+
+A request takes ``hub.current`` once and uses it to the end, so a reload never changes a model under a
+request in flight; engines that did not change carry over to the new snapshot without reloading.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,13 @@ from pathlib import Path
 import anyio
 
 from sight.config import Settings
+from sight.core.catalog import Catalog, ModelEntry
 from sight.engines.base import Detector, OcrEngine, VisionLLM
 from sight.errors import ModelNotFoundError
 
 
 class EngineRegistry:
-    """Owns engine lifetimes. Inject ready engines for tests or embedding::
+    """One catalog snapshot and the engines loaded for it. Inject ready engines for tests or embedding::
 
         EngineRegistry(settings, detectors={"toy": my_detector}, llm=my_llm)
     """
@@ -22,62 +27,68 @@ class EngineRegistry:
     def __init__(
         self,
         settings: Settings,
+        catalog: Catalog | None = None,
         *,
         detectors: Mapping[str, Detector] | None = None,
         ocr: OcrEngine | None = None,
         llm: VisionLLM | None = None,
     ) -> None:
         self.settings = settings
-        self._paths: dict[str, Path] = settings.detector_paths()
-        self._detectors: dict[str, Detector] = dict(detectors or {})
+        paths = dict(settings.detector_paths())
+        for name in detectors or {}:
+            paths.setdefault(name.partition(":")[0], Path(f"<injected {name}>"))
+        self.catalog = catalog or Catalog.build(paths, settings.registry.path, settings.llm.model)
+        self._detectors: dict[str, Detector] = {
+            (k if ":" in k else f"{k}:1"): d for k, d in (detectors or {}).items()
+        }
         self._ocr = ocr
         self._llm = llm
+        self._llms: dict[str, VisionLLM] = {}
         self._load_lock = threading.Lock()
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
 
-    @property
-    def detector_names(self) -> list[str]:
-        return sorted(set(self._paths) | set(self._detectors))
+    # -- detectors -------------------------------------------------------------------------------------
 
-    @property
-    def loaded_detectors(self) -> list[str]:
-        return sorted(self._detectors)
+    def detector_entry(self, ref: str | None, request_id: str | None = None) -> ModelEntry:
+        return self.catalog.model(ref or self.settings.yolo.default_model, request_id, task="detect")
 
-    def resolve_name(self, ref: str | None) -> tuple[str, str | None]:
-        """``name`` or ``name:version`` (``None``: the default model) -> (name, version)."""
-        ref = ref or self.settings.yolo.default_model
-        name, _, version = ref.partition(":")
-        return name, version or None
-
-    def detector(self, ref: str | None) -> Detector:
+    def detector(self, ref: str | None, request_id: str | None = None) -> Detector:
         """The detector for ``ref``, loading it on first use. Blocking: call it from a worker thread."""
-        name, version = self.resolve_name(ref)
+        return self.detector_for(self.detector_entry(ref, request_id))
+
+    def detector_for(self, entry: ModelEntry) -> Detector:
         with self._load_lock:
-            detector = self._detectors.get(name)
+            detector = self._detectors.get(entry.ref)
             if detector is None:
-                path = self._paths.get(name)
-                if path is None:
-                    known = ", ".join(self.detector_names) or "none configured"
-                    raise ModelNotFoundError(
-                        f"no detection model named {name!r} (known: {known}); configure SIGHT_YOLO__MODELS"
-                    )
+                if not entry.source:
+                    raise ModelNotFoundError(f"model {entry.ref} has no ONNX source")
                 from sight.engines.onnx_yolo import OnnxYoloDetector
 
                 y = self.settings.yolo
                 detector = OnnxYoloDetector.load(
-                    name, path, providers=y.providers, intra_op_threads=y.intra_op_threads,
-                    conf=y.conf, iou=y.iou, max_det=y.max_det,
+                    entry.name, Path(entry.source).expanduser(), providers=y.providers,
+                    intra_op_threads=y.intra_op_threads, version=str(entry.version),
+                    conf=y.conf if entry.conf is None else entry.conf,
+                    iou=y.iou if entry.iou is None else entry.iou, max_det=y.max_det,
                 )
-                self._detectors[name] = detector
-        if version is not None and version not in {detector.version, "latest"}:
-            raise ModelNotFoundError(f"model {name!r} has no version {version!r} (have {detector.version!r})")
-        return detector
+                self._detectors[entry.ref] = detector
+            return detector
 
-    def limiter(self, name: str) -> anyio.CapacityLimiter:
+    def is_loaded(self, entry: ModelEntry) -> bool:
+        if entry.task == "detect":
+            return entry.ref in self._detectors
+        if entry.task == "ocr":
+            return self._ocr is not None
+        return True  # LLMs are remote: nothing to load
+
+    def limiter(self, key: str) -> anyio.CapacityLimiter:
         """Bounds concurrent session runs per model so parallel requests do not oversubscribe cores."""
-        if name not in self._limiters:
-            self._limiters[name] = anyio.CapacityLimiter(self.settings.yolo.concurrency)
-        return self._limiters[name]
+        if key not in self._limiters:
+            concurrency = self.settings.ocr.concurrency if key == "__ocr__" else self.settings.yolo.concurrency
+            self._limiters[key] = anyio.CapacityLimiter(concurrency)
+        return self._limiters[key]
+
+    # -- OCR and LLM -----------------------------------------------------------------------------------
 
     def ocr(self) -> OcrEngine:
         """The OCR engine, loaded on first use. Blocking: call it from a worker thread."""
@@ -89,18 +100,81 @@ class EngineRegistry:
             return self._ocr
 
     def ocr_limiter(self) -> anyio.CapacityLimiter:
-        if "__ocr__" not in self._limiters:
-            self._limiters["__ocr__"] = anyio.CapacityLimiter(self.settings.ocr.concurrency)
-        return self._limiters["__ocr__"]
+        return self.limiter("__ocr__")
 
     @property
     def llm(self) -> VisionLLM:
+        """The default vision LLM (``SIGHT_LLM__*``)."""
         if self._llm is None:
             from sight.engines.openai_llm import OpenAIVisionLLM
 
             self._llm = OpenAIVisionLLM(self.settings.llm)
         return self._llm
 
+    def llm_for(self, ref: str | None, request_id: str | None = None) -> tuple[VisionLLM, str | None]:
+        """(client, backend model name) for an item's ``llm_model``: a catalog ``llm`` entry (which may name
+        its own endpoint), or else a model name passed through to the default backend."""
+        if not ref:
+            return self.llm, None
+        try:
+            entry = self.catalog.model(ref, request_id, task="llm")
+        except ModelNotFoundError:
+            return self.llm, ref
+        if not entry.source:
+            return self.llm, entry.model or entry.name
+        if entry.ref not in self._llms:
+            from sight.engines.openai_llm import OpenAIVisionLLM
+
+            self._llms[entry.ref] = OpenAIVisionLLM(self.settings.llm.model_copy(update={"base_url": entry.source}))
+        return self._llms[entry.ref], entry.model or entry.name
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def successor(self, catalog: Catalog) -> EngineRegistry:
+        """A registry for ``catalog`` that keeps this one's engines whose declaration did not change."""
+        nxt = EngineRegistry(self.settings, catalog, ocr=self._ocr, llm=self._llm)
+        current = {m.ref: m for m in catalog.all_models()}
+        old = {m.ref: m for m in self.catalog.all_models()}
+        for ref, detector in self._detectors.items():
+            if ref in current and (ref not in old or old[ref] == current[ref]):
+                nxt._detectors[ref] = detector
+        for ref, client in self._llms.items():
+            if ref in current and old.get(ref) == current[ref]:
+                nxt._llms[ref] = client
+        return nxt
+
+    def clients(self) -> list[VisionLLM]:
+        return [c for c in [self._llm, *self._llms.values()] if c is not None]
+
     async def aclose(self) -> None:
-        if self._llm is not None:
-            await self._llm.aclose()
+        for client in self.clients():
+            await client.aclose()
+
+
+class EngineHub:
+    """Holds the current snapshot; ``reload()`` re-reads the registry file and swaps it in."""
+
+    def __init__(self, current: EngineRegistry) -> None:
+        self.current = current
+        self._history: list[EngineRegistry] = [current]
+
+    def reload(self) -> EngineRegistry:
+        registry = self.current
+        paths = dict(registry.settings.detector_paths())
+        for ref in registry.catalog.models:  # injected detectors stay declared
+            if ref not in paths and registry.catalog.models[ref].latest.task == "detect":
+                source = registry.catalog.models[ref].latest.source
+                if source and source.startswith("<injected"):
+                    paths[ref] = Path(source)
+        catalog = Catalog.build(paths, registry.settings.registry.path, registry.settings.llm.model)
+        self.current = registry.successor(catalog)
+        self._history.append(self.current)
+        return self.current
+
+    async def aclose(self) -> None:
+        seen: set[int] = set()
+        for registry in self._history:
+            for client in registry.clients():
+                if id(client) not in seen:
+                    seen.add(id(client))
+                    await client.aclose()

@@ -22,9 +22,10 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Ready for traffic: database reachable, detectors listed, not draining."""
+    engines = services.engines
     checks: dict[str, object] = {
-        "detectors": services.engines.detector_names,
-        "loaded": services.engines.loaded_detectors,
+        "models": [m.ref for m in engines.catalog.all_models()],
+        "loaded": [m.ref for m in engines.catalog.all_models() if m.task != "llm" and engines.is_loaded(m)],
         "llm_configured": services.settings.llm.base_url is not None,
     }
     ok = not services.draining

@@ -1,0 +1,44 @@
+"""Deployments (family 2, Modelbit style): ``POST /v1/{deployment}/{ref}``.
+
+Errors here answer ``{"error": "<message>"}``, the shape Modelbit clients read."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from sight.api.deps import ServicesDep, authenticate
+from sight.api.errors import status_for
+from sight.errors import InvalidInputError, SightError
+
+router = APIRouter(tags=["deployments"])
+EXAMPLES: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "properties": {"data": {}, "batch": {"type": "boolean"}}, "required": ["data"]},
+        "examples": {
+            "single": {"value": {"data": ["https://example.com/bus.jpg", {"conf": 0.4}]}},
+            "batch": {"value": {"data": [[1, "https://example.com/a.jpg"], [2, "https://example.com/b.jpg"]]}},
+        }}}}
+}
+
+
+@router.post("/v1/{deployment}/{ref}", openapi_extra=EXAMPLES,
+             responses={200: {"description": '{"data": ...}; batch rows sorted by id, failed rows in "errors"'}})
+async def call_deployment(deployment: str, ref: str, request: Request, services: ServicesDep) -> JSONResponse:
+    """Call a deployment: built-ins ``detect``, ``ocr``, ``analyze``, ``predict`` or a user function."""
+    try:
+        await authenticate(request)
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            raise InvalidInputError("the body is not valid JSON") from exc
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        return JSONResponse(await services.deployments.call(deployment, ref, body, request_id))
+    except SightError as exc:
+        status = status_for(exc)
+        return JSONResponse({"error": exc.message if status < 500 or exc.code != "internal" else "internal error"},
+                            status_code=status)

@@ -1,0 +1,94 @@
+"""Models (family 3): the registry, reloads, and Spice-style multi-model predict."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+
+from sight.api.deps import PrincipalDep, ServicesDep
+from sight.core.catalog import ModelEntry
+from sight.engines.registry import EngineRegistry
+from sight.errors import AuthenticationError, NotFoundError
+from sight.schemas import (
+    ErrorResponse,
+    ModelDetail,
+    ModelList,
+    ModelPublic,
+    MultiPredictRequest,
+    MultiPredictResponse,
+    PredictInput,
+    PredictionOut,
+    PredictionSpec,
+    ShadowAgreement,
+)
+
+router = APIRouter(prefix="/v1", tags=["models"])
+ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200,
+                                         description="Pins A/B splits: a retry with this id hits the same version.")]
+STATUS_CODES = {"Success": 200, "BadRequest": 400, "InternalError": 500}
+
+
+def model_public(engines: EngineRegistry, entry: ModelEntry) -> ModelPublic:
+    source = entry.source if entry.source and not entry.source.startswith("<") else None
+    return ModelPublic(name=entry.name, version=str(entry.version), task=entry.task,
+                       aliases=engines.catalog.aliases_of(entry), loaded=engines.is_loaded(entry),
+                       source=source, shadow_of=entry.shadow_of)
+
+
+@router.get("/models", response_model=ModelList, responses=ERRORS)
+async def list_models(_principal: PrincipalDep, services: ServicesDep) -> ModelList:
+    """Every declared version of every model, with its aliases and whether it is loaded."""
+    engines = services.engines
+    return ModelList(models=[model_public(engines, m) for m in engines.catalog.all_models()])
+
+
+@router.post("/models:reload", response_model=ModelList, responses={**ERRORS, 400: {"model": ErrorResponse}})
+async def reload_models(principal: PrincipalDep, services: ServicesDep) -> ModelList:
+    """Re-read the registry file (admin keys only). In-flight requests finish on the models they started with."""
+    if not principal.is_admin:
+        raise AuthenticationError("reloading models needs an admin key")
+    engines = services.hub.reload()
+    return ModelList(models=[model_public(engines, m) for m in engines.catalog.all_models()])
+
+
+@router.get("/models/{name}", response_model=ModelDetail, responses=ERRORS)
+async def get_model(name: str, _principal: PrincipalDep, services: ServicesDep) -> ModelDetail:
+    """One model's versions, and how its shadows agree with their primaries."""
+    engines = services.engines
+    versions = engines.catalog.models.get(name)
+    if versions is None:
+        raise NotFoundError(f"no model named {name!r}")
+    return ModelDetail(
+        name=name,
+        versions=[model_public(engines, m) for m in sorted(versions.by_version.values(), key=lambda m: m.version)],
+        shadows=[ShadowAgreement.model_validate(s) for s in services.shadows.for_model(name)],
+    )
+
+
+@router.post("/predict", response_model=MultiPredictResponse, responses=ERRORS)
+async def predict(body: MultiPredictRequest, _principal: PrincipalDep, services: ServicesDep,
+                  request_id: RequestId = None) -> MultiPredictResponse:
+    """Run several predictions concurrently; always 200 once authenticated, each with its own status."""
+    start = time.perf_counter()
+    outs = await services.predictor.predict_all(body.input, body.predictions, request_id or uuid.uuid4().hex)
+    return MultiPredictResponse(duration_ms=round((time.perf_counter() - start) * 1000, 2), predictions=outs)
+
+
+@router.get("/models/{name}/predict", response_model=PredictionOut,
+            responses={400: {"model": PredictionOut}, 500: {"model": PredictionOut}, 401: {"model": ErrorResponse}})
+async def predict_model(
+    name: str, _principal: PrincipalDep, services: ServicesDep,
+    image_url: Annotated[str | None, Query()] = None, image_base64: Annotated[str | None, Query()] = None,
+    query: Annotated[str | None, Query()] = None, version: Annotated[str | None, Query()] = None,
+    request_id: RequestId = None,
+) -> JSONResponse:
+    """One prediction; the HTTP status follows its ``status`` (200, 400 or 500)."""
+    spec = PredictionSpec(model_name=name, model_version=version,
+                          input=PredictInput(image_url=image_url, image_base64=image_base64, query=query))
+    (out,) = await services.predictor.predict_all(None, [spec], request_id or uuid.uuid4().hex)
+    return JSONResponse(out.model_dump(), status_code=STATUS_CODES[out.status])

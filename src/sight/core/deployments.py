@@ -1,0 +1,172 @@
+"""Modelbit-style deployments: call a built-in (detect, ocr, analyze, predict) or a user's Python function
+by name and version/alias, one input or many ID-tagged rows at once.
+
+User functions are declared in the registry file as ``module:function``; modules beside that file are
+importable. Sync functions run in a worker thread, async ones on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from functools import partial
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+
+from sight.core.pipeline import ImageInput, Pipeline, WorkItem, ocr_result
+from sight.engines.base import DetectOptions, Grounding
+from sight.errors import InvalidInputError, NotFoundError, SightError
+from sight.schemas import ItemOptions
+
+BUILTINS = ("detect", "ocr", "analyze", "predict")
+Fn = Callable[..., Awaitable[Any]]
+
+
+def image_source(value: Any) -> ImageInput:
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError("image must be a URL or a base64 string")
+    if value.startswith(("http://", "https://")):
+        return ImageInput(url=value)
+    return ImageInput(base64=value)
+
+
+def id_order(row_id: Any) -> tuple[int, Any]:
+    """Numbers before strings, each in natural order."""
+    return (0, row_id) if isinstance(row_id, int | float) else (1, str(row_id))
+
+
+def item_options(value: Any, **defaults: Any) -> ItemOptions:
+    if value is not None and not isinstance(value, dict):
+        raise InvalidInputError("options must be a JSON object")
+    try:
+        return ItemOptions.model_validate({**defaults, **(value or {})})
+    except ValidationError as exc:
+        raise InvalidInputError(f"invalid options: {exc.errors()[0]['msg']}") from exc
+
+
+def parse_call(body: Any) -> tuple[bool, list[Any]]:
+    """(is_batch, rows): rows are ``[id, *args]`` for a batch, else one ``args`` list."""
+    if not isinstance(body, dict) or "data" not in body:
+        raise InvalidInputError('the body must be a JSON object {"data": ...}')
+    data, forced = body["data"], body.get("batch")
+    if forced is not None and not isinstance(forced, bool):
+        raise InvalidInputError('"batch" must be true or false')
+    looks_batch = isinstance(data, list) and bool(data) and all(
+        isinstance(row, list) and row and isinstance(row[0], str | int | float) and not isinstance(row[0], bool)
+        for row in data
+    )
+    if not (forced if forced is not None else looks_batch):
+        return False, [data if isinstance(data, list) else [data]]
+    if not looks_batch:
+        raise InvalidInputError("batch data must be a list of [id, arg, ...] rows")
+    ids = [row[0] for row in data]
+    if len(set(map(json.dumps, ids))) != len(ids):
+        raise InvalidInputError("batch ids must be unique")
+    return True, list(data)
+
+
+class Deployments:
+    def __init__(self, pipeline: Pipeline, concurrency: int) -> None:
+        self.pipeline = pipeline
+        self.concurrency = concurrency
+        self._functions: dict[str, Callable[..., Any]] = {}
+        registry_file = pipeline.settings.registry.path
+        if registry_file is not None and str(registry_file.parent.resolve()) not in sys.path:
+            sys.path.insert(0, str(registry_file.parent.resolve()))
+
+    def resolve(self, name: str, ref: str, request_id: str) -> Fn:
+        if name in BUILTINS:
+            if ref not in {"latest", "1"}:
+                raise NotFoundError(f"built-in deployment {name!r} has only version 1 (latest)")
+            return getattr(self, f"_builtin_{name}")
+        versions = self.pipeline.hub.current.catalog.deployments.get(name)
+        if versions is None:
+            raise NotFoundError(f"no deployment named {name!r}")
+        try:
+            entry = versions.resolve(ref, request_id)
+        except SightError as exc:
+            raise NotFoundError(f"deployment {name!r}: {exc.message}") from exc
+        fn = self._function(entry.function)
+        if inspect.iscoroutinefunction(fn):
+            return fn
+
+        async def in_thread(*args: Any) -> Any:
+            return await anyio.to_thread.run_sync(partial(fn, *args))
+
+        return in_thread
+
+    def _function(self, spec: str) -> Callable[..., Any]:
+        if spec not in self._functions:
+            module, _, attr = spec.partition(":")
+            try:
+                self._functions[spec] = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as exc:
+                raise NotFoundError(f"deployment function {spec} cannot be imported: {exc}") from exc
+        return self._functions[spec]
+
+    async def call(self, name: str, ref: str, body: Any, request_id: str) -> dict[str, Any]:
+        fn = self.resolve(name, ref, request_id)
+        is_batch, rows = parse_call(body)
+        if not is_batch:
+            return {"data": _jsonable(await fn(*rows[0]))}
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def run_row(row: list[Any]) -> tuple[Any, Any, dict[str, str] | None]:
+            async with slots:
+                try:
+                    return row[0], _jsonable(await fn(*row[1:])), None
+                except SightError as exc:
+                    return row[0], None, exc.to_dict()
+                except Exception as exc:  # the user's function failed on this row only
+                    return row[0], None, {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}
+
+        done = sorted(await asyncio.gather(*(run_row(r) for r in rows)), key=lambda r: id_order(r[0]))
+        out: dict[str, Any] = {"data": [[row_id, result] for row_id, result, _ in done]}
+        errors = [[row_id, error] for row_id, _, error in done if error is not None]
+        if errors:
+            out["errors"] = errors
+        return out
+
+    # -- built-ins: image is a URL or base64 string --------------------------------------------------
+
+    async def _builtin_detect(self, image: Any, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        opts = item_options(options, is_yolo=True)
+        engines = self.pipeline.hub.current
+        picture = await self.pipeline.load_image(image_source(image), {})
+        _entry, found = await self.pipeline.detect(
+            engines, picture, (options or {}).get("model") or opts.yolo_model,
+            DetectOptions(conf=opts.conf, iou=opts.iou, classes=opts.classes))
+        return [{"name": d.name, "class": d.class_id, "confidence": d.confidence, "box": asdict(d.box)}
+                for d in found]
+
+    async def _builtin_ocr(self, image: Any) -> dict[str, Any]:
+        picture = await self.pipeline.load_image(image_source(image), {})
+        return ocr_result(await self.pipeline.read_text(self.pipeline.hub.current, picture)).model_dump()
+
+    async def _builtin_analyze(self, image: Any, query: Any = None) -> dict[str, Any]:
+        if query is not None and not isinstance(query, str):
+            raise InvalidInputError("query must be text")
+        picture = await self.pipeline.load_image(image_source(image), {})
+        answer = await self.pipeline.analyze(self.pipeline.hub.current, picture, query, Grounding(), None)
+        return {"answer": answer.answer, "model": answer.model}
+
+    async def _builtin_predict(self, image: Any, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        opts = item_options(options) if options else ItemOptions(is_yolo=True)
+        query = (options or {}).get("query")
+        result = await self.pipeline.run_item(WorkItem(0, None, image_source(image), opts), query)
+        return result.model_dump(mode="json", by_alias=True)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise SightError(f"the deployment returned something that is not JSON: {type(value).__name__}") from exc
+    return value

@@ -1,0 +1,89 @@
+"""Spice-style multi-model predict: several models on one shared input (or their own), concurrently,
+each answering with its own status, version and timing. A failing model never fails the others."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from PIL import Image
+
+from sight.core.pipeline import ImageInput, Pipeline, ocr_result
+from sight.engines.base import DetectOptions, Grounding
+from sight.engines.registry import EngineRegistry
+from sight.errors import FetchFailedError, InvalidInputError, NotFoundError, SightError
+from sight.schemas import PredictInput, PredictionOut, PredictionSpec
+
+# The caller's fault: a bad input, an unknown model or version, an image that cannot be fetched.
+BAD_REQUEST = (InvalidInputError, NotFoundError, FetchFailedError)
+
+
+def _source(inp: PredictInput) -> ImageInput:
+    if (inp.image_url is None) == (inp.image_base64 is None):
+        raise InvalidInputError("input needs exactly one of image_url and image_base64")
+    return ImageInput(url=inp.image_url, base64=inp.image_base64)
+
+
+class MultiPredictor:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def predict_all(self, shared: PredictInput | None, specs: Sequence[PredictionSpec], request_id: str
+                          ) -> list[PredictionOut]:
+        engines = self.pipeline.hub.current
+        images: dict[int, asyncio.Task[Image.Image]] = {}
+
+        def image_for(inp: PredictInput) -> asyncio.Task[Image.Image]:
+            # Each distinct input is fetched and decoded once, however many models read it.
+            if id(inp) not in images:
+                images[id(inp)] = asyncio.ensure_future(self.pipeline.load_image(_source(inp), {}))
+            return images[id(inp)]
+
+        async def one(spec: PredictionSpec) -> PredictionOut:
+            return await self.predict_one(engines, spec, shared, request_id, image_for)
+
+        try:
+            return list(await asyncio.gather(*(one(spec) for spec in specs)))
+        finally:
+            for task in images.values():
+                task.cancel()
+
+    async def predict_one(
+        self, engines: EngineRegistry, spec: PredictionSpec, shared: PredictInput | None, request_id: str,
+        image_for: Any = None,
+    ) -> PredictionOut:
+        start = time.perf_counter()
+        version: str | None = None if spec.model_version is None else str(spec.model_version)
+        try:
+            inp = spec.input or shared
+            if inp is None:
+                raise InvalidInputError("no input: give a shared input or one per prediction")
+            ref = spec.model_name if version is None else f"{spec.model_name}:{version}"
+            entry = engines.catalog.model(ref, request_id)
+            version = str(entry.version)
+            image = await (image_for(inp) if image_for else self.pipeline.load_image(_source(inp), {}))
+            prediction = await self._run(engines, entry.task, ref, image, inp, request_id)
+            status, error = "Success", None
+        except BAD_REQUEST as exc:
+            status, prediction, error = "BadRequest", None, exc.message
+        except SightError as exc:
+            status, prediction, error = "InternalError", None, exc.message
+        return PredictionOut(status=status, model_name=spec.model_name, model_version=version,
+                             prediction=prediction, error_message=error,
+                             duration_ms=round((time.perf_counter() - start) * 1000, 2))
+
+    async def _run(self, engines: EngineRegistry, task: str, ref: str, image: Image.Image, inp: PredictInput,
+                   request_id: str) -> Any:
+        if task == "detect":
+            options = DetectOptions(conf=inp.conf, iou=inp.iou, classes=inp.classes)
+            _entry, found = await self.pipeline.detect(engines, image, ref, options, request_id)
+            return [{"name": d.name, "class": d.class_id, "confidence": d.confidence, "box": asdict(d.box)}
+                    for d in found]
+        if task == "ocr":
+            return ocr_result(await self.pipeline.read_text(engines, image)).model_dump()
+        answer = await self.pipeline.analyze(engines, image, inp.query, Grounding(), ref, request_id)
+        return {"answer": answer.answer, "model": answer.model,
+                "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens}}
