@@ -195,6 +195,41 @@ def test_shadow_agreement_is_recorded_not_returned(rclient: TestClient) -> None:
     assert 'sight_shadow_agreement{metric="recall",primary="faces:1",shadow="faces:2"} 0.0' in metrics
 
 
+def test_llm_shadow_is_compared_by_exact_answer(
+    settings: Settings, registry_file: Path, llm: Any, engines: EngineRegistry
+) -> None:
+    registry_file.write_text(registry_toml(f'''
+[[model]]
+name = "vlm"
+version = 1
+task = "llm"
+source = "{llm.url}"
+model = "fake-vl"
+
+[[model]]
+name = "vlm"
+version = 2
+task = "llm"
+source = "{llm.url}"
+model = "fake-vl-next"
+shadow_of = "vlm:1"
+'''))
+    cfg = settings.model_copy(update={"registry": RegistrySettings(path=registry_file)})
+    with TestClient(create_app(cfg, engines=EngineRegistry(cfg))) as client:
+        auth = _key(client)
+        body = {"input": {"image_base64": _b64("coffee.png"), "query": "what?"},
+                "predictions": [{"model_name": "vlm", "model_version": 1}]}
+        (pred,) = client.post("/v1/predict", json=body, headers=auth).json()["predictions"]
+        assert pred["status"] == "Success" and pred["prediction"]["answer"] == "I see an image."
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(llm.requests) < 2:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        (agreement,) = client.get("/v1/models/vlm", headers=auth).json()["shadows"]
+    assert {r["body"]["model"] for r in llm.requests} == {"fake-vl", "fake-vl-next"}
+    assert agreement["runs"] == 1 and agreement["exact_match"] == 1.0
+
+
 def test_deployments_builtins_single_and_batch(rclient: TestClient, llm: Any) -> None:
     auth = _key(rclient)
     single = rclient.post("/v1/detect/latest", json={"data": [_b64("astronaut.png"), {"model": "faces:1"}]},

@@ -21,7 +21,7 @@ from sight.core.catalog import ModelEntry
 from sight.core.images import decode_base64, decode_image, encode_jpeg
 from sight.core.metrics import Metrics
 from sight.core.shadow import ShadowRunner
-from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText
+from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
 from sight.engines.registry import EngineHub, EngineRegistry
 from sight.errors import EngineUnavailableError, ImageTooLargeError, InvalidImageError, SightError
 from sight.schemas import (
@@ -195,7 +195,17 @@ class Pipeline:
     ) -> LLMAnswer:
         jpeg = await anyio.to_thread.run_sync(encode_jpeg, image, self.settings.llm.max_image_side)
         client, model = engines.llm_for(llm_ref, request_id)
-        return await client.analyze(jpeg, query or "", grounding, model)
+        answer = await client.analyze(jpeg, query or "", grounding, model)
+        primary = engines.llm_entry(llm_ref, request_id)
+        if primary is not None:
+            for shadow in engines.catalog.shadows.get(primary.ref, []):
+                shadow_client, shadow_model = engines.llm_for(shadow.ref)
+
+                async def run(c: VisionLLM = shadow_client, m: str | None = shadow_model) -> str:
+                    return (await c.analyze(jpeg, query or "", grounding, m)).answer
+
+                self.shadows.spawn(primary.ref, shadow.ref, run, answer.answer)
+        return answer
 
     async def _detect(
         self, engines: EngineRegistry, image: Image.Image, opts: ItemOptions, request_id: str | None

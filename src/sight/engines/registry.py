@@ -111,6 +111,15 @@ class EngineRegistry:
             self._llm = OpenAIVisionLLM(self.settings.llm)
         return self._llm
 
+    def llm_entry(self, ref: str | None, request_id: str | None = None) -> ModelEntry | None:
+        """The catalog entry an item's ``llm_model`` names, if it names one."""
+        if not ref:
+            return None
+        try:
+            return self.catalog.model(ref, request_id, task="llm")
+        except ModelNotFoundError:
+            return None
+
     def llm_for(self, ref: str | None, request_id: str | None = None) -> tuple[VisionLLM, str | None]:
         """(client, backend model name) for an item's ``llm_model``: a catalog ``llm`` entry (which may name
         its own endpoint), or else a model name passed through to the default backend."""
