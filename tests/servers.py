@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -47,8 +48,11 @@ class _Background:
 
     handler: type[BaseHTTPRequestHandler]
 
+    host = "127.0.0.1"
+    port = 0
+
     def __enter__(self) -> _Background:
-        self.httpd = _Server(("127.0.0.1", 0), self.handler)
+        self.httpd = _Server((self.host, self.port), self.handler)
         self.httpd.owner = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -172,8 +176,9 @@ class ImageServer(_Background):
 
     handler = _ImageHandler
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.root = root
+        self.host, self.port = host, port
         self.lock = threading.Lock()
         self.hits: list[str] = []
 
@@ -219,3 +224,94 @@ class LiveServer:
         """Run ``await fn(*args)`` on the server's event loop (e.g. to create a key)."""
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(fn(*args), self.loop).result(timeout=30)
+
+
+class Canary:
+    """A TCP listener that only counts connections: any count above zero means a request got through."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sock = socket.create_server((host, port))
+        self.sock.settimeout(0.2)
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def __enter__(self) -> Canary:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+class HostileServer:
+    """Raw HTTP over sockets, misbehaving on purpose: /trickle, /short, /long, /forever, /html."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        deadline = time.monotonic() + MAX_SLEEP
+        with contextlib.suppress(OSError), conn:
+            path = conn.recv(65536).split(b" ", 2)[1].decode()
+            head = "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n"
+            if path == "/trickle":
+                conn.sendall((head + "Content-Length: 100000\r\n\r\n").encode())
+                while time.monotonic() < deadline and not self._stop.is_set():
+                    conn.sendall(b"\xff")
+                    time.sleep(0.1)
+            elif path == "/short":  # promises more than it sends
+                conn.sendall((head + "Content-Length: 5000\r\n\r\n").encode() + b"\xff\xd8" * 10)
+            elif path == "/long":  # sends more than it promised
+                conn.sendall((head + "Content-Length: 10\r\n\r\n").encode() + b"\xff" * 100_000)
+            elif path == "/forever":
+                conn.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode())
+                chunk = b"%x\r\n" % 65536 + b"\0" * 65536 + b"\r\n"
+                while time.monotonic() < deadline and not self._stop.is_set():
+                    conn.sendall(chunk)
+            elif path == "/html":
+                body = b"<html><body>not a picture</body></html>"
+                conn.sendall((head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+
+    def __enter__(self) -> HostileServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()

@@ -8,7 +8,7 @@ import anyio
 import httpx
 
 from sight.config import FetchSettings
-from sight.core.urlguard import Target, UrlGuard
+from sight.core.urlguard import Resolver, Target, UrlGuard, system_resolver
 from sight.errors import FetchFailedError, ImageTooLargeError, StageTimeoutError
 
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
@@ -33,11 +33,12 @@ class ImageFetcher:
     """Fetches ``http(s)`` URLs through :class:`UrlGuard`; every redirect hop is checked again."""
 
     def __init__(
-        self, settings: FetchSettings, max_bytes: int, transport: httpx.AsyncBaseTransport | None = None
+        self, settings: FetchSettings, max_bytes: int, transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.settings = settings
         self.max_bytes = max_bytes
-        self.guard = UrlGuard(settings)
+        self.guard = UrlGuard(settings, resolver)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
             follow_redirects=False,

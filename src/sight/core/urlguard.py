@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -84,8 +84,26 @@ class Target:
     address: IPAddress
 
 
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+
+async def system_resolver(host: str, port: int) -> list[IPAddress]:
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise FetchFailedError(f"could not resolve host {host!r}") from exc
+    addresses: list[IPAddress] = []
+    for info in infos:
+        addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        addresses.append(addr)
+    return addresses
+
+
 class UrlGuard:
-    def __init__(self, settings: FetchSettings) -> None:
+    def __init__(self, settings: FetchSettings, resolver: Resolver = system_resolver) -> None:
+        self.resolver = resolver
         self.allowed_ports = set(settings.allowed_ports)
         self.allow_networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.allow_networks)
 
@@ -104,7 +122,10 @@ class UrlGuard:
             raise UrlNotAllowedError("URL has no host")
         if url.userinfo:
             raise UrlNotAllowedError("URLs with credentials are not fetched")
-        return url, url.host, url.port or DEFAULT_PORTS[url.scheme]
+        port = url.port or DEFAULT_PORTS[url.scheme]
+        if port not in self.allowed_ports and not self.allow_networks:
+            raise UrlNotAllowedError(f"port {port} is not allowed")
+        return url, url.host, port
 
     def check_addresses(self, addresses: Sequence[IPAddress], port: int) -> IPAddress:
         """The address to connect to, if every resolved address is allowed."""
@@ -124,17 +145,5 @@ class UrlGuard:
             literal: IPAddress | None = ipaddress.ip_address(host)
         except ValueError:
             literal = None
-        if literal is not None:
-            addresses: list[IPAddress] = [literal]
-        else:
-            try:
-                infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise FetchFailedError(f"could not resolve host {host!r}") from exc
-            addresses = []
-            for info in infos:
-                addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-                    addr = addr.ipv4_mapped
-                addresses.append(addr)
+        addresses = [literal] if literal is not None else await self.resolver(host, port)
         return Target(url, host, port, self.check_addresses(addresses, port))
