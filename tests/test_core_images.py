@@ -70,3 +70,10 @@ def test_public_names_are_explicit() -> None:
     assert all(hasattr(sight.errors, name) for name in sight.errors.__all__)
     assert all(code.islower() for code in {getattr(sight.errors, n).code for n in sight.errors.__all__
                                            if n.endswith("Error")})
+
+
+def test_malformed_gif_found_by_the_fuzzer_is_an_invalid_image() -> None:
+    # Pillow's GIF parser raised IndexError on this input (atheris found it): it must be invalid_image.
+    crash = base64.b64decode("R0lGODdhCAAAAAAA/wAAAAAAAAAAACwAACwAAAAACAAGAAAACA4sAAAuCBxIsKDBgwgTDgwIADs=")
+    with pytest.raises(InvalidImageError):
+        decode_image(crash, ImageSettings())

@@ -29,6 +29,7 @@ class ServerSettings(BaseModel):
 class ImageSettings(BaseModel):
     max_bytes: int = Field(25 * MiB, description="Largest encoded image, upload or download.")
     max_pixels: int = Field(50_000_000, description="Largest decoded image (width x height).")
+    max_frames: int = Field(100, description="Animations (GIF, WebP, TIFF pages) with more frames are refused.")
     formats: list[str] = ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
 
 

@@ -9,7 +9,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from sight.config import ImageSettings
-from sight.errors import ImageTooLargeError, InvalidImageError
+from sight.errors import ImageTooLargeError, InvalidImageError, SightError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -54,8 +54,8 @@ def decode_image(data: bytes, settings: ImageSettings) -> Image.Image:
         image = PILImage.open(io.BytesIO(data), formats=settings.formats)
     except UnidentifiedImageError as exc:
         raise InvalidImageError(f"not a supported image; accepted formats: {', '.join(settings.formats)}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImageError(f"unreadable image header: {exc}") from exc
+    except Exception as exc:  # any parser failure on the header is the file's fault
+        raise InvalidImageError(f"unreadable image header ({type(exc).__name__}: {exc})") from exc
     width, height = image.size
     if width <= 0 or height <= 0:
         raise InvalidImageError("image has no pixels")
@@ -64,14 +64,21 @@ def decode_image(data: bytes, settings: ImageSettings) -> Image.Image:
             f"image is {width}x{height} = {width * height} pixels; the limit is {settings.max_pixels}"
         )
     try:
-        image.load()  # first frame only for animations
+        # Counting frames walks the file (bounded by max_bytes); only the first frame is ever decoded.
+        frames = image.n_frames if getattr(image, "is_animated", False) else 1
+        if frames > settings.max_frames:
+            image.close()
+            raise ImageTooLargeError(f"animation has {frames} frames; the limit is {settings.max_frames}")
+        image.load()
         ImageOps.exif_transpose(image, in_place=True)
         if image.mode == "RGB":
             return image  # no copy: most photos are decoded straight to RGB
         rgb = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except SightError:
+        raise
+    except Exception as exc:  # Pillow's parsers raise IndexError, KeyError, struct.error... on hostile input
         image.close()
-        raise InvalidImageError(f"corrupt or truncated image: {exc}") from exc
+        raise InvalidImageError(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
     image.close()
     return rgb
 
