@@ -54,7 +54,8 @@ CORPUS: list[tuple[str, bytes, str]] = [
 def test_hostile_corpus_fails_item_by_item_with_bounded_memory(settings: Settings, engines: EngineRegistry) -> None:
     cfg = settings.model_copy(update={"server": ServerSettings(max_files=32, max_body_bytes=256 * 1024 * 1024)})
     trailing = image_bytes("coffee.png") + b"\0" * (100 * 1024 * 1024)  # a valid PNG and a 100 MB tail
-    files = [(name, data) for name, data, _ in CORPUS] + [("tail.png", trailing), ("good.png", image_bytes("astronaut.png"))]
+    files = [(name, data) for name, data, _ in CORPUS]
+    files += [("tail.png", trailing), ("good.png", image_bytes("astronaut.png"))]
     expected = [code for _, _, code in CORPUS] + ["image_too_large", None]
     with TestClient(create_app(cfg, engines=engines)) as client:
         key, _ = client.portal.call(client.app.state.services.keys.create_key, "t")  # type: ignore[attr-defined]
