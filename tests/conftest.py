@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -25,6 +28,33 @@ def nudenet_path() -> Path:
     import nudenet
 
     return Path(nudenet.__file__).with_name("320n.onnx")
+
+
+KEY_PATTERN = re.compile(r"sk-sight-key_[a-z0-9]{12}-[A-Za-z0-9_\-]{20,}")
+
+
+@pytest.fixture(autouse=True)
+def no_key_leaks(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Across the whole suite: no API key in any log line, nor in any response the test client reads."""
+    from starlette import testclient
+
+    leaks: list[str] = []
+    original = testclient._TestClientTransport.handle_request
+
+    def scanned(self: Any, request: Any) -> Any:
+        response = original(self, request)
+        body = response.read()
+        if KEY_PATTERN.search(body.decode("latin-1")) or KEY_PATTERN.search(str(response.headers)):
+            leaks.append(f"{request.method} {request.url}")
+        return response
+
+    monkeypatch.setattr(testclient._TestClientTransport, "handle_request", scanned)
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="sight")
+    yield
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    leaks += [r.getMessage() for r in records if KEY_PATTERN.search(r.getMessage())]
+    assert not leaks, f"API keys leaked into responses or logs: {leaks}"
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,8 @@ class ServerSettings(BaseModel):
     max_files: int = Field(64, description="Most images in one prediction request.")
     max_body_bytes: int = Field(256 * MiB, description="Largest request body; larger answers 413.")
     item_concurrency: int = Field(4, description="Items of one request processed at once.")
+    max_queue: int = Field(256, description="Items admitted per model at once; past it requests get 503.")
+    retry_after: int = Field(2, description="Retry-After seconds sent with 503 overloaded.")
     log_level: str = "info"
 
 
@@ -54,11 +56,13 @@ class YoloSettings(BaseModel):
     max_det: int = 300
     intra_op_threads: int = 0
     concurrency: int = Field(1, description="Session runs at once per model; more oversubscribes CPUs.")
+    timeout: float = Field(60.0, description="Seconds an item may wait for and run detection.")
 
 
 class OcrSettings(BaseModel):
     enabled: bool = True
     concurrency: int = 1
+    timeout: float = Field(120.0, description="Seconds an item may wait for and run OCR.")
 
 
 class LLMSettings(BaseModel):

@@ -18,6 +18,7 @@ __all__ = [
     "LLMUnavailableError",
     "ModelNotFoundError",
     "NotFoundError",
+    "OverloadedError",
     "PayloadTooLargeError",
     "SightError",
     "StageTimeoutError",
@@ -92,6 +93,16 @@ class FetchFailedError(UpstreamError):
 
 class LLMError(UpstreamError):
     code = "llm_error"
+
+
+class OverloadedError(SightError):
+    """The server is at capacity for this model; retry after ``retry_after`` seconds."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str = "server overloaded", retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StageTimeoutError(SightError):

@@ -13,6 +13,7 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sight.config import Settings
+from sight.core.admission import Admission
 from sight.core.deployments import Deployments
 from sight.core.fetch import ImageFetcher
 from sight.core.metrics import Metrics
@@ -43,8 +44,16 @@ class Services:
     blobs: BlobStore
     predictor: MultiPredictor
     deployments: Deployments
+    admission: Admission
     runner: Runner | None = None
-    draining: bool = False
+
+    @property
+    def draining(self) -> bool:
+        return self.pipeline.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.pipeline.draining = value
 
     @property
     def engines(self) -> EngineRegistry:
@@ -75,6 +84,7 @@ async def open_services(
             pipeline=pipeline, batches=BatchStore(db, settings, blobs), queue=JobQueue(db, settings.jobs),
             blobs=blobs, predictor=MultiPredictor(pipeline),
             deployments=Deployments(pipeline, settings.server.item_concurrency),
+            admission=Admission(settings.server.max_queue, settings.server.retry_after),
         )
         if with_runner:
             services.runner = services.new_runner()

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 from fastapi import FastAPI
 
@@ -44,6 +45,21 @@ def _reload_on_sighup(services: Services) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
+def _drain_on_sigterm(services: Services) -> None:
+    """On SIGTERM stop starting new items (they end as ``cancelled``), let running ones finish, report
+    not-ready; then hand the signal to the server (uvicorn), which stops accepting and drains connections."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return
+
+    def handler(sig: int, frame: FrameType | None) -> None:
+        services.draining = True
+        previous(sig, frame)
+
+    with contextlib.suppress(ValueError):  # not the main thread: an embedding app drains its own way
+        signal.signal(signal.SIGTERM, handler)
+
+
 def create_app(settings: Settings | None = None, *, engines: EngineRegistry | None = None) -> FastAPI:
     """Build the ASGI app. Pass ``engines`` to serve ready-made engines (tests, embedding)."""
     settings = settings or Settings()
@@ -53,6 +69,7 @@ def create_app(settings: Settings | None = None, *, engines: EngineRegistry | No
         async with open_services(settings, engines=engines, with_runner=settings.jobs.run_in_server) as services:
             app.state.services = services
             _reload_on_sighup(services)
+            _drain_on_sigterm(services)
             stop = asyncio.Event()
             runner = asyncio.create_task(services.runner.run(stop)) if services.runner else None
             try:

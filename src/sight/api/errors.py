@@ -21,6 +21,7 @@ from sight.errors import (
     EngineUnavailableError,
     InvalidInputError,
     NotFoundError,
+    OverloadedError,
     PayloadTooLargeError,
     SightError,
     StageTimeoutError,
@@ -37,6 +38,7 @@ STATUS: dict[type[SightError], int] = {
     ConflictError: 409,
     CancelledItemError: 409,
     EngineUnavailableError: 503,
+    OverloadedError: 503,
     UpstreamError: 502,
     StageTimeoutError: 504,
     SightError: 500,
@@ -52,9 +54,15 @@ def status_for(exc: SightError) -> int:
     return 500
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"detail": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_headers(exc: SightError | None, status: int) -> dict[str, str] | None:
+    if isinstance(exc, OverloadedError):
+        return {"Retry-After": str(exc.retry_after)}
+    return {"WWW-Authenticate": "Bearer"} if status == 401 else None
+
+
+def error_response(status: int, code: str, message: str, exc: SightError | None = None) -> JSONResponse:
+    return JSONResponse({"detail": {"code": code, "message": message}}, status_code=status,
+                        headers=error_headers(exc, status))
 
 
 async def _sight_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -62,7 +70,7 @@ async def _sight_error(_request: Request, exc: Exception) -> JSONResponse:
     status = status_for(exc)
     if status >= 500:
         log.warning("request failed: %s: %s", exc.code, exc.message)
-    return error_response(status, exc.code, exc.message)
+    return error_response(status, exc.code, exc.message, exc)
 
 
 def describe_validation(exc: RequestValidationError) -> str:

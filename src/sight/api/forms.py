@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -31,8 +32,12 @@ class PredictCall:
     query: str | None
     api_key: str | None
     form: FormData | None = None
+    on_close: list[Callable[[], None]] = field(default_factory=list)
 
     async def close(self) -> None:
+        for release in self.on_close:
+            release()
+        self.on_close.clear()
         if self.form is not None:
             await self.form.close()
 

@@ -23,7 +23,13 @@ from sight.core.metrics import Metrics
 from sight.core.shadow import ShadowRunner
 from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
 from sight.engines.registry import EngineHub, EngineRegistry
-from sight.errors import EngineUnavailableError, ImageTooLargeError, InvalidImageError, SightError
+from sight.errors import (
+    EngineUnavailableError,
+    ImageTooLargeError,
+    InvalidImageError,
+    SightError,
+    StageTimeoutError,
+)
 from sight.schemas import (
     BatchResult,
     Box,
@@ -87,6 +93,7 @@ class Pipeline:
         self.fetcher = fetcher
         self.metrics = metrics
         self.shadows = shadows
+        self.draining = False  # set on shutdown: items not yet started are cancelled, running ones finish
 
     @contextmanager
     def _timed(self, stage: str, timings: dict[str, float]) -> Iterator[None]:
@@ -168,9 +175,14 @@ class Pipeline:
     ) -> tuple[ModelEntry, list[Detection]]:
         """Run a detector (and, in the background, its shadows) on ``image``."""
         entry = engines.detector_entry(ref, request_id)
-        detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
-        async with engines.limiter(entry.ref):
-            found = await anyio.to_thread.run_sync(detector.detect, image, options)
+        timeout = self.settings.yolo.timeout
+        try:
+            with anyio.fail_after(timeout):
+                detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
+                async with engines.limiter(entry.ref):
+                    found = await anyio.to_thread.run_sync(detector.detect, image, options, abandon_on_cancel=True)
+        except TimeoutError as exc:
+            raise StageTimeoutError(f"detection did not finish within {timeout}s") from exc
         for shadow in engines.catalog.shadows.get(entry.ref, []):
             self.shadows.spawn(entry.ref, shadow.ref, partial(self._shadow_detect, engines, shadow, image, options),
                                found)
@@ -185,9 +197,14 @@ class Pipeline:
     async def read_text(self, engines: EngineRegistry, image: Image.Image) -> OcrText:
         if not self.settings.ocr.enabled:
             raise EngineUnavailableError("OCR is disabled on this server")
-        engine = await anyio.to_thread.run_sync(engines.ocr)
-        async with engines.ocr_limiter():
-            return await anyio.to_thread.run_sync(engine.read, image)
+        timeout = self.settings.ocr.timeout
+        try:
+            with anyio.fail_after(timeout):
+                engine = await anyio.to_thread.run_sync(engines.ocr)
+                async with engines.ocr_limiter():
+                    return await anyio.to_thread.run_sync(engine.read, image, abandon_on_cancel=True)
+        except TimeoutError as exc:
+            raise StageTimeoutError(f"OCR did not finish within {timeout}s") from exc
 
     async def analyze(
         self, engines: EngineRegistry, image: Image.Image, query: str | None, grounding: Grounding,
@@ -233,6 +250,11 @@ class Pipeline:
 
         async def one(item: WorkItem) -> None:
             async with slots:
+                if self.draining:
+                    shutting_down = ErrorInfo(code="cancelled", message="the server is shutting down")
+                    await queue.put(ItemResult(index=item.index, filename=item.filename, status="error",
+                                               timings_ms=dict.fromkeys(STAGES, 0.0), error=shutting_down))
+                    return
                 await queue.put(StreamProcessing(index=item.index, filename=item.filename))
                 await queue.put(await self.run_item(item, query, request_id))
 

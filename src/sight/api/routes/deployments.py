@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from sight.api.deps import ServicesDep, authenticate
-from sight.api.errors import status_for
+from sight.api.errors import error_headers, status_for
 from sight.errors import InvalidInputError, SightError
 
 router = APIRouter(tags=["deployments"])
@@ -41,4 +41,4 @@ async def call_deployment(deployment: str, ref: str, request: Request, services:
     except SightError as exc:
         status = status_for(exc)
         return JSONResponse({"error": exc.message if status < 500 or exc.code != "internal" else "internal error"},
-                            status_code=status)
+                            status_code=status, headers=error_headers(exc, status))

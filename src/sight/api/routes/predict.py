@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from sight.api.deps import ServicesDep, authenticate
 from sight.api.forms import PredictCall, read_v1, read_v2
 from sight.api.streaming import NDJSON, ndjson_response
+from sight.core.admission import demands
 from sight.schemas import ErrorResponse, PredictBatchResponse, PredictRequestV2
 
 router = APIRouter(prefix="/api/v1/inference/predict", tags=["prediction"])
@@ -20,6 +21,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Invalid request (never FastAPI's 422)",
         401: "Missing, unknown or revoked API key",
         413: "Too many files or bytes",
+        503: "At capacity for a model; retry after the Retry-After seconds",
     }.items()
 }
 METADATA_EXAMPLE = '{"is_yolo": true, "is_llm": false, "is_ocr": false, "conf": 0.25}'
@@ -56,9 +58,16 @@ def _batch_response(result: Any) -> PredictBatchResponse:
     return PredictBatchResponse(code=0 if result.summary.error == 0 else 1, result=result)
 
 
+def _admit(services: ServicesDep, call: PredictCall) -> None:
+    """Take capacity for the call's items (503 when full); it is given back when the call closes."""
+    ticket = services.admission.admit(demands(call.items, services.settings.yolo.default_model))
+    call.on_close.append(ticket.release)
+
+
 async def _run_batch(request: Request, services: ServicesDep, call: PredictCall) -> PredictBatchResponse:
     try:
         await authenticate(request, call.api_key)
+        _admit(services, call)
         services.metrics.requests.labels(request.url.path).inc()
         return _batch_response(await services.pipeline.run_batch(call.items, call.query))
     finally:
@@ -68,6 +77,7 @@ async def _run_batch(request: Request, services: ServicesDep, call: PredictCall)
 async def _run_stream(request: Request, services: ServicesDep, call: PredictCall) -> StreamingResponse:
     try:
         await authenticate(request, call.api_key)
+        _admit(services, call)
     except BaseException:
         await call.close()
         raise

@@ -1,0 +1,80 @@
+"""Authentication: every bad key reads the same, keys are compared in constant time, none leaks."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sight.errors import AuthenticationError
+from tests.helpers import image_bytes, v1_request
+
+BATCH = "/api/v1/inference/predict/batch"
+
+
+def test_bad_keys_all_answer_the_same_401(client: TestClient, api_key: str, app) -> None:  # type: ignore[no-untyped-def]
+    store = app.state.services.keys
+    expired, _ = client.portal.call(lambda: store.create_key("a", expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    revoked, info = client.portal.call(store.create_key, "a")
+    client.portal.call(store.revoke, info.id)
+    key_id, secret = api_key.split("-")[2], api_key.split("-")[3]
+    bad = {
+        "garbage": "hello",
+        "wrong format": "Bearer",
+        "unknown id": f"sk-sight-key_aaaaaaaaaaaa-{secret}",
+        "wrong secret": f"sk-sight-{key_id}-{'x' * len(secret)}",
+        "expired": expired,
+        "revoked": revoked,
+        "sql": "sk-sight-key_aaaaaaaaaaaa-' OR 1=1 --aaaaaaaaaaaa",
+    }
+    one = v1_request([("a.png", image_bytes("coffee.png"))], [{"is_yolo": True}])
+    bodies = set()
+    for label, key in bad.items():
+        r = client.post(BATCH, headers={"Authorization": f"Bearer {key}"}, **one)
+        assert r.status_code == 401, label
+        assert r.headers["www-authenticate"] == "Bearer"
+        bodies.add(r.text)
+        assert client.get("/v1/batches", headers={"Authorization": key}).status_code == 401, label
+    assert len(bodies) == 1, "every failure reads the same"
+    missing = client.get("/v1/batches")
+    assert missing.status_code == 401 and missing.json()["detail"]["code"] == "unauthorized"
+
+
+def test_unknown_and_wrong_keys_cost_the_same(client: TestClient, api_key: str, app) -> None:  # type: ignore[no-untyped-def]
+    store = app.state.services.keys
+    key_id, secret = api_key.split("-")[2], api_key.split("-")[3]
+    unknown = f"sk-sight-key_zzzzzzzzzzzz-{secret}"
+    wrong = f"sk-sight-{key_id}-{secret[:-1]}{'A' if secret[-1] != 'A' else 'B'}"
+
+    async def timed(key: str, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            start = time.perf_counter()
+            with pytest.raises(AuthenticationError):
+                await store.verify(key)
+            out.append(time.perf_counter() - start)
+        return out
+
+    client.portal.call(timed, unknown, 20)  # warm-up
+    a = statistics.median(client.portal.call(timed, unknown, 150))
+    b = statistics.median(client.portal.call(timed, wrong, 150))
+    # Both paths do one indexed lookup and one constant-time comparison; a shortcut on either side (say,
+    # returning before hashing for unknown ids) would show as a several-fold gap.
+    assert 0.5 < a / b < 2.0, (a, b)
+
+
+def test_keys_are_stored_hashed(client: TestClient, api_key: str, app) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from sight.storage.tables import ApiKey
+
+    async def rows() -> list[str]:
+        async with app.state.services.db.connect() as conn:
+            return [r.secret_hash for r in (await conn.execute(select(ApiKey))).all()]
+
+    stored = client.portal.call(rows)
+    secret = api_key.split("-")[3]
+    assert stored and all(len(h) == 64 and secret not in h for h in stored)
