@@ -100,6 +100,11 @@ class RegistrySettings(BaseModel):
     shadow_concurrency: int = Field(2, description="Shadow model runs at once (they never delay answers).")
 
 
+class RateLimitSettings(BaseModel):
+    images_per_minute: int | None = Field(None, description="Per-team quota in images; unset: no limit.")
+    storage_uri: str = Field("async+memory://", description="limits storage, e.g. async+redis://host:6379")
+
+
 class ClientSettings(BaseModel):
     """Where the CLI's client commands (``sight batches ...``) send requests."""
 
@@ -122,6 +127,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     jobs: JobsSettings = JobsSettings()
     registry: RegistrySettings = RegistrySettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
     client: ClientSettings = ClientSettings()
     data_dir: Path = Path("./sight-data")
     database_url: str = "sqlite+aiosqlite:///./sight.db"

@@ -20,6 +20,7 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "SightError",
     "StageTimeoutError",
     "UpstreamError",
@@ -103,6 +104,12 @@ class OverloadedError(SightError):
     def __init__(self, message: str = "server overloaded", retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimitedError(OverloadedError):
+    """The team used its quota; retry after ``retry_after`` seconds."""
+
+    code = "rate_limited"
 
 
 class StageTimeoutError(SightError):

@@ -19,6 +19,7 @@ from sight.core.fetch import ImageFetcher
 from sight.core.metrics import Metrics
 from sight.core.pipeline import Pipeline
 from sight.core.predict import MultiPredictor
+from sight.core.ratelimit import TeamRateLimiter
 from sight.core.shadow import ShadowRunner
 from sight.engines.registry import EngineHub, EngineRegistry
 from sight.jobs.blobs import BlobStore
@@ -45,6 +46,7 @@ class Services:
     predictor: MultiPredictor
     deployments: Deployments
     admission: Admission
+    quota: TeamRateLimiter
     runner: Runner | None = None
 
     @property
@@ -73,6 +75,7 @@ async def open_services(
     fetcher = ImageFetcher(settings.fetch, settings.images.max_bytes)
     metrics = Metrics()
     shadows = ShadowRunner(metrics, settings.registry.shadow_concurrency)
+    quota = TeamRateLimiter(settings.rate_limit)
     try:
         await migrate(db)
         if settings.registry.eager:
@@ -85,11 +88,13 @@ async def open_services(
             blobs=blobs, predictor=MultiPredictor(pipeline),
             deployments=Deployments(pipeline, settings.server.item_concurrency),
             admission=Admission(settings.server.max_queue, settings.server.retry_after),
+            quota=quota,
         )
         if with_runner:
             services.runner = services.new_runner()
         yield services
     finally:
+        quota.close()
         await shadows.drain()
         await fetcher.aclose()
         await hub.aclose()

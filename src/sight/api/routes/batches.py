@@ -61,6 +61,7 @@ async def add_requests(
     batch_id: str, body: BatchRequestsAdd, principal: PrincipalDep, services: ServicesDep
 ) -> BatchRequestIds:
     """Add ``vision_predict`` requests; ids left out are generated. Processing starts at once."""
+    await services.quota.charge(principal.team_id, len(body.batch_requests))
     ids = await services.batches.add_requests(principal.team_id, batch_id, body.batch_requests)
     if services.runner is not None:
         services.runner.wake()

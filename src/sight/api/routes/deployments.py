@@ -31,11 +31,13 @@ EXAMPLES: dict[str, Any] = {
 async def call_deployment(deployment: str, ref: str, request: Request, services: ServicesDep) -> JSONResponse:
     """Call a deployment: built-ins ``detect``, ``ocr``, ``analyze``, ``predict`` or a user function."""
     try:
-        await authenticate(request)
+        principal = await authenticate(request)
         try:
             body = json.loads(await request.body())
         except ValueError as exc:
             raise InvalidInputError("the body is not valid JSON") from exc
+        data = body.get("data") if isinstance(body, dict) else None
+        await services.quota.charge(principal.team_id, len(data) if isinstance(data, list) else 1)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         return JSONResponse(await services.deployments.call(deployment, ref, body, request_id))
     except SightError as exc:

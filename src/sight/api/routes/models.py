@@ -71,9 +71,10 @@ async def get_model(name: str, _principal: PrincipalDep, services: ServicesDep) 
 
 
 @router.post("/predict", response_model=MultiPredictResponse, responses=ERRORS)
-async def predict(body: MultiPredictRequest, _principal: PrincipalDep, services: ServicesDep,
+async def predict(body: MultiPredictRequest, principal: PrincipalDep, services: ServicesDep,
                   request_id: RequestId = None) -> MultiPredictResponse:
     """Run several predictions concurrently; always 200 once authenticated, each with its own status."""
+    await services.quota.charge(principal.team_id, len(body.predictions))
     start = time.perf_counter()
     outs = await services.predictor.predict_all(body.input, body.predictions, request_id or uuid.uuid4().hex)
     return MultiPredictResponse(duration_ms=round((time.perf_counter() - start) * 1000, 2), predictions=outs)
@@ -82,12 +83,13 @@ async def predict(body: MultiPredictRequest, _principal: PrincipalDep, services:
 @router.get("/models/{name}/predict", response_model=PredictionOut,
             responses={400: {"model": PredictionOut}, 500: {"model": PredictionOut}, 401: {"model": ErrorResponse}})
 async def predict_model(
-    name: str, _principal: PrincipalDep, services: ServicesDep,
+    name: str, principal: PrincipalDep, services: ServicesDep,
     image_url: Annotated[str | None, Query()] = None, image_base64: Annotated[str | None, Query()] = None,
     query: Annotated[str | None, Query()] = None, version: Annotated[str | None, Query()] = None,
     request_id: RequestId = None,
 ) -> JSONResponse:
     """One prediction; the HTTP status follows its ``status`` (200, 400 or 500)."""
+    await services.quota.charge(principal.team_id, 1)
     spec = PredictionSpec(model_name=name, model_version=version,
                           input=PredictInput(image_url=image_url, image_base64=image_base64, query=query))
     (out,) = await services.predictor.predict_all(None, [spec], request_id or uuid.uuid4().hex)

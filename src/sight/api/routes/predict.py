@@ -21,6 +21,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Invalid request (never FastAPI's 422)",
         401: "Missing, unknown or revoked API key",
         413: "Too many files or bytes",
+        429: "The team's image quota is used up; retry after the Retry-After seconds",
         503: "At capacity for a model; retry after the Retry-After seconds",
     }.items()
 }
@@ -58,16 +59,18 @@ def _batch_response(result: Any) -> PredictBatchResponse:
     return PredictBatchResponse(code=0 if result.summary.error == 0 else 1, result=result)
 
 
-def _admit(services: ServicesDep, call: PredictCall) -> None:
-    """Take capacity for the call's items (503 when full); it is given back when the call closes."""
+async def _admit(request: Request, services: ServicesDep, call: PredictCall) -> None:
+    """Authenticate, charge the team's quota (429), take capacity for the call's items (503 when full);
+    the capacity is given back when the call closes."""
+    principal = await authenticate(request, call.api_key)
+    await services.quota.charge(principal.team_id, len(call.items))
     ticket = services.admission.admit(demands(call.items, services.settings.yolo.default_model))
     call.on_close.append(ticket.release)
 
 
 async def _run_batch(request: Request, services: ServicesDep, call: PredictCall) -> PredictBatchResponse:
     try:
-        await authenticate(request, call.api_key)
-        _admit(services, call)
+        await _admit(request, services, call)
         services.metrics.requests.labels(request.url.path).inc()
         return _batch_response(await services.pipeline.run_batch(call.items, call.query))
     finally:
@@ -76,8 +79,7 @@ async def _run_batch(request: Request, services: ServicesDep, call: PredictCall)
 
 async def _run_stream(request: Request, services: ServicesDep, call: PredictCall) -> StreamingResponse:
     try:
-        await authenticate(request, call.api_key)
-        _admit(services, call)
+        await _admit(request, services, call)
     except BaseException:
         await call.close()
         raise

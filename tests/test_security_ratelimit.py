@@ -1,0 +1,80 @@
+"""Per-team quotas in images with Retry-After, in memory and on a real Redis (Debian's redis-server)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sight.api.app import create_app
+from sight.config import RateLimitSettings, Settings
+from sight.engines.registry import EngineRegistry
+from tests.helpers import image_bytes, v1_request
+from tests.processes import free_port
+
+BATCH = "/api/v1/inference/predict/batch"
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found: apt-get install redis-server (as .ci/run does)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
+            if ping.stdout.strip() == "PONG":
+                break
+            time.sleep(0.05)
+        yield f"async+redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage_uri(request: pytest.FixtureRequest) -> str:
+    return "async+memory://" if request.param == "memory" else str(request.getfixturevalue("redis_url"))
+
+
+def test_quota_counts_images_and_answers_429_per_team(
+    settings: Settings, engines: EngineRegistry, storage_uri: str
+) -> None:
+    cfg = settings.model_copy(update={"rate_limit": RateLimitSettings(images_per_minute=5, storage_uri=storage_uri)})
+    with TestClient(create_app(cfg, engines=engines)) as client:
+        store = client.app.state.services.keys  # type: ignore[attr-defined]
+        key_a, _ = client.portal.call(store.create_key, "team-a")
+        key_b, _ = client.portal.call(store.create_key, "team-b")
+        three = v1_request([("c.png", image_bytes("coffee.png"))] * 3, [{"is_yolo": True}] * 3)
+        two = v1_request([("c.png", image_bytes("coffee.png"))] * 2, [{"is_yolo": True}] * 2)
+        auth_a = {"Authorization": f"Bearer {key_a}"}
+        assert client.post(BATCH, headers=auth_a, **three).status_code == 200
+        limited = client.post(BATCH, headers=auth_a, **three)
+        assert limited.status_code == 429, "3 + 3 images is over 5 a minute"
+        assert limited.json()["detail"]["code"] == "rate_limited"
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert client.post(BATCH, headers=auth_a, **two).status_code == 200, "3 + 2 fits"
+        start = time.monotonic()
+        other = client.post(BATCH, headers={"Authorization": f"Bearer {key_b}"}, **three)
+        assert other.status_code == 200 and time.monotonic() - start < 5, "team b is not held back by team a"
+        assert client.post("/v1/double/latest", json={"data": 1}, headers=auth_a).status_code in (404, 429)
+        r = client.post("/v1/predict", headers=auth_a,
+                        json={"input": {"image_url": "http://x/a.png"}, "predictions": [{"model_name": "nudenet"}]})
+        assert r.status_code == 429
+
+
+def test_unreachable_quota_store_does_not_refuse_traffic(settings: Settings, engines: EngineRegistry) -> None:
+    dead = f"async+redis://127.0.0.1:{free_port()}"
+    cfg = settings.model_copy(update={"rate_limit": RateLimitSettings(images_per_minute=1, storage_uri=dead)})
+    with TestClient(create_app(cfg, engines=engines)) as client:
+        key, _ = client.portal.call(client.app.state.services.keys.create_key, "t")  # type: ignore[attr-defined]
+        one = v1_request([("c.png", image_bytes("coffee.png"))] * 2, [{"is_yolo": True}] * 2, api_key=key)
+        assert client.post(BATCH, **one).status_code == 200
