@@ -37,5 +37,5 @@ def test_every_route_with_an_id_hides_other_teams(client: TestClient, app) -> No
             same = theirs.text.replace(batch_id, "batch_nope") == unknown.text
             assert same, "another team's id reads exactly like an unknown one"
             checked += 1
-    assert checked >= 6
+    assert checked >= 5  # get, add requests, list requests, results, cancel
     assert client.get(f"/v1/batches/{batch_id}", headers=owner).json()["state"]["num_requests"] == 0
