@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -21,6 +22,7 @@ from sight.config import Settings
 from sight.engines.registry import EngineRegistry
 from sight.errors import SightError
 from sight.runtime import Services, open_services
+from sight.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -88,4 +90,28 @@ def create_app(settings: Settings | None = None, *, engines: EngineRegistry | No
     app.include_router(batch_routes.router)
     app.include_router(models.router)
     app.include_router(deployments.router)  # last: its /v1/{deployment}/{ref} would shadow fixed paths
+    _document_400_not_422(app)
     return app
+
+
+def _document_400_not_422(app: FastAPI) -> None:
+    """Sight answers validation problems with 400 and its error body: say so in the OpenAPI spec."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            for operations in spec.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault("400", {"description": "Invalid request", "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+            spec.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
+            spec.get("components", {}).get("schemas", {}).pop("ValidationError", None)
+            spec.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+                "ErrorResponse", ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}"))
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -24,11 +24,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request"},
     401: {"model": ErrorResponse, "description": "Missing, unknown or revoked API key"},
     404: {"model": ErrorResponse, "description": "No such batch for this team"},
+    413: {"model": ErrorResponse, "description": "Request body too large"},
 }
 ADD_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     409: {"model": ErrorResponse, "description": "Duplicate batch_request_id, or the batch is cancelled/expired"},
     413: {"model": ErrorResponse, "description": "A request's image is over the size cap"},
+    429: {"model": ErrorResponse, "description": "The team's image quota is used up"},
 }
 Token = Annotated[str | None, Query(description="Opaque cursor from the previous page.")]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from sight.api.deps import ServicesDep, authenticate
 from sight.api.errors import error_headers, status_for
@@ -26,8 +27,21 @@ EXAMPLES: dict[str, Any] = {
 }
 
 
-@router.post("/v1/{deployment}/{ref}", openapi_extra=EXAMPLES,
-             responses={200: {"description": '{"data": ...}; batch rows sorted by id, failed rows in "errors"'}})
+class DeploymentError(BaseModel):
+    error: str
+
+
+FAMILY2_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": DeploymentError, "description": what} for status, what in {
+        400: "Invalid body or arguments", 401: "Missing or invalid key", 404: "Unknown deployment, version or alias",
+        413: "Body too large", 429: "Team quota used up", 500: "The deployment failed",
+        502: "An upstream (image host, LLM) failed", 503: "At capacity", 504: "A stage timed out",
+    }.items()
+}
+
+
+@router.post("/v1/{deployment}/{ref}", openapi_extra=EXAMPLES, responses={
+    200: {"description": '{"data": ...}; batch rows sorted by id, failed rows in "errors"'}, **FAMILY2_ERRORS})
 async def call_deployment(deployment: str, ref: str, request: Request, services: ServicesDep) -> JSONResponse:
     """Call a deployment: built-ins ``detect``, ``ocr``, ``analyze``, ``predict`` or a user function."""
     try:

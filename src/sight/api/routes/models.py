@@ -27,7 +27,11 @@ from sight.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["models"])
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what} for status, what in {
+        400: "Invalid request", 401: "Missing or invalid key", 404: "No such model", 413: "Request body too large",
+        429: "Team quota used up"}.items()
+}
 RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200,
                                          description="Pins A/B splits: a retry with this id hits the same version.")]
 STATUS_CODES = {"Success": 200, "BadRequest": 400, "InternalError": 500}
@@ -81,7 +85,8 @@ async def predict(body: MultiPredictRequest, principal: PrincipalDep, services: 
 
 
 @router.get("/models/{name}/predict", response_model=PredictionOut,
-            responses={400: {"model": PredictionOut}, 500: {"model": PredictionOut}, 401: {"model": ErrorResponse}})
+            responses={400: {"model": PredictionOut}, 500: {"model": PredictionOut}, 401: {"model": ErrorResponse},
+                       429: {"model": ErrorResponse}})
 async def predict_model(
     name: str, principal: PrincipalDep, services: ServicesDep,
     image_url: Annotated[str | None, Query()] = None, image_base64: Annotated[str | None, Query()] = None,
