@@ -209,3 +209,21 @@ def test_health_ready_metrics_and_openapi(client: TestClient, api_key: str) -> N
         assert path in spec["paths"]
     assert "multipart/form-data" in spec["paths"][BATCH]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 200
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_with_boxes_in_original_pixels(client: TestClient, api_key: str) -> None:
+    from tests.helpers import jpeg_bytes
+
+    small = Image.open(IMAGES / "astronaut.png").convert("RGB")
+    big = small.resize((4096, 4096), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = jpeg_bytes(big.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes())
+    files = [("small.jpg", jpeg_bytes(small)), ("big.jpg", jpeg_bytes(big)), ("sideways.jpg", sideways)]
+    items = client.post(BATCH, **v1_request(files, [{"is_yolo": True}] * 3, api_key=api_key)).json()["result"]["items"]
+    assert [i["image"] for i in items] == [{"width": 512, "height": 512}] + [{"width": 4096, "height": 4096}] * 2
+    face = [next(d for d in i["yolo"]["detections"] if d["name"] == "FACE_FEMALE")["box"] for i in items]
+    for k in ("x1", "y1", "x2", "y2"):
+        assert abs(face[1][k] - 8 * face[0][k]) < 8 * 8, (k, face)
+        assert abs(face[2][k] - face[1][k]) < 8 * 8, (k, face)
+    assert items[1]["timings_ms"]["decode"] < 400

@@ -77,3 +77,17 @@ def test_malformed_gif_found_by_the_fuzzer_is_an_invalid_image() -> None:
     crash = base64.b64decode("R0lGODdhCAAAAAAA/wAAAAAAAAAAACwAACwAAAAACAAGAAAACA4sAAAuCBxIsKDBgwgTDgwIADs=")
     with pytest.raises(InvalidImageError):
         decode_image(crash, ImageSettings())
+
+
+def test_decode_scaled_uses_jpeg_draft_and_reports_the_original_size() -> None:
+    from sight.core.images import decode_scaled
+
+    big = io.BytesIO()
+    Image.new("RGB", (4000, 3000), "green").save(big, format="JPEG")
+    image, original = decode_scaled(big.getvalue(), ImageSettings(), 640)
+    assert original == (4000, 3000)
+    assert image.size == (1000, 750), "1/4 scale: the smallest DCT scale whose long side is still >= 640"
+    full, same = decode_scaled(big.getvalue(), ImageSettings(), None)
+    assert full.size == same == (4000, 3000)
+    png = png_bytes(Image.new("RGB", (4000, 3000)))
+    assert decode_scaled(png, ImageSettings(), 640)[0].size == (4000, 3000), "only JPEG has a draft mode"

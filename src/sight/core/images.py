@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,15 @@ def decode_base64(value: str, max_bytes: int) -> bytes:
 
 def decode_image(data: bytes, settings: ImageSettings) -> Image.Image:
     """Decode ``data`` to RGB with EXIF orientation applied. Blocking: call it from a worker thread."""
+    return decode_scaled(data, settings)[0]
+
+
+def decode_scaled(
+    data: bytes, settings: ImageSettings, min_side: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Like :func:`decode_image`, but a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT draft mode, far
+    cheaper than decoding in full and resizing) while its long side stays at least ``min_side``. Returns the
+    picture and the (width, height) of the full-size oriented original, for mapping results back."""
     PILImage = _pil()
     from PIL import ImageOps, UnidentifiedImageError
 
@@ -69,10 +79,15 @@ def decode_image(data: bytes, settings: ImageSettings) -> Image.Image:
         if frames > settings.max_frames:
             image.close()
             raise ImageTooLargeError(f"animation has {frames} frames; the limit is {settings.max_frames}")
+        swapped = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        original = (height, width) if swapped else (width, height)
+        if min_side and image.format == "JPEG" and max(width, height) > 2 * min_side:
+            scale = min_side / max(width, height)
+            image.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
         if image.mode == "RGB":
-            return image  # no copy: most photos are decoded straight to RGB
+            return image, original  # no copy: most photos are decoded straight to RGB
         rgb = image.convert("RGB")
     except SightError:
         raise
@@ -80,7 +95,7 @@ def decode_image(data: bytes, settings: ImageSettings) -> Image.Image:
         image.close()
         raise InvalidImageError(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
     image.close()
-    return rgb
+    return rgb, original
 
 
 def encode_jpeg(image: Image.Image, max_side: int, quality: int = 90) -> bytes:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,9 +18,10 @@ import anyio
 
 from sight.config import Settings
 from sight.core.catalog import ModelEntry
-from sight.core.images import decode_base64, decode_image, encode_jpeg
+from sight.core.images import decode_base64, decode_scaled, encode_jpeg
 from sight.core.metrics import Metrics
 from sight.core.shadow import ShadowRunner
+from sight.engines.base import Box as Box2
 from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
 from sight.engines.registry import EngineHub, EngineRegistry
 from sight.errors import (
@@ -123,10 +124,16 @@ class Pipeline:
         raise InvalidImageError("item has no image: give a file, image_url or image_base64")
 
     async def load_image(self, source: ImageInput, timings: dict[str, float]) -> Image.Image:
-        """Fetch or read, then decode off the event loop."""
+        """Fetch or read, then decode (full size) off the event loop."""
+        return (await self.load_scaled(source, timings, None))[0]
+
+    async def load_scaled(
+        self, source: ImageInput, timings: dict[str, float], min_side: int | None
+    ) -> tuple[Image.Image, tuple[int, int]]:
+        """Fetch or read, then decode off the event loop, JPEGs at reduced scale when ``min_side`` allows."""
         data = await self._load(source, timings)
         with self._timed("decode", timings):
-            return await anyio.to_thread.run_sync(decode_image, data, self.settings.images)
+            return await anyio.to_thread.run_sync(decode_scaled, data, self.settings.images, min_side)
 
     async def run_item(self, item: WorkItem, query: str | None, request_id: str | None = None) -> ItemResult:
         """Run the stages ``item`` asks for. Never raises, except on cancellation. The engine snapshot is
@@ -137,13 +144,13 @@ class Pipeline:
         errors: list[SightError] = []
         opts = item.options
         try:
-            image = await self.load_image(item.image, timings)
-            result.image = ImageSize(width=image.width, height=image.height)
+            image, (width, height) = await self.load_scaled(item.image, timings, self._min_side(engines, opts))
+            result.image = ImageSize(width=width, height=height)
             grounding = Grounding()
             if opts.is_yolo:
                 try:
                     with self._timed("yolo", timings):
-                        result.yolo, found = await self._detect(engines, image, opts, request_id)
+                        result.yolo, found = await self._detect(engines, image, opts, request_id, (width, height))
                     grounding.detections.extend(found)
                 except SightError as exc:
                     errors.append(exc)
@@ -224,11 +231,27 @@ class Pipeline:
                 self.shadows.spawn(primary.ref, shadow.ref, run, answer.answer)
         return answer
 
+    def _min_side(self, engines: EngineRegistry, opts: ItemOptions) -> int | None:
+        """How small the picture may be decoded: OCR needs every pixel; detection only its input size."""
+        if opts.is_ocr or not (opts.is_yolo or opts.is_llm):
+            return None
+        needs = [self.settings.llm.max_image_side] if opts.is_llm else []
+        if opts.is_yolo:
+            try:
+                detector = engines.detector(opts.yolo_model) if engines.is_loaded(
+                    engines.detector_entry(opts.yolo_model)) else None
+            except SightError:
+                return None  # the detect stage reports the error
+            needs.append(max(detector.imgsz) if detector is not None and hasattr(detector, "imgsz") else 1280)
+        return max(needs)
+
     async def _detect(
-        self, engines: EngineRegistry, image: Image.Image, opts: ItemOptions, request_id: str | None
+        self, engines: EngineRegistry, image: Image.Image, opts: ItemOptions, request_id: str | None,
+        original: tuple[int, int],
     ) -> tuple[YoloResult, list[Detection]]:
         options = DetectOptions(conf=opts.conf, iou=opts.iou, classes=opts.classes)
         entry, found = await self.detect(engines, image, opts.yolo_model, options, request_id)
+        found = rescale(found, original[0] / image.width, original[1] / image.height)
         return yolo_result(entry, found), found
 
     async def _read_text(self, engines: EngineRegistry, image: Image.Image) -> OcrResult:
@@ -299,6 +322,14 @@ class Pipeline:
 def summarize(results: Sequence[ItemResult]) -> Summary:
     done = sum(r.status == "done" for r in results)
     return Summary(total=len(results), done=done, error=len(results) - done)
+
+
+def rescale(found: list[Detection], sx: float, sy: float) -> list[Detection]:
+    """Detections on a reduced-scale decode, mapped to the full-size original's pixels."""
+    if sx == 1 and sy == 1:
+        return found
+    return [replace(d, box=Box2(round(d.box.x1 * sx, 2), round(d.box.y1 * sy, 2), round(d.box.x2 * sx, 2),
+                               round(d.box.y2 * sy, 2))) for d in found]
 
 
 def yolo_result(entry: ModelEntry, found: Sequence[Detection]) -> YoloResult:
