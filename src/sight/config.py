@@ -57,6 +57,9 @@ class YoloSettings(BaseModel):
     intra_op_threads: int = 0
     concurrency: int = Field(1, description="Session runs at once per model; more oversubscribes CPUs.")
     timeout: float = Field(60.0, description="Seconds an item may wait for and run detection.")
+    batch_max_size: int = Field(1, description="Gather up to this many concurrent images per session call "
+                                                "(models with a dynamic batch axis; worth it on GPUs, not CPUs).")
+    batch_max_wait_ms: float = Field(5.0, description="How long a gathered batch waits to fill up.")
 
 
 class OcrSettings(BaseModel):

@@ -67,9 +67,13 @@ def error_response(status: int, code: str, message: str, exc: SightError | None 
                         headers=error_headers(exc, status))
 
 
-async def _sight_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _sight_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SightError)
     status = status_for(exc)
+    if isinstance(exc, OverloadedError):
+        services = getattr(request.app.state, "services", None)
+        if services is not None:
+            services.metrics.rejected.labels(exc.code).inc()
     if status >= 500:
         log.warning("request failed: %s: %s", exc.code, exc.message)
     return error_response(status, exc.code, exc.message, exc)

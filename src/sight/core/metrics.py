@@ -31,5 +31,20 @@ class Metrics:
             ["primary", "shadow", "metric"], registry=self.registry,
         )
 
+        self.queue_depth = Gauge(
+            "sight_model_queue_depth", "Items waiting for a model's session", ["model"], registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "sight_batch_size", "Images per session call", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "sight_rejected", "Requests refused before any work, by reason", ["reason"], registry=self.registry,
+        )
+        self.cancelled = Counter(
+            "sight_cancelled_items", "Items cancelled before finishing (client gone, shutdown, batch cancel)",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

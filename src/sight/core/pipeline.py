@@ -166,6 +166,9 @@ class Pipeline:
                     result.llm = await self._analyze(engines, image, query, grounding, opts.llm_model, request_id)
         except SightError as exc:
             errors.append(exc)
+        except asyncio.CancelledError:
+            self.metrics.cancelled.inc()
+            raise
         except Exception:  # a bug, not the user's fault: keep the item, hide internals
             log.exception("item %d failed unexpectedly", item.index)
             errors.append(SightError("internal error while processing this image"))
@@ -183,13 +186,27 @@ class Pipeline:
         """Run a detector (and, in the background, its shadows) on ``image``."""
         entry = engines.detector_entry(ref, request_id)
         timeout = self.settings.yolo.timeout
+        depth = self.metrics.queue_depth.labels(entry.ref)
+        depth.inc()
         try:
             with anyio.fail_after(timeout):
                 detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
-                async with engines.limiter(entry.ref):
-                    found = await anyio.to_thread.run_sync(detector.detect, image, options, abandon_on_cancel=True)
+                batcher = engines.batcher(entry, self.metrics.batch_size.labels(entry.ref).observe)
+                if batcher is not None:
+                    found = await batcher.detect(image, options)
+                else:
+                    async with engines.limiter(entry.ref):
+                        depth.dec()
+                        self.metrics.batch_size.labels(entry.ref).observe(1)
+                        try:
+                            found = await anyio.to_thread.run_sync(detector.detect, image, options,
+                                                                   abandon_on_cancel=True)
+                        finally:
+                            depth.inc()
         except TimeoutError as exc:
             raise StageTimeoutError(f"detection did not finish within {timeout}s") from exc
+        finally:
+            depth.dec()
         for shadow in engines.catalog.shadows.get(entry.ref, []):
             self.shadows.spawn(entry.ref, shadow.ref, partial(self._shadow_detect, engines, shadow, image, options),
                                found)
@@ -274,6 +291,7 @@ class Pipeline:
         async def one(item: WorkItem) -> None:
             async with slots:
                 if self.draining:
+                    self.metrics.cancelled.inc()
                     shutting_down = ErrorInfo(code="cancelled", message="the server is shutting down")
                     await queue.put(ItemResult(index=item.index, filename=item.filename, status="error",
                                                timings_ms=dict.fromkeys(STAGES, 0.0), error=shutting_down))

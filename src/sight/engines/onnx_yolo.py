@@ -203,14 +203,19 @@ class OnnxYoloDetector:
 
     def detect_many(self, images: Sequence[Image.Image], options: DetectOptions) -> list[list[Detection]]:
         """Detect on several images in one session call (a single call per image if the batch is static)."""
-        wanted = self.class_ids(options.classes)
-        prepared = [letterbox(img, self.imgsz) for img in images]
+        return self.detect_batch([(image, options) for image in images])
+
+    def detect_batch(self, jobs: Sequence[tuple[Image.Image, DetectOptions]]) -> list[list[Detection]]:
+        """Each image with its own thresholds and classes, in one session call when the model allows."""
+        wanted = [self.class_ids(options.classes) for _, options in jobs]
+        prepared = [letterbox(img, self.imgsz) for img, _ in jobs]
         if self.dynamic_batch:
             outputs = self._run([c for c, _ in prepared])
         else:
             outputs = np.concatenate([self._run([c]) for c, _ in prepared])
         return [
-            self.decode(out, lb, options, wanted) for out, (_, lb) in zip(outputs, prepared, strict=True)
+            self.decode(out, lb, options, w)
+            for out, (_, lb), (_, options), w in zip(outputs, prepared, jobs, wanted, strict=True)
         ]
 
     def _run(self, canvases: Sequence[np.ndarray]) -> np.ndarray:

@@ -7,8 +7,9 @@ request in flight; engines that did not change carry over to the new snapshot wi
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -16,6 +17,9 @@ from sight.config import Settings
 from sight.core.catalog import Catalog, ModelEntry
 from sight.engines.base import Detector, OcrEngine, VisionLLM
 from sight.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from sight.engines.batching import DetectionBatcher
 
 
 class EngineRegistry:
@@ -46,6 +50,7 @@ class EngineRegistry:
         self._llms: dict[str, VisionLLM] = {}
         self._load_lock = threading.Lock()
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        self._batchers: dict[str, DetectionBatcher] = {}
 
     # -- detectors -------------------------------------------------------------------------------------
 
@@ -80,6 +85,20 @@ class EngineRegistry:
         if entry.task == "ocr":
             return self._ocr is not None
         return True  # LLMs are remote: nothing to load
+
+    def batcher(self, entry: ModelEntry, on_batch: Callable[[int], None]) -> DetectionBatcher | None:
+        """The gathering front of a loaded detector, when batching is on and the model allows it."""
+        y = self.settings.yolo
+        detector = self._detectors.get(entry.ref)
+        if y.batch_max_size <= 1 or detector is None or not getattr(detector, "dynamic_batch", False):
+            return None
+        if entry.ref not in self._batchers:
+            from sight.engines.batching import DetectionBatcher
+
+            self._batchers[entry.ref] = DetectionBatcher(
+                detector, max_size=y.batch_max_size, max_wait=y.batch_max_wait_ms / 1000,  # type: ignore[arg-type]
+                limiter=self.limiter(entry.ref), on_batch=on_batch)
+        return self._batchers[entry.ref]
 
     def limiter(self, key: str) -> anyio.CapacityLimiter:
         """Bounds concurrent session runs per model so parallel requests do not oversubscribe cores."""

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from sight.api.deps import ServicesDep, authenticate
 from sight.api.errors import error_headers, status_for
-from sight.errors import InvalidInputError, SightError
+from sight.errors import InvalidInputError, OverloadedError, SightError
 
 router = APIRouter(tags=["deployments"])
 EXAMPLES: dict[str, Any] = {
@@ -56,5 +56,7 @@ async def call_deployment(deployment: str, ref: str, request: Request, services:
         return JSONResponse(await services.deployments.call(deployment, ref, body, request_id))
     except SightError as exc:
         status = status_for(exc)
+        if isinstance(exc, OverloadedError):
+            services.metrics.rejected.labels(exc.code).inc()
         return JSONResponse({"error": exc.message if status < 500 or exc.code != "internal" else "internal error"},
                             status_code=status, headers=error_headers(exc, status))
