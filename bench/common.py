@@ -20,6 +20,23 @@ PHOTOS = ["bus.jpg", "rocket.jpg"]
 KEY_RE = re.compile(r"sk-sight-key_[a-z0-9]{12}-[A-Za-z0-9_\-]+")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
 def spawn_server(model: Path, workdir: Path, **env_extra: str) -> tuple[subprocess.Popen[str], str, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -33,17 +50,18 @@ def spawn_server(model: Path, workdir: Path, **env_extra: str) -> tuple[subproce
         "PYTHONUNBUFFERED": "1",
         **env_extra,
     })
+    log = (workdir / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "sight", "serve", "--port", str(port)], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     key = ""
-    assert proc.stdout is not None
     deadline = time.monotonic() + 60
     while not key and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            raise SystemExit("sight serve exited before printing its key")
-        if match := KEY_RE.search(line):
+        if match := KEY_RE.search((workdir / "serve.log").read_text()):
             key = match.group(0)
+        elif proc.poll() is not None:
+            raise SystemExit("sight serve exited before printing its key")
+        else:
+            time.sleep(0.1)
     url = f"http://127.0.0.1:{port}"
     while time.monotonic() < deadline:
         try:

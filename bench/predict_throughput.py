@@ -1,10 +1,13 @@
-"""Images/s through Sight's batch endpoint vs the bare ONNX Runtime session, in the same run.
+"""Images/s through Sight (batch, stream and v2 endpoints) and through a plain FastAPI peer, each as a
+ratio to the bare ONNX Runtime session on pre-made tensors, measured in the same run.
 
-    python bench/predict_throughput.py                 # spawns `sight serve` on a free port
-    python bench/predict_throughput.py --url http://127.0.0.1:8000 --key sk-sight-...   # a running server
+    python bench/predict_throughput.py                     # spawns `sight serve` and the peer
+    python bench/predict_throughput.py --clients 1 8 --images 64 --rounds 2
 
-The bare figure runs the same model on pre-made 640x640 tensors (no decode, no resize, no HTTP): the
-model's own limit on this machine. Timings on shared machines are noisy: read the ratio, not the seconds.
+Bare: the same model on pre-made 640x640 tensors, one image per call (no decode, no resize, no HTTP):
+the model's own limit here. Sight: YOLO only, 8 JPEG photos per request; v2 fetches them by URL from a
+loopback image server. Rounds alternate bare and served measurements so machine noise hits both; read
+the median ratios, not the seconds.
 """
 
 from __future__ import annotations
@@ -13,13 +16,20 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-from common import DEFAULT_MODEL, PHOTOS, SHARED, spawn_server
+from common import DEFAULT_MODEL, PHOTOS, ROOT, SHARED, free_port, spawn_server, wait_healthy
+
+PER_REQUEST = 8
 
 
 def bare_session(model: Path, n: int) -> float:
@@ -41,64 +51,94 @@ def bare_session(model: Path, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def sight_batch(url: str, key: str, n: int, per_request: int, clients: int) -> float:
-    """Images/s through POST /api/v1/inference/predict/batch (YOLO only), ``clients`` at once."""
-    blobs = [(p, (SHARED / "images" / p).read_bytes()) for p in PHOTOS]
-    meta = json.dumps({"is_yolo": True, "is_llm": False})
+class Endpoints:
+    def __init__(self, url: str, key: str, image_base: str, peer: str) -> None:
+        self.http = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=64))
+        self.url, self.key, self.image_base, self.peer = url, key, image_base, peer
+        self.blobs = [(p, (SHARED / "images" / p).read_bytes()) for p in PHOTOS]
+        self.meta = json.dumps({"is_yolo": True, "is_llm": False})
 
-    def post(req: int) -> int:
-        files = [("files", blobs[(req * per_request + j) % len(blobs)]) for j in range(per_request)]
-        r = httpx.post(f"{url}/api/v1/inference/predict/batch", data={"api_key": key, "metadata": [meta] * per_request},
-                       files=files, timeout=600)
-        r.raise_for_status()
-        body = r.json()
-        assert body["result"]["summary"]["done"] == per_request, body["result"]["summary"]
-        return per_request
+    def _files(self, req: int) -> list[tuple[str, tuple[str, bytes]]]:
+        return [("files", self.blobs[(req * PER_REQUEST + j) % len(self.blobs)]) for j in range(PER_REQUEST)]
 
-    post(0)  # warm-up: loads the model
-    requests = max(1, n // per_request)
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        done = sum(pool.map(post, range(requests)))
-    return done / (time.perf_counter() - start)
+    def batch(self, req: int) -> None:
+        r = self.http.post(f"{self.url}/api/v1/inference/predict/batch", files=self._files(req),
+                           data={"api_key": self.key, "metadata": [self.meta] * PER_REQUEST})
+        assert r.json()["result"]["summary"]["done"] == PER_REQUEST, r.text[:300]
+
+    def stream(self, req: int) -> None:
+        r = self.http.post(f"{self.url}/api/v1/inference/predict/stream", files=self._files(req),
+                           data={"api_key": self.key, "metadata": [self.meta] * PER_REQUEST})
+        last = json.loads(r.text.strip().splitlines()[-1])
+        assert last["status"] == "complete" and last["summary"]["done"] == PER_REQUEST, r.text[-300:]
+
+    def v2(self, req: int) -> None:
+        data = [{"image_url": f"{self.image_base}/{PHOTOS[(req * PER_REQUEST + j) % len(PHOTOS)]}", "is_yolo": True}
+                for j in range(PER_REQUEST)]
+        r = self.http.post(f"{self.url}/api/v1/inference/predict/batch/v2", json={"api_key": self.key, "data": data})
+        assert r.json()["result"]["summary"]["done"] == PER_REQUEST, r.text[:300]
+
+    def peer_app(self, req: int) -> None:
+        r = self.http.post(f"{self.peer}/detect", files=self._files(req))
+        assert len(r.json()["candidates"]) == PER_REQUEST
+
+    def measure(self, name: str, n: int, clients: int) -> float:
+        call = getattr(self, name)
+        call(0)  # warm-up
+        requests = max(clients, n // PER_REQUEST)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            list(pool.map(call, range(requests)))
+        return requests * PER_REQUEST / (time.perf_counter() - start)
+
+
+def serve_images() -> tuple[ThreadingHTTPServer, str]:
+    handler = partial(SimpleHTTPRequestHandler, directory=str(SHARED / "images"))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined,method-assign]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--images", type=int, default=96, help="images per measurement")
-    parser.add_argument("--per-request", type=int, default=8, help="files per batch request")
+    parser.add_argument("--images", type=int, default=64, help="images per measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--url", help="a running server (default: spawn one)")
-    parser.add_argument("--key", help="API key for --url")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--endpoints", nargs="+", default=["batch", "stream", "v2", "peer_app"])
     args = parser.parse_args()
 
-    proc = None
+    images, image_base = serve_images()
+    peer_port = free_port()
+    env = {**os.environ, "SIGHT_BENCH_MODEL": str(args.model)}
+    peer = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "peer_app:app",
+                             "--port", str(peer_port), "--log-level", "warning"], env=env)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.url:
-            url, key = args.url, args.key
-        else:
-            proc, url, key = spawn_server(args.model, Path(tmp))
+        proc, url, key = spawn_server(args.model, Path(tmp), SIGHT_FETCH__ALLOW_NETWORKS='["127.0.0.0/8"]')
         try:
+            wait_healthy(f"http://127.0.0.1:{peer_port}/docs")
+            bench = Endpoints(url, key, image_base, f"http://127.0.0.1:{peer_port}")
             print(f"model: {args.model.name}   images per measurement: {args.images}   cores: {os.cpu_count()}   "
-                  f"rounds: {args.rounds} (bare and Sight alternate, so noise hits both)")
-            ratios: dict[int, list[float]] = {c: [] for c in args.clients}
+                  f"rounds: {args.rounds}")
+            ratios: dict[tuple[str, int], list[float]] = {}
             for round_no in range(1, args.rounds + 1):
-                bare = bare_session(args.model, args.images)
-                line = [f"round {round_no}: bare session {bare:6.2f} img/s"]
                 for clients in args.clients:
-                    ips = sight_batch(url, key, args.images, args.per_request, clients)
-                    ratios[clients].append(ips / bare)
-                    line.append(f"sight x{clients} clients {ips:6.2f} img/s ({ips / bare:.2f})")
-                print("   ".join(line), flush=True)
-            for clients, values in ratios.items():
-                print(f"sight batch endpoint, {clients} client(s), {args.per_request} files/request: "
-                      f"median ratio to bare session {statistics.median(values):.2f}")
+                    for name in args.endpoints:
+                        bare = bare_session(args.model, args.images)
+                        ips = bench.measure(name, args.images, clients)
+                        ratios.setdefault((name, clients), []).append(ips / bare)
+                        print(f"round {round_no}  {name:8s} x{clients:<2d} {ips:6.2f} img/s   bare {bare:6.2f} img/s   "
+                              f"ratio {ips / bare:.2f}", flush=True)
+            print("\nmedian ratio to the bare session:")
+            for (name, clients), values in ratios.items():
+                print(f"  {name:8s} {clients} client(s): {statistics.median(values):.2f}")
         finally:
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=30)
+            proc.terminate()
+            proc.wait(timeout=60)
+            peer.terminate()
+            peer.wait(timeout=30)
+            images.shutdown()
 
 
 if __name__ == "__main__":

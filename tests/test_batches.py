@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from sight.api.app import create_app
 from sight.config import ImageSettings, JobsSettings, Settings
 from sight.engines.registry import EngineRegistry
+from sight.schemas import BatchRequestIn
 from tests.helpers import image_bytes
 from tests.servers import FakeLLMServer
 
@@ -357,3 +359,64 @@ def test_only_the_lease_holder_can_complete(client: TestClient) -> None:
     assert client.portal.call(queue.complete, "w2", second.seq, "succeeded", {"again": 1}, None) is False
     (result,) = api.results(bid)["results"]
     assert result["error"]["message"] == "w2"
+
+
+class _HeldHeartbeat:
+    """The real queue, whose heartbeat answers only when released: work gets claimed meanwhile."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.settings = inner, inner.settings
+        self.release = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def heartbeat(self, worker: str, seqs: list[int]) -> set[int]:
+        held = await self.inner.heartbeat(worker, seqs)
+        self.waiting.set()
+        await self.release.wait()
+        return held  # type: ignore[no-any-return]
+
+
+async def _states(services: Any) -> list[str]:
+    from sqlalchemy import select
+
+    from sight.storage.tables import BatchRequest
+
+    async with services.db.connect() as conn:
+        return list((await conn.execute(select(BatchRequest.state))).scalars())
+
+
+def test_a_heartbeat_never_cancels_work_claimed_while_it_was_in_flight(client: TestClient) -> None:
+    from sight.jobs.runner import Runner
+
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    services = client.app.state.services  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        queue = _HeldHeartbeat(services.queue)
+        runner = Runner(queue, services.batches, services.pipeline, services.blobs,  # type: ignore[arg-type]
+                        services.settings.jobs.model_copy(update={"heartbeat_seconds": 0.01}))
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        await queue.waiting.wait()  # the first heartbeat asked about nothing and now holds its answer
+        reqs = [BatchRequestIn.model_validate(_vp(image_base64=_b64("coffee.png"), is_yolo=True))]
+        team = (await services.keys.verify(api.headers["Authorization"][7:])).team_id
+        await services.batches.add_requests(team, bid, reqs)
+        runner.wake()
+        for _ in range(500):  # until the runner claimed it
+            if await _states(services) == ["running"]:
+                break
+            await asyncio.sleep(0.01)
+        queue.release.set()  # the stale answer (without the new request) arrives now
+        for _ in range(1000):
+            if (await services.batches.get(team, bid)).status == "ended":
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    client.portal.call(scenario)
+    assert api.batch(bid)["state"]["num_success"] == 1

@@ -76,7 +76,7 @@ class Client:
             time.sleep(0.05)
         raise AssertionError(f"no progress past {more_than}")
 
-    def wait_ended(self, bid: str, timeout: float = 180) -> dict[str, Any]:
+    def wait_ended(self, bid: str, timeout: float = 150) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             batch = self.state(bid)
@@ -95,6 +95,49 @@ class Client:
             token = page["pagination_token"]
             if token is None:
                 return results
+
+
+def _diagnose(database_url: str, processes: list[SightProcess]) -> str:
+    """What the queue and the processes looked like, for a failure message."""
+    import asyncio
+
+    from sqlalchemy import func, select
+
+    from sight.storage.db import create_engine
+    from sight.storage.tables import BatchRequest
+
+    async def rows() -> list[tuple[object, ...]]:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                r = BatchRequest
+                query = (select(r.state, r.lease_owner, func.count(), func.max(r.attempts),
+                                func.min(r.lease_expires_at), func.min(r.available_at))
+                         .group_by(r.state, r.lease_owner))
+                return [tuple(r) for r in (await conn.execute(query)).all()]
+        finally:
+            await engine.dispose()
+
+    import shutil
+    import subprocess
+    import sys
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    import signal
+    import time
+
+    for p in processes[-2:]:
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGUSR1)
+    time.sleep(1)
+    dumps = []
+    for p in processes[-2:]:
+        if p.proc.poll() is None and Path(spy).exists():
+            dumps.append(subprocess.run([spy, "dump", "--pid", str(p.proc.pid)], capture_output=True, text=True,
+                                        timeout=60).stdout)
+    logs = "\n".join(f"--- pid {p.proc.pid} rc={p.proc.poll()}\n{p.output()[-6000:]}" for p in processes[-4:])
+    logs += "\n".join(dumps)
+    return f"queue: {asyncio.run(rows())}\n{logs}"
 
 
 def _redone_requests(database_url: str) -> int:
@@ -135,6 +178,7 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
+@pytest.mark.timeout(300)
 def test_workers_killed_at_random_points_lose_and_double_nothing(workdir: Path, database_url: str) -> None:
     rng = random.Random(1234)
     env = sight_env(workdir, database_url, SIGHT_JOBS__RUN_IN_SERVER="false", **FAST_LEASES)
@@ -156,7 +200,10 @@ def test_workers_killed_at_random_points_lose_and_double_nothing(workdir: Path, 
                 done = client.state(bid)["state"]["num_success"]
                 assert done < REQUESTS, "the kills must land while work remains"
             workers += [SightProcess(["worker"], workdir, env) for _ in range(2)]
-            _check_exactly_once(client, bid, ids)
+            try:
+                _check_exactly_once(client, bid, ids)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{_diagnose(database_url, workers)}") from exc
         assert _redone_requests(database_url) > 0, "some kills hit requests in flight, which were redone"
     finally:
         for worker in workers:
@@ -164,6 +211,7 @@ def test_workers_killed_at_random_points_lose_and_double_nothing(workdir: Path, 
         server.stop()
 
 
+@pytest.mark.timeout(300)
 def test_api_server_restarted_mid_batch_finishes_it(workdir: Path, database_url: str) -> None:
     env = sight_env(workdir, database_url, **FAST_LEASES)
     server = SightServer(workdir, env)

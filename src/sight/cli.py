@@ -84,6 +84,15 @@ def serve(
     )
 
 
+def _dump_tasks() -> None:
+    import sys
+
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()}: {task.get_coro()}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 @app.command()
 def worker(
     burst: Annotated[bool, typer.Option(help="Exit once no work is left instead of waiting for more.")] = False,
@@ -104,6 +113,7 @@ def worker(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # `kill -USR1`: what is every task waiting on?
             console.print(f"worker {runner.worker} processing batch requests")
             await runner.run(stop)
 

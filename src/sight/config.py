@@ -89,6 +89,7 @@ class JobsSettings(BaseModel):
     heartbeat_seconds: float = 10.0
     poll_seconds: float = 0.5
     max_attempts: int = 3
+    request_timeout: float = Field(900.0, description="One attempt at one request ends after this (then retried).")
     backoff_seconds: float = 2.0
     backoff_max_seconds: float = 300.0
     retention_hours: float = Field(24 * 30, description="Results are kept this long after a batch is created.")

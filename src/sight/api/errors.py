@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from sight.errors import (
     AuthenticationError,
@@ -103,6 +104,12 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+async def _client_gone(_request: Request, _exc: Exception) -> JSONResponse:
+    # The client hung up mid-upload: nobody will read this answer, and it is not a server error.
+    log.debug("client disconnected before its request body was read")
+    return error_response(400, "invalid_input", "the client disconnected before the request body was read")
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal", "internal server error")
@@ -112,4 +119,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(SightError, _sight_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -14,6 +14,8 @@ import logging
 import os
 import secrets
 import socket
+from functools import partial
+from typing import Any
 
 import anyio
 
@@ -53,7 +55,7 @@ class Runner:
     def cancel_batch(self, batch_seq: int) -> None:
         """Interrupt this process's in-flight requests of a cancelled batch (others notice at heartbeat)."""
         for task, seq_of_batch in list(self._inflight.values()):
-            if seq_of_batch == batch_seq:
+            if seq_of_batch == batch_seq and not task.cancelling():
                 task.cancel()
 
     async def _process(self, job: Claimed) -> None:
@@ -66,20 +68,31 @@ class Runner:
                 image=ImageInput(data=data, url=payload.get("image_url")),
                 options=ItemOptions.model_validate(payload),
             )
-            result = await self.pipeline.run_item(item, payload.get("query"))
+            with anyio.fail_after(self.settings.request_timeout):
+                result = await self.pipeline.run_item(item, payload.get("query"))
             if result.status == "done":
-                await self.queue.complete(self.worker, job.seq, "succeeded", result.model_dump(mode="json",
-                                                                                              by_alias=True), None)
+                await self._record(job, "succeeded", result.model_dump(mode="json", by_alias=True), None)
                 return
             assert result.error is not None
             error = result.error.model_dump()
         except SightError as exc:
             error = exc.to_dict()
+        except TimeoutError:
+            error = {"code": "timeout", "message": f"not done within {self.settings.request_timeout}s"}
         if error["code"] in TRANSIENT_CODES and job.attempts < self.settings.max_attempts:
             delay = min(self.settings.backoff_seconds * 2 ** (job.attempts - 1), self.settings.backoff_max_seconds)
-            await self.queue.retry(self.worker, job.seq, error, delay)
+            with anyio.CancelScope(shield=True):
+                await self.queue.retry(self.worker, job.seq, error, delay)
         else:
-            await self.queue.complete(self.worker, job.seq, "failed", None, error)
+            await self._record(job, "failed", None, error)
+
+    async def _record(self, job: Claimed, state: str, result: dict[str, Any] | None,
+                      error: dict[str, Any] | None) -> None:
+        # A cancel (batch cancelled, lease lost, shutdown) may arrive while the outcome is being written: the
+        # short write is shielded, so a transaction is never abandoned half-way holding row locks. The queue
+        # itself refuses the write if this worker no longer holds the request.
+        with anyio.CancelScope(shield=True):
+            await self.queue.complete(self.worker, job.seq, state, result, error)
 
     async def _guarded(self, job: Claimed) -> None:
         try:
@@ -88,9 +101,12 @@ class Runner:
             raise
         except Exception:  # the database went away mid-write, say: the lease lapses and another claim retries
             log.exception("request %s of batch %s failed in the runner", job.request_id, job.batch_seq)
-        finally:
-            self._inflight.pop(job.seq, None)
-            self._wake.set()  # a slot is free: claim more now, not at the next poll
+
+    def _finished(self, seq: int, task: asyncio.Task[None]) -> None:
+        # A done callback, so it runs even for a task cancelled before it ever started.
+        if self._inflight.get(seq, (None, 0))[0] is task:
+            del self._inflight[seq]
+        self._wake.set()  # a slot is free: claim more now, not at the next poll
 
     async def _fill(self) -> int:
         free = self.settings.concurrency - len(self._inflight)
@@ -98,19 +114,23 @@ class Runner:
             return 0
         jobs = await self.queue.claim(self.worker, min(free, self.settings.claim_batch))
         for job in jobs:
-            self._inflight[job.seq] = (asyncio.create_task(self._guarded(job)), job.batch_seq)
+            task = asyncio.create_task(self._guarded(job))
+            self._inflight[job.seq] = (task, job.batch_seq)
+            task.add_done_callback(partial(self._finished, job.seq))
         return len(jobs)
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
+            asked = {seq: task for seq, (task, _batch) in self._inflight.items()}
             try:
-                held = await self.queue.heartbeat(self.worker, list(self._inflight))
+                held = await self.queue.heartbeat(self.worker, list(asked))
             except Exception:
                 log.exception("heartbeat failed")
                 continue
-            for seq, (task, _batch) in list(self._inflight.items()):
-                if seq not in held:
+            # Judge only what was asked about: work claimed while the heartbeat was in flight is ours.
+            for seq, task in asked.items():
+                if seq not in held and not task.done() and not task.cancelling():
                     task.cancel()  # cancelled by the user, or our lease lapsed and another worker has it
 
     async def _sweep(self) -> None:

@@ -15,7 +15,11 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 def create_engine(database_url: str) -> AsyncEngine:
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {}
+        if url.get_driver_name() == "asyncpg":
+            # A transaction left open by a crashed or cancelled client must not hold row locks for ever.
+            connect_args["server_settings"] = {"idle_in_transaction_session_timeout": "60000"}
+        return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if url.database and url.database != ":memory:":
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30})

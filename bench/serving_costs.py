@@ -1,0 +1,126 @@
+"""What serving costs besides the model: decode cost by photo size, memory under a huge request and over
+many requests, and the latency of the first NDJSON line. Ratios and deltas, measured in one run.
+
+    python bench/serving_costs.py                       # spawns `sight serve` with yolo11n-untrained
+    python bench/serving_costs.py --only memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from common import DEFAULT_MODEL, SHARED, spawn_server
+from PIL import Image
+
+META = json.dumps({"is_yolo": True, "is_llm": False})
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(field)
+
+
+def post(http: httpx.Client, files: list[tuple[str, bytes]]) -> dict:  # type: ignore[type-arg]
+    r = http.post("/api/v1/inference/predict/batch", data={"metadata": [META] * len(files)},
+                  files=[("files", f) for f in files])
+    r.raise_for_status()
+    return r.json()  # type: ignore[no-any-return]
+
+
+def decode_cost(http: httpx.Client, n: int) -> None:
+    bus = Image.open(SHARED / "images" / "bus.jpg").convert("RGB")
+    big = jpeg(bus.resize((3000, 4000), Image.Resampling.BICUBIC).transpose(Image.Transpose.ROTATE_90))
+    small = jpeg(bus.resize((480, 640)).transpose(Image.Transpose.ROTATE_90))
+    sizes = {"640x480": small, "4000x3000": big}
+    times: dict[str, list[float]] = {k: [] for k in sizes}
+    for name, data in sizes.items():
+        post(http, [(name + ".jpg", data)])
+    for _ in range(n):  # interleaved, so drift hits both
+        for name, data in sizes.items():
+            start = time.perf_counter()
+            post(http, [(name + ".jpg", data)])
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    print(f"decode cost: 640x480 JPEG {med['640x480']:.1f} ms, 4000x3000 JPEG ({len(big) // 1024} KB) "
+          f"{med['4000x3000']:.1f} ms end to end; ratio {med['4000x3000'] / med['640x480']:.2f}")
+
+
+def memory(http: httpx.Client, pid: int, big_request: int, sequential: int) -> None:
+    rng = np.random.default_rng(0)
+    noise = [jpeg(Image.fromarray(rng.integers(0, 255, (720, 960, 3), dtype=np.uint8)), 92) for _ in range(4)]
+    size = sum(map(len, noise)) / len(noise) / 1e6
+    post(http, [("warm.jpg", noise[0])])
+    before_peak = rss_mb(pid, "VmHWM")
+    before = rss_mb(pid)
+    r = post(http, [(f"{i}.jpg", noise[i % len(noise)]) for i in range(big_request)])
+    assert r["result"]["summary"]["done"] == big_request
+    after_peak = rss_mb(pid, "VmHWM")
+    print(f"memory: one request of {big_request} images x {size:.2f} MB: peak RSS {before_peak:.0f} -> "
+          f"{after_peak:.0f} MB (+{after_peak - before_peak:.0f} MB; RSS before it {before:.0f} MB)")
+    small = [("bus.jpg", (SHARED / "images" / "bus.jpg").read_bytes())]
+    marks = {}
+    for i in range(1, sequential + 1):
+        post(http, small)
+        if i in (100, sequential):
+            marks[i] = rss_mb(pid)
+    print(f"memory: {sequential} sequential requests: RSS after 100 {marks[100]:.0f} MB, after {sequential} "
+          f"{marks[sequential]:.0f} MB ({marks[sequential] - marks[100]:+.0f} MB)")
+
+
+def first_line(http: httpx.Client, n: int) -> None:
+    tiny = jpeg(Image.open(SHARED / "images" / "coffee.png").convert("RGB").resize((64, 48)))
+    waits = []
+    for _ in range(n + 2):
+        start = time.perf_counter()
+        with http.stream("POST", "/api/v1/inference/predict/stream", data={"metadata": [META]},
+                         files=[("files", ("t.jpg", tiny))]) as r:
+            next(r.iter_lines())
+            waits.append(time.perf_counter() - start)
+            for _ in r.iter_lines():
+                pass
+    waits = waits[2:]
+    print(f"first NDJSON line after sending the request: median {statistics.median(waits) * 1000:.1f} ms, "
+          f"max {max(waits) * 1000:.1f} ms over {n} requests (idle server, loopback)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--only", choices=["decode", "memory", "first_line"])
+    parser.add_argument("--big-request", type=int, default=300)
+    parser.add_argument("--sequential", type=int, default=2000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url, key = spawn_server(args.model, Path(tmp), SIGHT_SERVER__MAX_FILES="400",
+                                      SIGHT_SERVER__MAX_BODY_BYTES=str(1024 * 1024 * 1024))
+        try:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=900) as http:
+                if args.only in (None, "first_line"):
+                    first_line(http, 30)
+                if args.only in (None, "decode"):
+                    decode_cost(http, 12)
+                if args.only in (None, "memory"):
+                    memory(http, proc.pid, args.big_request, args.sequential)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
