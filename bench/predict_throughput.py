@@ -92,9 +92,13 @@ class Endpoints:
         return requests * PER_REQUEST / (time.perf_counter() - start)
 
 
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
 def serve_images() -> tuple[ThreadingHTTPServer, str]:
-    handler = partial(SimpleHTTPRequestHandler, directory=str(SHARED / "images"))
-    handler.log_message = lambda *a: None  # type: ignore[attr-defined,method-assign]
+    handler = partial(QuietFiles, directory=str(SHARED / "images"))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"

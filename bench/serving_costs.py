@@ -90,9 +90,10 @@ def first_line(http: httpx.Client, n: int) -> None:
         start = time.perf_counter()
         with http.stream("POST", "/api/v1/inference/predict/stream", data={"metadata": [META]},
                          files=[("files", ("t.jpg", tiny))]) as r:
-            next(r.iter_lines())
+            lines = r.iter_lines()
+            next(lines)
             waits.append(time.perf_counter() - start)
-            for _ in r.iter_lines():
+            for _ in lines:
                 pass
     waits = waits[2:]
     print(f"first NDJSON line after sending the request: median {statistics.median(waits) * 1000:.1f} ms, "

@@ -42,42 +42,36 @@ class DetectionBatcher:
         self.limiter = limiter
         self.on_batch = on_batch
         self._pending: list[Job] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._runs: set[asyncio.Task[None]] = set()
+        self._consumer: asyncio.Task[None] | None = None
 
     @property
     def waiting(self) -> int:
         return len(self._pending)
 
     async def detect(self, image: Image.Image, options: DetectOptions) -> list[Detection]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Detection]] = loop.create_future()
+        future: asyncio.Future[list[Detection]] = asyncio.get_running_loop().create_future()
         self._pending.append((image, options, future))
-        if len(self._pending) >= self.max_size:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.max_wait, self._flush)
+        if self._consumer is None or self._consumer.done():
+            self._consumer = asyncio.create_task(self._consume())
         return await future
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    async def _consume(self) -> None:
+        """One consumer per model: while the session is busy, arrivals pile up into the next batch."""
         while self._pending:
-            batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
-            live = [job for job in batch if not job[2].cancelled()]  # callers that went away
-            if live:
-                task = asyncio.get_running_loop().create_task(self._run(live))
-                self._runs.add(task)
-                task.add_done_callback(self._runs.discard)
+            if len(self._pending) < self.max_size:
+                await asyncio.sleep(self.max_wait)  # let a batch fill, at most this long
+            async with self.limiter:
+                batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
+                live = [job for job in batch if not job[2].cancelled()]  # callers that went away
+                if live:
+                    await self._run(live)
 
     async def _run(self, batch: list[Job]) -> None:
         try:
-            async with self.limiter:
-                self.on_batch(len(batch))
-                results = await anyio.to_thread.run_sync(
-                    self.detector.detect_batch, [(image, options) for image, options, _ in batch]
-                )
+            self.on_batch(len(batch))
+            results = await anyio.to_thread.run_sync(
+                self.detector.detect_batch, [(image, options) for image, options, _ in batch]
+            )
         except BaseException as exc:
             for _, _, future in batch:
                 if not future.done():
