@@ -109,6 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         proc, url, key = spawn_server(args.model, Path(tmp), SIGHT_SERVER__MAX_FILES="400",
+                                      SIGHT_SERVER__MAX_QUEUE="1000",
                                       SIGHT_SERVER__MAX_BODY_BYTES=str(1024 * 1024 * 1024))
         try:
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=900) as http:
