@@ -226,13 +226,12 @@ class LiveServer:
         return asyncio.run_coroutine_threadsafe(fn(*args), self.loop).result(timeout=30)
 
 
-class Canary:
-    """A TCP listener that only counts connections: any count above zero means a request got through."""
+class _RawServer:
+    """A bare TCP listener on loopback; subclasses decide what a connection gets."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = socket.create_server((host, port))
         self.sock.settimeout(0.2)
-        self.connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
@@ -248,10 +247,12 @@ class Canary:
                 continue
             except OSError:
                 return
-            self.connections += 1
-            conn.close()
+            self.on_connection(conn)
 
-    def __enter__(self) -> Canary:
+    def on_connection(self, conn: socket.socket) -> None:
+        conn.close()
+
+    def __enter__(self) -> _RawServer:
         self._thread.start()
         return self
 
@@ -261,28 +262,29 @@ class Canary:
         self.sock.close()
 
 
-class HostileServer:
-    """Raw HTTP over sockets, misbehaving on purpose: /trickle, /short, /long, /forever, /html."""
+class Canary(_RawServer):
+    """A TCP listener that only counts connections: any count above zero means a request got through."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
+    connections = 0
+
+    def on_connection(self, conn: socket.socket) -> None:
+        self.connections += 1
+        conn.close()
+
+    def __enter__(self) -> Canary:
+        super().__enter__()
+        return self
+
+
+class HostileServer(_RawServer):
+    """Raw HTTP over sockets, misbehaving on purpose: /trickle, /short, /long, /forever, /html."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def on_connection(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         deadline = time.monotonic() + MAX_SLEEP
@@ -308,10 +310,5 @@ class HostileServer:
                 conn.sendall((head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
 
     def __enter__(self) -> HostileServer:
-        self._thread.start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
