@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,13 +50,16 @@ def test_inference_does_not_block_the_event_loop(live: LiveServer) -> None:
         busy = [pool.submit(_post, live.url, key, "serial-label.png", {"is_ocr": True, "is_yolo": True})
                 for _ in range(3)]
         time.sleep(0.3)  # let the work start
-        worst = 0.0
+        waits: list[float] = []
         while not all(f.done() for f in busy):
             start = time.monotonic()
             assert httpx.get(live.url + "/healthz", timeout=10).status_code == 200
-            worst = max(worst, time.monotonic() - start)
+            waits.append(time.monotonic() - start)
             time.sleep(0.05)
         for f in busy:
             f.result()
-    # OCR of one label takes ~0.5 s of CPU; a blocked loop would hold /healthz for whole seconds.
-    assert worst < 0.5, f"/healthz waited {worst:.2f}s while inference ran"
+    # Each OCR + YOLO item holds a CPU for ~0.5 s. Were it run on the event loop, a typical /healthz would
+    # wait a good part of that; off the loop it answers in milliseconds, bar GIL jitter on a busy machine,
+    # which is why the median is judged, not the worst case.
+    assert len(waits) >= 5
+    assert statistics.median(waits) < 0.1, f"/healthz waits while inference ran: {sorted(waits)}"
