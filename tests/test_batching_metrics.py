@@ -28,7 +28,7 @@ def test_concurrent_requests_share_session_calls_with_per_image_options(
     settings: Settings, engines: EngineRegistry
 ) -> None:
     cfg = settings.model_copy(update={"yolo": settings.yolo.model_copy(
-        update={"batch_max_size": 8, "batch_max_wait_ms": 200})})
+        update={"batch_max_size": 8, "batch_max_wait_ms": 500})})
     face = base64.b64encode(image_bytes("astronaut.png")).decode()
     batched = EngineRegistry(cfg, detectors={"nudenet": engines.detector("nudenet")})
     with LiveServer(create_app(cfg, engines=batched)) as live:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,6 +49,13 @@ STATUS: dict[type[SightError], int] = {
 }
 CODE_FOR_STATUS = {400: "invalid_input", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                    409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def documented(**statuses: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, all with the error body: ``documented(s404="No such batch")``."""
+    from sight.schemas import ErrorResponse
+
+    return {int(k[1:]): {"model": ErrorResponse, "description": v} for k, v in statuses.items()}
 
 
 def status_for(exc: SightError) -> int:

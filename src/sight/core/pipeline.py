@@ -255,11 +255,11 @@ class Pipeline:
         needs = [self.settings.llm.max_image_side] if opts.is_llm else []
         if opts.is_yolo:
             try:
-                detector = engines.detector(opts.yolo_model) if engines.is_loaded(
-                    engines.detector_entry(opts.yolo_model)) else None
+                detector = engines.loaded_detector(engines.detector_entry(opts.yolo_model))
             except SightError:
                 return None  # the detect stage reports the error
-            needs.append(max(detector.imgsz) if detector is not None and hasattr(detector, "imgsz") else 1280)
+            # Not loaded yet: assume a large input rather than load on the event loop.
+            needs.append(max(getattr(detector, "imgsz", (1280,))))
         return max(needs)
 
     async def _detect(

@@ -38,10 +38,9 @@ class EngineRegistry:
         llm: VisionLLM | None = None,
     ) -> None:
         self.settings = settings
-        paths = dict(settings.detector_paths())
-        for name in detectors or {}:
-            paths.setdefault(name.partition(":")[0], Path(f"<injected {name}>"))
-        self.catalog = catalog or Catalog.build(paths, settings.registry.path, settings.llm.model)
+        # Injected detectors are declared like configured ones, and stay declared across reloads.
+        self.injected = {name.partition(":")[0]: Path(f"<injected {name}>") for name in detectors or {}}
+        self.catalog = catalog or self.build_catalog()
         self._detectors: dict[str, Detector] = {
             (k if ":" in k else f"{k}:1"): d for k, d in (detectors or {}).items()
         }
@@ -51,6 +50,15 @@ class EngineRegistry:
         self._load_lock = threading.Lock()
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
         self._batchers: dict[str, DetectionBatcher] = {}
+
+    def build_catalog(self) -> Catalog:
+        """The catalog as settings and the registry file declare it now."""
+        paths = {**self.injected, **self.settings.detector_paths()}
+        return Catalog.build(paths, self.settings.registry.path, self.settings.llm.model)
+
+    def loaded_detector(self, entry: ModelEntry) -> Detector | None:
+        """The detector for ``entry`` if it is already loaded (never loads; safe on the event loop)."""
+        return self._detectors.get(entry.ref)
 
     # -- detectors -------------------------------------------------------------------------------------
 
@@ -161,6 +169,7 @@ class EngineRegistry:
     def successor(self, catalog: Catalog) -> EngineRegistry:
         """A registry for ``catalog`` that keeps this one's engines whose declaration did not change."""
         nxt = EngineRegistry(self.settings, catalog, ocr=self._ocr, llm=self._llm)
+        nxt.injected = self.injected
         current = {m.ref: m for m in catalog.all_models()}
         old = {m.ref: m for m in self.catalog.all_models()}
         for ref, detector in self._detectors.items():
@@ -187,15 +196,7 @@ class EngineHub:
         self._history: list[EngineRegistry] = [current]
 
     def reload(self) -> EngineRegistry:
-        registry = self.current
-        paths = dict(registry.settings.detector_paths())
-        for ref in registry.catalog.models:  # injected detectors stay declared
-            if ref not in paths and registry.catalog.models[ref].latest.task == "detect":
-                source = registry.catalog.models[ref].latest.source
-                if source and source.startswith("<injected"):
-                    paths[ref] = Path(source)
-        catalog = Catalog.build(paths, registry.settings.registry.path, registry.settings.llm.model)
-        self.current = registry.successor(catalog)
+        self.current = self.current.successor(self.current.build_catalog())
         self._history.append(self.current)
         return self.current
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 
 from sight.api.deps import PrincipalDep, ServicesDep
+from sight.api.errors import documented
 from sight.schemas import (
     BatchCreate,
     BatchList,
@@ -15,27 +16,19 @@ from sight.schemas import (
     BatchRequestList,
     BatchRequestsAdd,
     BatchResultList,
-    ErrorResponse,
 )
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "Invalid request"},
-    401: {"model": ErrorResponse, "description": "Missing, unknown or revoked API key"},
-    404: {"model": ErrorResponse, "description": "No such batch for this team"},
-    413: {"model": ErrorResponse, "description": "Request body too large"},
-}
-ADD_ERRORS: dict[int | str, dict[str, Any]] = {
-    **ERRORS,
-    409: {"model": ErrorResponse, "description": "Duplicate batch_request_id, or the batch is cancelled/expired"},
-    413: {"model": ErrorResponse, "description": "A request's image is over the size cap"},
-    429: {"model": ErrorResponse, "description": "The team's image quota is used up"},
-}
+ERRORS = documented(s400="Invalid request", s401="Missing, unknown or revoked API key",
+                    s404="No such batch for this team", s413="Request body too large")
+ADD_ERRORS = {**ERRORS, **documented(
+    s409="Duplicate batch_request_id, or the batch is cancelled/expired",
+    s413="A request's image is over the size cap", s429="The team's image quota is used up")}
 Token = Annotated[str | None, Query(description="Opaque cursor from the previous page.")]
 
 
-@router.post("", response_model=BatchPublic, responses={**ERRORS, 409: {"model": ErrorResponse}})
+@router.post("", response_model=BatchPublic, responses={**ERRORS, **documented(s409="Idempotency-Key reused")})
 async def create_batch(
     body: BatchCreate, principal: PrincipalDep, services: ServicesDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 
 from sight.api.deps import PrincipalDep, ServicesDep
+from sight.api.errors import documented
 from sight.core.catalog import ModelEntry
 from sight.engines.registry import EngineRegistry
 from sight.errors import AuthenticationError, NotFoundError
@@ -27,11 +28,8 @@ from sight.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["models"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": what} for status, what in {
-        400: "Invalid request", 401: "Missing or invalid key", 404: "No such model", 413: "Request body too large",
-        429: "Team quota used up"}.items()
-}
+ERRORS = documented(s400="Invalid request", s401="Missing or invalid key", s404="No such model",
+                    s413="Request body too large", s429="Team quota used up")
 RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200,
                                          description="Pins A/B splits: a retry with this id hits the same version.")]
 STATUS_CODES = {"Success": 200, "BadRequest": 400, "InternalError": 500}
@@ -51,7 +49,7 @@ async def list_models(_principal: PrincipalDep, services: ServicesDep) -> ModelL
     return ModelList(models=[model_public(engines, m) for m in engines.catalog.all_models()])
 
 
-@router.post("/models:reload", response_model=ModelList, responses={**ERRORS, 400: {"model": ErrorResponse}})
+@router.post("/models:reload", response_model=ModelList, responses=ERRORS)
 async def reload_models(principal: PrincipalDep, services: ServicesDep) -> ModelList:
     """Re-read the registry file (admin keys only). In-flight requests finish on the models they started with."""
     if not principal.is_admin:

@@ -8,23 +8,21 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from sight.api.deps import ServicesDep, authenticate
+from sight.api.errors import documented
 from sight.api.forms import PredictCall, read_v1, read_v2
 from sight.api.streaming import NDJSON, ndjson_response
 from sight.core.admission import demands
-from sight.schemas import ErrorResponse, PredictBatchResponse, PredictRequestV2
+from sight.schemas import PredictBatchResponse, PredictRequestV2
 
 router = APIRouter(prefix="/api/v1/inference/predict", tags=["prediction"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": what}
-    for status, what in {
-        400: "Invalid request (never FastAPI's 422)",
-        401: "Missing, unknown or revoked API key",
-        413: "Too many files or bytes",
-        429: "The team's image quota is used up; retry after the Retry-After seconds",
-        503: "At capacity for a model; retry after the Retry-After seconds",
-    }.items()
-}
+ERRORS = documented(
+    s400="Invalid request (never FastAPI's 422)",
+    s401="Missing, unknown or revoked API key",
+    s413="Too many files or bytes",
+    s429="The team's image quota is used up; retry after the Retry-After seconds",
+    s503="At capacity for a model; retry after the Retry-After seconds",
+)
 METADATA_EXAMPLE = '{"is_yolo": true, "is_llm": false, "is_ocr": false, "conf": 0.25}'
 MULTIPART_BODY: dict[str, Any] = {
     "requestBody": {
