@@ -66,7 +66,7 @@ def anyio_backend() -> str:
 def nudenet_detector() -> Detector:
     from sight.engines.onnx_yolo import OnnxYoloDetector
 
-    return OnnxYoloDetector.load("nudenet", nudenet_path())
+    return OnnxYoloDetector.load("nudenet", nudenet_path(), intra_op_threads=1)  # as `sight serve` does
 
 
 @pytest.fixture(scope="session")

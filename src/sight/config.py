@@ -54,8 +54,10 @@ class YoloSettings(BaseModel):
     conf: float = 0.25
     iou: float = 0.45
     max_det: int = 300
-    intra_op_threads: int = 0
-    concurrency: int = Field(1, description="Session runs at once per model; more oversubscribes CPUs.")
+    intra_op_threads: int = Field(1, description="Threads one session run uses on the CPU (0: ONNX Runtime's "
+                                  "default, one per core). One per run, one run per core is the fastest here.")
+    concurrency: int = Field(0, description="Session runs at once. CPU detectors share these slots (0: usable "
+                             "cores / intra_op_threads); each GPU detector has its own (0: 1).")
     timeout: float = Field(60.0, description="Seconds an item may wait for and run detection.")
     batch_max_size: int = Field(1, description="Gather up to this many concurrent images per session call "
                                                 "(models with a dynamic batch axis; worth it on GPUs, not CPUs).")

@@ -195,7 +195,7 @@ class Pipeline:
                 if batcher is not None:
                     found = await batcher.detect(image, options)
                 else:
-                    async with engines.limiter(entry.ref):
+                    async with engines.run_slots(entry):
                         depth.dec()
                         self.metrics.batch_size.labels(entry.ref).observe(1)
                         try:
@@ -215,7 +215,7 @@ class Pipeline:
     async def _shadow_detect(self, engines: EngineRegistry, entry: ModelEntry, image: Image.Image,
                              options: DetectOptions) -> list[Detection]:
         detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
-        async with engines.limiter(entry.ref):
+        async with engines.limiter(f"shadow:{entry.ref}", 1):  # never queued ahead of answers
             return await anyio.to_thread.run_sync(detector.detect, image, options)
 
     async def read_text(self, engines: EngineRegistry, image: Image.Image) -> OcrText:

@@ -16,6 +16,7 @@ import anyio
 from sight.config import Settings
 from sight.core.catalog import Catalog, ModelEntry
 from sight.engines.base import Detector, OcrEngine, VisionLLM
+from sight.engines.cpus import usable_cpus
 from sight.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -105,14 +106,25 @@ class EngineRegistry:
 
             self._batchers[entry.ref] = DetectionBatcher(
                 detector, max_size=y.batch_max_size, max_wait=y.batch_max_wait_ms / 1000,  # type: ignore[arg-type]
-                limiter=self.limiter(entry.ref), on_batch=on_batch)
+                limiter=self.run_slots(entry), on_batch=on_batch)
         return self._batchers[entry.ref]
 
-    def limiter(self, key: str) -> anyio.CapacityLimiter:
-        """Bounds concurrent session runs per model so parallel requests do not oversubscribe cores."""
+    def run_slots(self, entry: ModelEntry) -> anyio.CapacityLimiter:
+        """What a session run of ``entry``'s (loaded) detector waits for. Detectors on the CPU share one pool
+        of ``usable cores / intra_op_threads`` slots, so concurrent requests, models included, never
+        oversubscribe the cores; a detector on a GPU has its own."""
+        y = self.settings.yolo
+        detector = self._detectors.get(entry.ref)
+        providers = getattr(detector, "providers", None) or ["CPUExecutionProvider"]
+        if providers[0] == "CPUExecutionProvider":
+            cpus = usable_cpus()
+            return self.limiter("__cpu__", y.concurrency or max(1, cpus // (y.intra_op_threads or cpus)))
+        return self.limiter(entry.ref, y.concurrency or 1)
+
+    def limiter(self, key: str, capacity: int) -> anyio.CapacityLimiter:
+        """The limiter named ``key``, made with ``capacity`` on first use (shared with later snapshots)."""
         if key not in self._limiters:
-            concurrency = self.settings.ocr.concurrency if key == "__ocr__" else self.settings.yolo.concurrency
-            self._limiters[key] = anyio.CapacityLimiter(concurrency)
+            self._limiters[key] = anyio.CapacityLimiter(capacity)
         return self._limiters[key]
 
     # -- OCR and LLM -----------------------------------------------------------------------------------
@@ -127,7 +139,7 @@ class EngineRegistry:
             return self._ocr
 
     def ocr_limiter(self) -> anyio.CapacityLimiter:
-        return self.limiter("__ocr__")
+        return self.limiter("__ocr__", self.settings.ocr.concurrency)
 
     @property
     def llm(self) -> VisionLLM:
@@ -170,6 +182,7 @@ class EngineRegistry:
         """A registry for ``catalog`` that keeps this one's engines whose declaration did not change."""
         nxt = EngineRegistry(self.settings, catalog, ocr=self._ocr, llm=self._llm)
         nxt.injected = self.injected
+        nxt._limiters = self._limiters  # one pool of CPU slots across snapshots, during a reload too
         current = {m.ref: m for m in catalog.all_models()}
         old = {m.ref: m for m in self.catalog.all_models()}
         for ref, detector in self._detectors.items():
