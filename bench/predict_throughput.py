@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,7 +36,13 @@ from sight.engines.cpus import usable_cpus
 PER_REQUEST = 8
 
 
-def bare_session(model: Path, n: int, *, threads: int = 0, callers: int = 1) -> float:
+@dataclass
+class Run:
+    ips: float  # images/s
+    cpu_ms: float  # CPU time per image of the process that ran the model (all its threads)
+
+
+def bare_session(model: Path, n: int, *, threads: int = 0, callers: int = 1) -> Run:
     """Images/s of the bare session, one image per run, on pre-made tensors. Defaults: ONNX Runtime's own
     (one run at a time over every core); ``threads=1, callers=cores`` is how Sight runs it."""
     import onnxruntime as ort
@@ -52,10 +59,16 @@ def bare_session(model: Path, n: int, *, threads: int = 0, callers: int = 1) -> 
                for p in PHOTOS]
     for t in tensors:
         session.run(None, {name: t})
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(max_workers=callers) as pool:
         list(pool.map(lambda i: session.run(None, {name: tensors[i % len(tensors)]}), range(n)))
-    return n / (time.perf_counter() - start)
+    return Run(n / (time.perf_counter() - start), (time.process_time() - cpu) * 1000 / n)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of process ``pid``, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Endpoints:
@@ -89,14 +102,17 @@ class Endpoints:
         r = self.http.post(f"{self.peer}/detect", files=self._files(req))
         assert len(r.json()["candidates"]) == PER_REQUEST
 
-    def measure(self, name: str, n: int, clients: int) -> float:
+    def measure(self, name: str, n: int, clients: int, pid: int) -> tuple[Run, float]:
+        """The served run (CPU of the serving process ``pid``) and this client's CPU ms per image."""
         call = getattr(self, name)
         call(0)  # warm-up
         requests = max(clients, n // PER_REQUEST)
-        start = time.perf_counter()
+        start, cpu, server_cpu = time.perf_counter(), time.process_time(), process_cpu_seconds(pid)
         with ThreadPoolExecutor(max_workers=clients) as pool:
             list(pool.map(call, range(requests)))
-        return requests * PER_REQUEST / (time.perf_counter() - start)
+        images = requests * PER_REQUEST
+        served = Run(images / (time.perf_counter() - start), (process_cpu_seconds(pid) - server_cpu) * 1000 / images)
+        return served, (time.process_time() - cpu) * 1000 / images
 
 
 class QuietFiles(SimpleHTTPRequestHandler):
@@ -133,24 +149,27 @@ def main() -> None:
             print(f"model: {args.model.name}   images per measurement: {args.images}   cores: {os.cpu_count()}   "
                   f"rounds: {args.rounds}")
             cores = usable_cpus()
-            ratios: dict[tuple[str, int], list[float]] = {}
-            tuned: dict[tuple[str, int], list[float]] = {}
+            ratios: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
             for round_no in range(1, args.rounds + 1):
                 for clients in args.clients:
                     for name in args.endpoints:
                         bare = bare_session(args.model, args.images)
                         best = bare_session(args.model, args.images, threads=1, callers=cores)
-                        ips = bench.measure(name, args.images, clients)
-                        ratios.setdefault((name, clients), []).append(ips / bare)
-                        tuned.setdefault((name, clients), []).append(ips / best)
-                        print(f"round {round_no}  {name:8s} x{clients:<2d} {ips:6.2f} img/s   bare {bare:6.2f} img/s   "
-                              f"bare x{cores} threads=1 {best:6.2f} img/s   ratios {ips / bare:.2f} {ips / best:.2f}",
+                        served, client_ms = bench.measure(name, args.images, clients,
+                                                          peer.pid if name == "peer_app" else proc.pid)
+                        row = (served.ips / bare.ips, served.ips / best.ips, best.cpu_ms / served.cpu_ms)
+                        ratios.setdefault((name, clients), []).append(row)
+                        print(f"round {round_no}  {name:8s} x{clients:<2d} {served.ips:6.2f} img/s "
+                              f"({served.cpu_ms:5.1f} CPU ms/img, client {client_ms:4.1f})   "
+                              f"bare {bare.ips:6.2f}   bare x{cores} threads=1 {best.ips:6.2f} "
+                              f"({best.cpu_ms:5.1f} CPU ms/img)   ratios {row[0]:.2f} {row[1]:.2f} {row[2]:.2f}",
                               flush=True)
-            print("\nmedian ratio to the bare session (ONNX Runtime's defaults | Sight's threading, one "
-                  "single-threaded run per core):")
-            for key, values in ratios.items():
-                print(f"  {key[0]:8s} {key[1]} client(s): {statistics.median(values):.2f} | "
-                      f"{statistics.median(tuned[key]):.2f}")
+            print("\nmedian ratios: images/s to the bare session with ONNX Runtime's defaults | images/s to the "
+                  "bare session run as Sight runs it (one single-threaded run per core) | the bare session's CPU "
+                  "time per image to the server's:")
+            for (name, clients), rows in ratios.items():
+                medians = " | ".join(f"{statistics.median(r[i] for r in rows):.2f}" for i in range(3))
+                print(f"  {name:8s} {clients} client(s): {medians}")
         finally:
             proc.terminate()
             proc.wait(timeout=60)

@@ -64,9 +64,11 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def nudenet_detector() -> Detector:
+    from sight.engines.cpus import usable_cpus
     from sight.engines.onnx_yolo import OnnxYoloDetector
 
-    return OnnxYoloDetector.load("nudenet", nudenet_path(), intra_op_threads=1)  # as `sight serve` does
+    # Loaded as `sight serve` loads it: one thread per run, and a wide session for lone images.
+    return OnnxYoloDetector.load("nudenet", nudenet_path(), intra_op_threads=1, wide_threads=usable_cpus())
 
 
 @pytest.fixture(scope="session")

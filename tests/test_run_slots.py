@@ -1,9 +1,12 @@
 """Session runs on the CPU share one pool of slots (usable cores / threads per run), across requests and
-models, so concurrent work never oversubscribes the cores; a GPU detector has slots of its own."""
+models, so concurrent work never oversubscribes the cores; a lone run on an idle pool takes every slot and
+runs over every core; a GPU detector has slots of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import os
 import threading
 import time
@@ -19,33 +22,41 @@ from sight.api.app import create_app
 from sight.config import Settings
 from sight.core.catalog import ModelEntry
 from sight.engines.base import Detection, DetectOptions, Detector
-from sight.engines.cpus import usable_cpus
+from sight.engines.cpus import RunSlots, usable_cpus
+from sight.engines.onnx_yolo import OnnxYoloDetector
 from sight.engines.registry import EngineRegistry
+from tests.conftest import nudenet_path
 from tests.helpers import image_bytes
 from tests.servers import LiveServer
 
 V2 = "/api/v1/inference/predict/batch/v2"
+CORES = usable_cpus()
 
 
 class CountingDetector:
-    """A real detector that records how many of its own and its siblings' runs overlap."""
+    """A real detector that records how many cores its own and its siblings' runs hold at once."""
 
-    def __init__(self, inner: Detector, name: str, shared: dict[str, int], lock: threading.Lock,
-                 providers: list[str] | None = None) -> None:
+    def __init__(self, inner: OnnxYoloDetector, name: str, shared: dict[str, int], lock: threading.Lock, *,
+                 providers: list[str] | None = None, wide_cores: int = 0) -> None:
         self.inner, self.name, self.version = inner, name, "1"
         self.shared, self.lock = shared, lock
-        self.providers = providers or list(getattr(inner, "providers", ["CPUExecutionProvider"]))
+        self.providers = providers or inner.providers
+        self.wide_cores = wide_cores
+        if wide_cores:
+            self.can_run_wide = True
 
-    def detect(self, image: Image.Image, options: DetectOptions) -> list[Detection]:
+    def detect(self, image: Image.Image, options: DetectOptions, *, wide: bool = False) -> list[Detection]:
+        cores = self.wide_cores if wide else 1
         with self.lock:
-            self.shared["now"] += 1
+            self.shared["now"] += cores
             self.shared["peak"] = max(self.shared["peak"], self.shared["now"])
+            self.shared["wide"] += wide
         try:
             time.sleep(0.05)  # widen the window in which runs could overlap
-            return self.inner.detect(image, options)
+            return self.inner.detect(image, options, wide=wide)
         finally:
             with self.lock:
-                self.shared["now"] -= 1
+                self.shared["now"] -= cores
 
 
 def _with(settings: Settings, **yolo: Any) -> Settings:
@@ -58,28 +69,31 @@ def _entry(registry: EngineRegistry, name: str) -> ModelEntry:
     return entry
 
 
+def _counter() -> dict[str, int]:
+    return {"now": 0, "peak": 0, "wide": 0}
+
+
 def test_cpu_detectors_share_one_pool_sized_by_cores_and_threads(settings: Settings,
                                                                  nudenet_detector: Detector) -> None:
     registry = EngineRegistry(_with(settings, intra_op_threads=1),
                               detectors={"a": nudenet_detector, "b": nudenet_detector})
     a, b = _entry(registry, "a"), _entry(registry, "b")
     assert registry.run_slots(a) is registry.run_slots(b)
-    assert registry.run_slots(a).total_tokens == usable_cpus()
+    assert registry.run_slots(a).capacity == CORES
     whole = EngineRegistry(_with(settings, intra_op_threads=0), detectors={"a": nudenet_detector})
-    assert whole.run_slots(_entry(whole, "a")).total_tokens == 1, "a run using every core gets the CPU alone"
+    assert whole.run_slots(_entry(whole, "a")).capacity == 1, "a run using every core gets the CPU alone"
     fixed = EngineRegistry(_with(settings, concurrency=3), detectors={"a": nudenet_detector})
-    assert fixed.run_slots(_entry(fixed, "a")).total_tokens == 3
+    assert fixed.run_slots(_entry(fixed, "a")).capacity == 3
     # The pool outlives a reload, so old and new snapshots do not each get a full set of slots.
     assert registry.successor(registry.build_catalog()).run_slots(a) is registry.run_slots(a)
 
 
-def test_a_gpu_detector_has_its_own_slots(settings: Settings, nudenet_detector: Detector) -> None:
-    lock = threading.Lock()
-    gpu = CountingDetector(nudenet_detector, "g", {"now": 0, "peak": 0}, lock, ["CUDAExecutionProvider"])
+def test_a_gpu_detector_has_its_own_slots(settings: Settings, nudenet_detector: OnnxYoloDetector) -> None:
+    gpu = CountingDetector(nudenet_detector, "g", _counter(), threading.Lock(), providers=["CUDAExecutionProvider"])
     registry = EngineRegistry(settings, detectors={"g": gpu, "c": nudenet_detector})
     g, c = _entry(registry, "g"), _entry(registry, "c")
     assert registry.run_slots(g) is not registry.run_slots(c)
-    assert registry.run_slots(g).total_tokens == 1
+    assert registry.run_slots(g).capacity == 1
 
 
 def test_usable_cpus_honours_a_container_quota(tmp_path: Path) -> None:
@@ -94,26 +108,121 @@ def test_usable_cpus_honours_a_container_quota(tmp_path: Path) -> None:
     assert usable_cpus(tmp_path / "absent") == affinity
 
 
-@pytest.mark.parametrize("slots", [1, 2])
-def test_concurrent_requests_for_two_models_never_exceed_the_slots(
-    settings: Settings, nudenet_detector: Detector, slots: int
-) -> None:
-    shared, lock = {"now": 0, "peak": 0}, threading.Lock()
-    detectors = {name: CountingDetector(nudenet_detector, name, shared, lock) for name in ("a", "b")}
-    cfg = _with(settings, concurrency=slots)
+def test_wide_and_narrow_sessions_find_the_same_objects() -> None:
+    detector = OnnxYoloDetector.load("nudenet", nudenet_path(), intra_op_threads=1, wide_threads=2)
+    assert detector.can_run_wide and detector.wide_session is not None
+    assert detector.wide_session.get_session_options().intra_op_num_threads == 2
+    assert detector.session.get_session_options().intra_op_num_threads == 1
+    assert not OnnxYoloDetector.load("n", nudenet_path(), intra_op_threads=0, wide_threads=2).can_run_wide
+    image = Image.open(io.BytesIO(image_bytes("astronaut.png")))
+    narrow = detector.detect(image, DetectOptions())
+    wide = detector.detect(image, DetectOptions(), wide=True)
+    assert [d.name for d in wide] == [d.name for d in narrow] and narrow[0].name == "FACE_FEMALE"
+    for w, n in zip(wide, narrow, strict=True):
+        assert abs(w.confidence - n.confidence) < 1e-3
+
+
+# --- RunSlots ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_idle_pool_grants_every_slot_and_a_busy_one_grants_one() -> None:
+    slots = RunSlots(4)
+    async with slots.run(wide_ok=True) as wide:
+        assert wide and slots.free == 0
+    async with slots.run(wide_ok=False) as wide:
+        assert not wide and slots.free == 3
+        async with slots.run(wide_ok=True) as second:
+            assert not second and slots.free == 2, "another run is in flight: one slot only"
+    assert slots.free == 4 and slots.wide_runs == 1
+    async with RunSlots(1).run(wide_ok=True) as wide:
+        assert not wide, "one slot is not wide"
+
+
+@pytest.mark.anyio
+async def test_contended_slots_are_never_overdrawn_and_served_in_order() -> None:
+    slots = RunSlots(3)
+    held, peak, order = 0, 0, []
+
+    async def run(i: int, wide_ok: bool) -> None:
+        nonlocal held, peak
+        async with slots.run(wide_ok=wide_ok) as wide:
+            taken = 3 if wide else 1
+            held += taken
+            peak = max(peak, held)
+            order.append(i)
+            await asyncio.sleep(0.01)
+            held -= taken
+
+    await asyncio.gather(*(run(i, i % 2 == 0) for i in range(20)))
+    assert peak <= 3 and slots.free == 3
+    assert order[0] == 0 and sorted(order) == list(range(20))
+    assert order == sorted(order), "first come, first served"
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_leaks_no_slot() -> None:
+    slots = RunSlots(2)
+    async with slots.run(wide_ok=True):  # holds both
+        waiter = asyncio.create_task(slots.run(wide_ok=True).__aenter__())
+        await asyncio.sleep(0.01)
+        assert slots.waiting == 1
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert slots.free == 2 and slots.waiting == 0
+    async with slots.run(wide_ok=True) as wide:
+        assert wide
+
+
+# --- Through the server -----------------------------------------------------------------------------
+
+
+def _serve(cfg: Settings, detectors: dict[str, Any], posts: list[tuple[str, int]]) -> list[list[dict[str, Any]]]:
     face = base64.b64encode(image_bytes("astronaut.png")).decode()
     with LiveServer(create_app(cfg, engines=EngineRegistry(cfg, detectors=detectors))) as live:
         key, _ = live.call(live.app.state.services.keys.create_key, "t")
 
-        def post(model: str) -> list[dict[str, Any]]:
-            body = {"api_key": key, "data": [{"image_base64": face, "is_yolo": True, "yolo_model": model}] * 3}
+        def post(job: tuple[str, int]) -> list[dict[str, Any]]:
+            model, images = job
+            body = {"api_key": key, "data": [{"image_base64": face, "is_yolo": True, "yolo_model": model}] * images}
             r = httpx.post(live.url + V2, json=body, timeout=60)
             assert r.status_code == 200, r.text
             return r.json()["result"]["items"]  # type: ignore[no-any-return]
 
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            results = list(pool.map(post, ["a", "b"] * 3))
+        with ThreadPoolExecutor(max_workers=len(posts)) as pool:
+            results = list(pool.map(post, posts))
     for items in results:
-        assert [i["status"] for i in items] == ["done"] * 3
-        assert items[0]["yolo"]["detections"][0]["name"] == "FACE_FEMALE"
+        assert all(i["status"] == "done" for i in items)
+        assert all(i["yolo"]["detections"][0]["name"] == "FACE_FEMALE" for i in items)
+    return results
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_concurrent_requests_for_two_models_never_exceed_the_slots(
+    settings: Settings, nudenet_detector: OnnxYoloDetector, slots: int
+) -> None:
+    shared, lock = _counter(), threading.Lock()
+    detectors = {name: CountingDetector(nudenet_detector, name, shared, lock) for name in ("a", "b")}
+    _serve(_with(settings, concurrency=slots), detectors, [("a", 3), ("b", 3)] * 3)
     assert shared["peak"] == slots, f"{shared['peak']} session runs overlapped with {slots} slot(s)"
+
+
+def test_a_lone_image_runs_wide_and_a_crowd_runs_narrow(settings: Settings,
+                                                        nudenet_detector: OnnxYoloDetector) -> None:
+    cfg = _with(settings, concurrency=2)  # two slots, whatever this machine has
+    shared, lock = _counter(), threading.Lock()
+    detector = CountingDetector(nudenet_detector, "a", shared, lock, wide_cores=2)
+    _serve(cfg, {"a": detector}, [("a", 1)])
+    assert shared["wide"] == 1 and shared["peak"] == 2, "a lone image on an idle server uses every core"
+
+    several = _counter()
+    detector.shared = several
+    _serve(cfg, {"a": detector}, [("a", 4)])
+    assert several["wide"] == 0, "images of one request keep the cores busy one run each"
+
+    crowd = _counter()
+    detector.shared = crowd
+    _serve(cfg, {"a": detector}, [("a", 4), ("a", 1)] * 4)
+    assert crowd["peak"] <= 2, f"runs held {crowd['peak']} cores, with two slots"
+    assert crowd["wide"] <= 4, "only lone images may go wide, and only when the slots are idle"

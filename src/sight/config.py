@@ -58,6 +58,8 @@ class YoloSettings(BaseModel):
                                   "default, one per core). One per run, one run per core is the fastest here.")
     concurrency: int = Field(0, description="Session runs at once. CPU detectors share these slots (0: usable "
                              "cores / intra_op_threads); each GPU detector has its own (0: 1).")
+    wide_when_idle: bool = Field(True, description="On the CPU, a lone image on an idle server runs over every "
+                                 "core (a second session per model: one more copy of its weights in memory).")
     timeout: float = Field(60.0, description="Seconds an item may wait for and run detection.")
     batch_max_size: int = Field(1, description="Gather up to this many concurrent images per session call "
                                                 "(models with a dynamic batch axis; worth it on GPUs, not CPUs).")

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import anyio
 
@@ -22,7 +22,7 @@ from sight.core.images import decode_base64, decode_scaled, encode_jpeg
 from sight.core.metrics import Metrics
 from sight.core.shadow import ShadowRunner
 from sight.engines.base import Box as Box2
-from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
+from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM, WideDetector
 from sight.engines.registry import EngineHub, EngineRegistry
 from sight.errors import (
     EngineUnavailableError,
@@ -135,9 +135,11 @@ class Pipeline:
         with self._timed("decode", timings):
             return await anyio.to_thread.run_sync(decode_scaled, data, self.settings.images, min_side)
 
-    async def run_item(self, item: WorkItem, query: str | None, request_id: str | None = None) -> ItemResult:
+    async def run_item(self, item: WorkItem, query: str | None, request_id: str | None = None, *,
+                       alone: bool = False) -> ItemResult:
         """Run the stages ``item`` asks for. Never raises, except on cancellation. The engine snapshot is
-        taken once, so a registry reload never swaps a model under a running item."""
+        taken once, so a registry reload never swaps a model under a running item. ``alone``: the caller
+        has no other work in flight, so an idle CPU may give this item every core (see ``detect``)."""
         engines = self.hub.current
         timings = dict.fromkeys(STAGES, 0.0)
         result = ItemResult(index=item.index, filename=item.filename, status="done")
@@ -150,7 +152,8 @@ class Pipeline:
             if opts.is_yolo:
                 try:
                     with self._timed("yolo", timings):
-                        result.yolo, found = await self._detect(engines, image, opts, request_id, (width, height))
+                        result.yolo, found = await self._detect(engines, image, opts, request_id, (width, height),
+                                                                alone)
                     grounding.detections.extend(found)
                 except SightError as exc:
                     errors.append(exc)
@@ -181,9 +184,11 @@ class Pipeline:
 
     async def detect(
         self, engines: EngineRegistry, image: Image.Image, ref: str | None, options: DetectOptions,
-        request_id: str | None = None,
+        request_id: str | None = None, alone: bool = False,
     ) -> tuple[ModelEntry, list[Detection]]:
-        """Run a detector (and, in the background, its shadows) on ``image``."""
+        """Run a detector (and, in the background, its shadows) on ``image``. ``alone`` (the caller has no
+        other image in flight): on a CPU with every run slot free, the run takes them all and uses every
+        core, for the lowest latency; otherwise it takes one slot, one core, for the most images/s."""
         entry = engines.detector_entry(ref, request_id)
         timeout = self.settings.yolo.timeout
         depth = self.metrics.queue_depth.labels(entry.ref)
@@ -195,12 +200,13 @@ class Pipeline:
                 if batcher is not None:
                     found = await batcher.detect(image, options)
                 else:
-                    async with engines.run_slots(entry):
+                    can_run_wide = alone and isinstance(detector, WideDetector) and detector.can_run_wide
+                    async with engines.run_slots(entry).run(wide_ok=can_run_wide) as wide:
                         depth.dec()
                         self.metrics.batch_size.labels(entry.ref).observe(1)
+                        run = partial(cast(WideDetector, detector).detect, wide=True) if wide else detector.detect
                         try:
-                            found = await anyio.to_thread.run_sync(detector.detect, image, options,
-                                                                   abandon_on_cancel=True)
+                            found = await anyio.to_thread.run_sync(run, image, options, abandon_on_cancel=True)
                         finally:
                             depth.inc()
         except TimeoutError as exc:
@@ -264,10 +270,10 @@ class Pipeline:
 
     async def _detect(
         self, engines: EngineRegistry, image: Image.Image, opts: ItemOptions, request_id: str | None,
-        original: tuple[int, int],
+        original: tuple[int, int], alone: bool,
     ) -> tuple[YoloResult, list[Detection]]:
         options = DetectOptions(conf=opts.conf, iou=opts.iou, classes=opts.classes)
-        entry, found = await self.detect(engines, image, opts.yolo_model, options, request_id)
+        entry, found = await self.detect(engines, image, opts.yolo_model, options, request_id, alone)
         found = rescale(found, original[0] / image.width, original[1] / image.height)
         return yolo_result(entry, found), found
 
@@ -297,7 +303,7 @@ class Pipeline:
                                                timings_ms=dict.fromkeys(STAGES, 0.0), error=shutting_down))
                     return
                 await queue.put(StreamProcessing(index=item.index, filename=item.filename))
-                await queue.put(await self.run_item(item, query, request_id))
+                await queue.put(await self.run_item(item, query, request_id, alone=len(items) == 1))
 
         tasks = [asyncio.create_task(one(item)) for item in items]
         try:

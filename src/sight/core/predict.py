@@ -43,7 +43,7 @@ class MultiPredictor:
             return images[id(inp)]
 
         async def one(spec: PredictionSpec) -> PredictionOut:
-            return await self.predict_one(engines, spec, shared, request_id, image_for)
+            return await self.predict_one(engines, spec, shared, request_id, image_for, alone=len(specs) == 1)
 
         try:
             return list(await asyncio.gather(*(one(spec) for spec in specs)))
@@ -53,7 +53,7 @@ class MultiPredictor:
 
     async def predict_one(
         self, engines: EngineRegistry, spec: PredictionSpec, shared: PredictInput | None, request_id: str,
-        image_for: Any = None,
+        image_for: Any = None, *, alone: bool = False,
     ) -> PredictionOut:
         start = time.perf_counter()
         version: str | None = None if spec.model_version is None else str(spec.model_version)
@@ -65,7 +65,7 @@ class MultiPredictor:
             entry = engines.catalog.model(ref, request_id)
             version = str(entry.version)
             image = await (image_for(inp) if image_for else self.pipeline.load_image(_source(inp), {}))
-            prediction = await self._run(engines, entry.task, ref, image, inp, request_id)
+            prediction = await self._run(engines, entry.task, ref, image, inp, request_id, alone)
             status, error = "Success", None
         except BAD_REQUEST as exc:
             status, prediction, error = "BadRequest", None, exc.message
@@ -76,10 +76,10 @@ class MultiPredictor:
                              duration_ms=round((time.perf_counter() - start) * 1000, 2))
 
     async def _run(self, engines: EngineRegistry, task: str, ref: str, image: Image.Image, inp: PredictInput,
-                   request_id: str) -> Any:
+                   request_id: str, alone: bool) -> Any:
         if task == "detect":
             options = DetectOptions(conf=inp.conf, iou=inp.iou, classes=inp.classes)
-            _entry, found = await self.pipeline.detect(engines, image, ref, options, request_id)
+            _entry, found = await self.pipeline.detect(engines, image, ref, options, request_id, alone)
             return [{"name": d.name, "class": d.class_id, "confidence": d.confidence, "box": asdict(d.box)}
                     for d in found]
         if task == "ocr":

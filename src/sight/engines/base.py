@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -69,6 +69,15 @@ class Detector(Protocol):
     version: str
 
     def detect(self, image: Image.Image, options: DetectOptions) -> list[Detection]: ...
+
+
+@runtime_checkable
+class WideDetector(Detector, Protocol):
+    """A detector that can also run over every core, when its caller holds them all (``RunSlots``)."""
+
+    can_run_wide: bool
+
+    def detect(self, image: Image.Image, options: DetectOptions, *, wide: bool = False) -> list[Detection]: ...
 
 
 class OcrEngine(Protocol):

@@ -3,7 +3,7 @@
 On a GPU one call on a batch of N images costs little more than on one; on a CPU it costs about N times
 as much, so batching is off by default (``SIGHT_YOLO__BATCH_MAX_SIZE=1``) and the direct path is taken.
 
->>> batcher = DetectionBatcher(detector, max_size=16, max_wait=0.005, limiter=limiter)
+>>> batcher = DetectionBatcher(detector, max_size=16, max_wait=0.005, slots=RunSlots(1))
 >>> await batcher.detect(image, DetectOptions())   # may share a session call with concurrent callers
 """
 
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from PIL import Image
 
+    from sight.engines.cpus import RunSlots
+
 
 class BatchDetector(Protocol):
     name: str
@@ -34,12 +36,12 @@ Job = tuple["Image.Image", DetectOptions, "asyncio.Future[list[Detection]]"]
 
 class DetectionBatcher:
     def __init__(
-        self, detector: BatchDetector, *, max_size: int, max_wait: float, limiter: anyio.CapacityLimiter,
+        self, detector: BatchDetector, *, max_size: int, max_wait: float, slots: RunSlots,
         on_batch: Callable[[int], None] = lambda _n: None,
     ) -> None:
         self.detector = detector
         self.max_size, self.max_wait = max_size, max_wait
-        self.limiter = limiter
+        self.slots = slots
         self.on_batch = on_batch
         self._pending: list[Job] = []
         self._consumer: asyncio.Task[None] | None = None
@@ -60,7 +62,7 @@ class DetectionBatcher:
         while self._pending:
             if len(self._pending) < self.max_size:
                 await asyncio.sleep(self.max_wait)  # let a batch fill, at most this long
-            async with self.limiter:
+            async with self.slots.run():
                 batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
                 live = [job for job in batch if not job[2].cancelled()]  # callers that went away
                 if live:

@@ -1,13 +1,22 @@
-"""How many CPUs this process may really use, which is what CPU session runs are sized by.
+"""How session runs share the CPUs: how many this process may use, and the slots runs take.
 
->>> usable_cpus()   # affinity mask, capped by a container's CPU quota
-2
+One single-threaded ONNX Runtime run per core gives small models far more images/s than one run spread
+over every core, but a lone image then waits longer. ``RunSlots`` gives both: a run that finds every slot
+free and nobody waiting takes them all (a wide run over every core); otherwise it takes one.
+
+>>> slots = RunSlots(usable_cpus())
+>>> async with slots.run(wide_ok=True) as wide:
+...     detector.detect(image, options, wide=wide)
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -26,3 +35,52 @@ def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     except (OSError, ValueError):
         pass  # no cgroup v2 quota here
     return max(1, count)
+
+
+class RunSlots:
+    """``capacity`` slots, granted first come first served; one event loop's."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.free = self.capacity
+        self.wide_runs = 0  # how many runs were granted every slot (for tests and curiosity)
+        self._waiters: deque[tuple[asyncio.Future[int], bool]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for future, _ in self._waiters if not future.done())
+
+    @asynccontextmanager
+    async def run(self, *, wide_ok: bool = False) -> AsyncIterator[bool]:
+        """Hold slots for one run; yields True when the run got every slot and may use every core."""
+        taken = await self._acquire(wide_ok)
+        try:
+            yield taken > 1
+        finally:
+            self._release(taken)
+
+    def _grant(self, wide_ok: bool) -> int:
+        wide = wide_ok and self.capacity > 1 and self.free == self.capacity and not self.waiting
+        taken = self.capacity if wide else 1
+        self.free -= taken
+        self.wide_runs += wide
+        return taken
+
+    async def _acquire(self, wide_ok: bool) -> int:
+        if self.free and not self.waiting:
+            return self._grant(wide_ok)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append((future, wide_ok))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release(future.result())  # granted, but the caller went away before using it
+            raise
+
+    def _release(self, taken: int) -> None:
+        self.free += taken
+        while self.free and self._waiters:
+            future, wide_ok = self._waiters.popleft()
+            if not future.done():
+                future.set_result(self._grant(wide_ok))

@@ -123,10 +123,12 @@ class OnnxYoloDetector:
         conf: float = 0.25,
         iou: float = 0.45,
         max_det: int = 300,
+        wide_session: ort.InferenceSession | None = None,
     ) -> None:
         self.name = name
         self.version = version
         self.session = session
+        self.wide_session = wide_session  # the same model over every core, for lone images on an idle CPU
         self.conf, self.iou, self.max_det = conf, iou, max_det
         inp = session.get_inputs()[0]
         out = session.get_outputs()[0]
@@ -161,21 +163,32 @@ class OnnxYoloDetector:
         *,
         providers: Sequence[str] | None = None,
         intra_op_threads: int = 0,
+        wide_threads: int = 0,
         **kwargs: Any,
     ) -> OnnxYoloDetector:
+        """Load ``path``. With ``wide_threads`` > ``intra_op_threads`` on the CPU, a second session over
+        that many threads serves ``detect(..., wide=True)`` (one more copy of the weights in memory)."""
         import onnxruntime as ort
 
         if not path.is_file():
             raise ModelNotFoundError(f"model {name!r}: no ONNX file at {path}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        try:
-            session = ort.InferenceSession(str(path), options, providers=pick_providers(providers))
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise EngineUnavailableError(f"model {name!r} failed to load from {path}: {exc}") from exc
-        return cls(name, session, **kwargs)
+        chosen = pick_providers(providers)
+
+        def session(threads: int, spin: bool = True) -> ort.InferenceSession:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if threads:
+                options.intra_op_num_threads = threads
+            if not spin:  # idle pool threads would otherwise spin on cores that other runs need
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            try:
+                return ort.InferenceSession(str(path), options, providers=chosen)
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                raise EngineUnavailableError(f"model {name!r} failed to load from {path}: {exc}") from exc
+
+        wide = chosen[0] == "CPUExecutionProvider" and 0 < intra_op_threads < wide_threads
+        return cls(name, session(intra_op_threads), wide_session=session(wide_threads, spin=False) if wide else None,
+                   **kwargs)
 
     @property
     def providers(self) -> list[str]:
@@ -198,28 +211,38 @@ class OnnxYoloDetector:
                 raise InvalidInputError(f"class {c!r} is not known to model {self.name!r}")
         return np.asarray(ids, dtype=np.int64)
 
-    def detect(self, image: Image.Image, options: DetectOptions) -> list[Detection]:
-        return self.detect_many([image], options)[0]
+    @property
+    def can_run_wide(self) -> bool:
+        return self.wide_session is not None
 
-    def detect_many(self, images: Sequence[Image.Image], options: DetectOptions) -> list[list[Detection]]:
+    def detect(self, image: Image.Image, options: DetectOptions, *, wide: bool = False) -> list[Detection]:
+        """``wide``: the caller holds every core (see ``RunSlots``), so run over all of them."""
+        return self.detect_many([image], options, wide=wide)[0]
+
+    def detect_many(
+        self, images: Sequence[Image.Image], options: DetectOptions, *, wide: bool = False
+    ) -> list[list[Detection]]:
         """Detect on several images in one session call (a single call per image if the batch is static)."""
-        return self.detect_batch([(image, options) for image in images])
+        return self.detect_batch([(image, options) for image in images], wide=wide)
 
-    def detect_batch(self, jobs: Sequence[tuple[Image.Image, DetectOptions]]) -> list[list[Detection]]:
+    def detect_batch(
+        self, jobs: Sequence[tuple[Image.Image, DetectOptions]], *, wide: bool = False
+    ) -> list[list[Detection]]:
         """Each image with its own thresholds and classes, in one session call when the model allows."""
         wanted = [self.class_ids(options.classes) for _, options in jobs]
         prepared = [letterbox(img, self.imgsz) for img, _ in jobs]
+        session = self.wide_session if wide and self.wide_session is not None else self.session
         if self.dynamic_batch:
-            outputs = self._run([c for c, _ in prepared])
+            outputs = self._run(session, [c for c, _ in prepared])
         else:
-            outputs = np.concatenate([self._run([c]) for c, _ in prepared])
+            outputs = np.concatenate([self._run(session, [c]) for c, _ in prepared])
         return [
             self.decode(out, lb, options, w)
             for out, (_, lb), (_, options), w in zip(outputs, prepared, jobs, wanted, strict=True)
         ]
 
-    def _run(self, canvases: Sequence[np.ndarray]) -> np.ndarray:
-        result = self.session.run([self.output_name], {self.input_name: to_tensor(canvases)})
+    def _run(self, session: ort.InferenceSession, canvases: Sequence[np.ndarray]) -> np.ndarray:
+        result = session.run([self.output_name], {self.input_name: to_tensor(canvases)})
         return np.asarray(result[0])
 
     def decode(

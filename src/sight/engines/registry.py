@@ -16,7 +16,7 @@ import anyio
 from sight.config import Settings
 from sight.core.catalog import Catalog, ModelEntry
 from sight.engines.base import Detector, OcrEngine, VisionLLM
-from sight.engines.cpus import usable_cpus
+from sight.engines.cpus import RunSlots, usable_cpus
 from sight.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class EngineRegistry:
         self._llms: dict[str, VisionLLM] = {}
         self._load_lock = threading.Lock()
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        self._slots: dict[str, RunSlots] = {}
         self._batchers: dict[str, DetectionBatcher] = {}
 
     def build_catalog(self) -> Catalog:
@@ -81,7 +82,8 @@ class EngineRegistry:
                 y = self.settings.yolo
                 detector = OnnxYoloDetector.load(
                     entry.name, Path(entry.source).expanduser(), providers=y.providers,
-                    intra_op_threads=y.intra_op_threads, version=str(entry.version),
+                    intra_op_threads=y.intra_op_threads, wide_threads=usable_cpus() if y.wide_when_idle else 0,
+                    version=str(entry.version),
                     conf=y.conf if entry.conf is None else entry.conf,
                     iou=y.iou if entry.iou is None else entry.iou, max_det=y.max_det,
                 )
@@ -106,23 +108,26 @@ class EngineRegistry:
 
             self._batchers[entry.ref] = DetectionBatcher(
                 detector, max_size=y.batch_max_size, max_wait=y.batch_max_wait_ms / 1000,  # type: ignore[arg-type]
-                limiter=self.run_slots(entry), on_batch=on_batch)
+                slots=self.run_slots(entry), on_batch=on_batch)
         return self._batchers[entry.ref]
 
-    def run_slots(self, entry: ModelEntry) -> anyio.CapacityLimiter:
+    def run_slots(self, entry: ModelEntry) -> RunSlots:
         """What a session run of ``entry``'s (loaded) detector waits for. Detectors on the CPU share one pool
         of ``usable cores / intra_op_threads`` slots, so concurrent requests, models included, never
         oversubscribe the cores; a detector on a GPU has its own."""
         y = self.settings.yolo
         detector = self._detectors.get(entry.ref)
         providers = getattr(detector, "providers", None) or ["CPUExecutionProvider"]
+        key, capacity = entry.ref, y.concurrency or 1
         if providers[0] == "CPUExecutionProvider":
             cpus = usable_cpus()
-            return self.limiter("__cpu__", y.concurrency or max(1, cpus // (y.intra_op_threads or cpus)))
-        return self.limiter(entry.ref, y.concurrency or 1)
+            key, capacity = "__cpu__", y.concurrency or max(1, cpus // (y.intra_op_threads or cpus))
+        if key not in self._slots:
+            self._slots[key] = RunSlots(capacity)
+        return self._slots[key]
 
     def limiter(self, key: str, capacity: int) -> anyio.CapacityLimiter:
-        """The limiter named ``key``, made with ``capacity`` on first use (shared with later snapshots)."""
+        """The limiter named ``key`` (OCR, shadows), made with ``capacity`` on first use."""
         if key not in self._limiters:
             self._limiters[key] = anyio.CapacityLimiter(capacity)
         return self._limiters[key]
@@ -182,7 +187,7 @@ class EngineRegistry:
         """A registry for ``catalog`` that keeps this one's engines whose declaration did not change."""
         nxt = EngineRegistry(self.settings, catalog, ocr=self._ocr, llm=self._llm)
         nxt.injected = self.injected
-        nxt._limiters = self._limiters  # one pool of CPU slots across snapshots, during a reload too
+        nxt._limiters, nxt._slots = self._limiters, self._slots  # one pool of CPU slots across snapshots
         current = {m.ref: m for m in catalog.all_models()}
         old = {m.ref: m for m in self.catalog.all_models()}
         for ref, detector in self._detectors.items():
