@@ -113,6 +113,8 @@ def test_wide_and_narrow_sessions_find_the_same_objects() -> None:
     assert detector.can_run_wide and detector.wide_session is not None
     assert detector.wide_session.get_session_options().intra_op_num_threads == 2
     assert detector.session.get_session_options().intra_op_num_threads == 1
+    for session in (detector.session, detector.wide_session):  # one arena of activations for both
+        assert session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
     assert not OnnxYoloDetector.load("n", nudenet_path(), intra_op_threads=0, wide_threads=2).can_run_wide
     image = Image.open(io.BytesIO(image_bytes("astronaut.png")))
     narrow = detector.detect(image, DetectOptions())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,10 @@ from sight.errors import EngineUnavailableError, InvalidInputError, ModelNotFoun
 if TYPE_CHECKING:
     import onnxruntime as ort
     from PIL import Image
+
+log = logging.getLogger(__name__)
+_arena_lock = threading.Lock()
+_arena_shared: bool | None = None  # None: not tried yet
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PAD_VALUE = 114
@@ -40,6 +46,25 @@ def pick_providers(wanted: Sequence[str] | None = None) -> list[str]:
             raise EngineUnavailableError(f"ONNX Runtime providers not installed: {missing}; have {available}")
         return list(wanted)
     return [p for p in PREFERRED_PROVIDERS if p in available] or available
+
+
+def share_cpu_arena() -> bool:
+    """Register one CPU memory arena with ONNX Runtime's environment, for every CPU session of this process
+    to draw on: the runs that slots let happen at once (a wide run or several narrow ones, on any model) then
+    reuse one pool of activation memory instead of each session growing its own."""
+    global _arena_shared
+    import onnxruntime as ort
+
+    with _arena_lock:
+        if _arena_shared is None:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            try:
+                ort.create_and_register_allocator(info, None)
+                _arena_shared = True
+            except Exception as exc:  # e.g. registered already by the embedding program
+                log.warning("CPU sessions keep their own memory arenas: %s", exc)
+                _arena_shared = False
+        return _arena_shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +206,8 @@ class OnnxYoloDetector:
                 options.intra_op_num_threads = threads
             if not spin:  # idle pool threads would otherwise spin on cores that other runs need
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if chosen[0] == "CPUExecutionProvider" and share_cpu_arena():
+                options.add_session_config_entry("session.use_env_allocators", "1")
             try:
                 return ort.InferenceSession(str(path), options, providers=chosen)
             except Exception as exc:  # onnxruntime raises its own untyped errors
