@@ -1,5 +1,5 @@
 """What serving costs besides the model: decode cost by photo size, memory under a huge request and over
-many requests, and the latency of the first NDJSON line. Ratios and deltas, measured in one run.
+many requests, the latency of the first NDJSON line and of a lone image. Ratios and deltas, in one run.
 
     python bench/serving_costs.py                       # spawns `sight serve` with yolo11n-untrained
     python bench/serving_costs.py --only memory
@@ -91,6 +91,37 @@ def memory(http: httpx.Client, pid: int, big_request: int, sequential: int) -> N
           f"{marks[sequential]:.0f} MB ({marks[sequential] - marks[100]:+.0f} MB)")
 
 
+def lone_image(http: httpx.Client, model: Path, n: int) -> None:
+    """Latency of a one-image request on an idle server against one bare run with ONNX Runtime's defaults
+    (every core) and with one thread (what one run slot gets under load)."""
+    import onnxruntime as ort
+
+    from sight.engines.onnx_yolo import letterbox, to_tensor
+
+    photo = (SHARED / "images" / "bus.jpg").read_bytes()
+    tensor = to_tensor([letterbox(Image.open(io.BytesIO(photo)).convert("RGB"), (640, 640))[0]])
+    one = ort.SessionOptions()
+    one.intra_op_num_threads = 1
+    bare = {"every core": ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]),
+            "one thread": ort.InferenceSession(str(model), one, providers=["CPUExecutionProvider"])}
+    times: dict[str, list[float]] = {"sight": [], "sight yolo stage": [], **{k: [] for k in bare}}
+    for _ in range(n + 2):  # interleaved, idle between calls
+        for name, session in bare.items():
+            time.sleep(0.05)
+            start = time.perf_counter()
+            session.run(None, {session.get_inputs()[0].name: tensor})
+            times[name].append(time.perf_counter() - start)
+        time.sleep(0.05)
+        start = time.perf_counter()
+        item = post(http, [("bus.jpg", photo)])["result"]["items"][0]
+        times["sight"].append(time.perf_counter() - start)
+        times["sight yolo stage"].append(item["timings_ms"]["yolo"] / 1000)
+    med = {k: statistics.median(v[2:]) * 1000 for k, v in times.items()}
+    print(f"lone image (bus.jpg, idle server): Sight {med['sight']:.1f} ms end to end (yolo stage "
+          f"{med['sight yolo stage']:.1f} ms); bare run over every core {med['every core']:.1f} ms, on one thread "
+          f"{med['one thread']:.1f} ms; median of {n}")
+
+
 def first_line(http: httpx.Client, n: int) -> None:
     tiny = jpeg(Image.open(SHARED / "images" / "coffee.png").convert("RGB").resize((64, 48)))
     waits = []
@@ -111,7 +142,7 @@ def first_line(http: httpx.Client, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--only", choices=["decode", "memory", "first_line"])
+    parser.add_argument("--only", choices=["decode", "memory", "first_line", "lone"])
     parser.add_argument("--big-request", type=int, default=300)
     parser.add_argument("--sequential", type=int, default=2000)
     args = parser.parse_args()
@@ -123,6 +154,8 @@ def main() -> None:
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=900) as http:
                 if args.only in (None, "first_line"):
                     first_line(http, 30)
+                if args.only in (None, "lone"):
+                    lone_image(http, args.model, 30)
                 if args.only in (None, "decode"):
                     decode_cost(http, 24)
                 if args.only in (None, "memory"):

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import re
+import threading
+import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from sight.api.app import create_app
 from sight.config import Settings
+from sight.engines.base import Detection, DetectOptions, Detector
+from sight.engines.batching import DetectionBatcher
+from sight.engines.cpus import RunSlots
+from sight.engines.onnx_yolo import OnnxYoloDetector
 from sight.engines.registry import EngineRegistry
 from tests.helpers import image_bytes, v1_request
 from tests.servers import LiveServer
@@ -28,7 +39,7 @@ def test_concurrent_requests_share_session_calls_with_per_image_options(
     settings: Settings, engines: EngineRegistry
 ) -> None:
     cfg = settings.model_copy(update={"yolo": settings.yolo.model_copy(
-        update={"batch_max_size": 8, "batch_max_wait_ms": 500})})
+        update={"batch_max_size": 8, "batch_max_wait_ms": 500, "batch_on_cpu": True})})
     face = base64.b64encode(image_bytes("astronaut.png")).decode()
     batched = EngineRegistry(cfg, detectors={"nudenet": engines.detector("nudenet")})
     with LiveServer(create_app(cfg, engines=batched)) as live:
@@ -61,3 +72,49 @@ def test_metrics_expose_queue_batches_stages_and_refusals(client: TestClient, ap
     assert 'sight_batch_size_count{model="nudenet:1"} 1.0' in text
     assert "sight_rejected_total" in text or "# TYPE sight_rejected counter" in text
     assert "sight_cancelled_items_total 0.0" in text
+
+
+def test_cpu_detectors_take_the_direct_path_unless_gathering_on_cpu_is_asked(
+    settings: Settings, nudenet_detector: Detector
+) -> None:
+    on = settings.model_copy(update={"yolo": settings.yolo.model_copy(update={"batch_max_size": 8})})
+    registry = EngineRegistry(on, detectors={"n": nudenet_detector})
+    entry = registry.detector_entry("n")
+    registry.detector_for(entry)
+    assert registry.batcher(entry, lambda _n: None) is None, "gathering buys a CPU nothing"
+    forced = on.model_copy(update={"yolo": on.yolo.model_copy(update={"batch_on_cpu": True})})
+    registry = EngineRegistry(forced, detectors={"n": nudenet_detector})
+    registry.detector_for(entry)
+    assert registry.batcher(entry, lambda _n: None) is not None
+
+
+class OverlapCounter:
+    """The real detector, counting session calls and how many overlap."""
+
+    def __init__(self, inner: OnnxYoloDetector) -> None:
+        self.inner, self.name = inner, inner.name
+        self.calls = self.now = self.peak = 0
+        self.lock = threading.Lock()
+
+    def detect_batch(self, jobs: Sequence[tuple[Image.Image, DetectOptions]]) -> list[list[Detection]]:
+        with self.lock:
+            self.calls += 1
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            time.sleep(0.05)
+            return self.inner.detect_batch(jobs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.anyio
+async def test_gathered_batches_run_side_by_side_when_there_are_slots(nudenet_detector: OnnxYoloDetector) -> None:
+    counter = OverlapCounter(nudenet_detector)
+    batcher = DetectionBatcher(counter, max_size=2, max_wait=0.001, slots=RunSlots(2))
+    face = Image.open(io.BytesIO(image_bytes("astronaut.png"))).convert("RGB")
+    found = await asyncio.gather(*(batcher.detect(face, DetectOptions()) for _ in range(8)))
+    assert all(f[0].name == "FACE_FEMALE" for f in found)
+    assert counter.calls < 8 and counter.peak == 2, f"{counter.calls} calls, {counter.peak} at once"
+    assert batcher.slots.free == 2

@@ -64,6 +64,8 @@ class YoloSettings(BaseModel):
     batch_max_size: int = Field(1, description="Gather up to this many concurrent images per session call "
                                                 "(models with a dynamic batch axis; worth it on GPUs, not CPUs).")
     batch_max_wait_ms: float = Field(5.0, description="How long a gathered batch waits to fill up.")
+    batch_on_cpu: bool = Field(False, description="Gather for detectors on the CPU too. It buys nothing there "
+                               "(a batch of N costs N runs), so by default they take the direct path.")
 
 
 class OcrSettings(BaseModel):

@@ -1,7 +1,8 @@
 """Gathers concurrent detections on one model into one session call (GPU batching).
 
 On a GPU one call on a batch of N images costs little more than on one; on a CPU it costs about N times
-as much, so batching is off by default (``SIGHT_YOLO__BATCH_MAX_SIZE=1``) and the direct path is taken.
+as much, so batching is off by default (``SIGHT_YOLO__BATCH_MAX_SIZE=1``), and CPU detectors take the direct
+path even when it is on (unless ``SIGHT_YOLO__BATCH_ON_CPU``, which the tests use to run this code on a CPU).
 
 >>> batcher = DetectionBatcher(detector, max_size=16, max_wait=0.005, slots=RunSlots(1))
 >>> await batcher.detect(image, DetectOptions())   # may share a session call with concurrent callers
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -45,6 +47,7 @@ class DetectionBatcher:
         self.on_batch = on_batch
         self._pending: list[Job] = []
         self._consumer: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def waiting(self) -> int:
@@ -58,15 +61,25 @@ class DetectionBatcher:
         return await future
 
     async def _consume(self) -> None:
-        """One consumer per model: while the session is busy, arrivals pile up into the next batch."""
+        """One consumer per model gathers arrivals into batches, and starts each batch as soon as a run slot
+        is free: with one slot, arrivals pile up while the session is busy; with several (CPU cores, or
+        ``concurrency`` on a GPU) batches run side by side, as single images would."""
         while self._pending:
             if len(self._pending) < self.max_size:
                 await asyncio.sleep(self.max_wait)  # let a batch fill, at most this long
-            async with self.slots.run():
-                batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
-                live = [job for job in batch if not job[2].cancelled()]  # callers that went away
-                if live:
-                    await self._run(live)
+            taken = await self.slots.acquire()
+            batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
+            live = [job for job in batch if not job[2].cancelled()]  # callers that went away
+            if not live:
+                self.slots.release(taken)
+                continue
+            run = asyncio.create_task(self._run(live))
+            self._running.add(run)
+            run.add_done_callback(partial(self._finished, taken))
+
+    def _finished(self, taken: int, run: asyncio.Task[None]) -> None:
+        self._running.discard(run)
+        self.slots.release(taken)
 
     async def _run(self, batch: list[Job]) -> None:
         try:

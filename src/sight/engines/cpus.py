@@ -53,11 +53,11 @@ class RunSlots:
     @asynccontextmanager
     async def run(self, *, wide_ok: bool = False) -> AsyncIterator[bool]:
         """Hold slots for one run; yields True when the run got every slot and may use every core."""
-        taken = await self._acquire(wide_ok)
+        taken = await self.acquire(wide_ok=wide_ok)
         try:
             yield taken > 1
         finally:
-            self._release(taken)
+            self.release(taken)
 
     def _grant(self, wide_ok: bool) -> int:
         wide = wide_ok and self.capacity > 1 and self.free == self.capacity and not self.waiting
@@ -66,7 +66,8 @@ class RunSlots:
         self.wide_runs += wide
         return taken
 
-    async def _acquire(self, wide_ok: bool) -> int:
+    async def acquire(self, *, wide_ok: bool = False) -> int:
+        """Wait for slots; returns how many were taken (every one, or one). Give them back with ``release``."""
         if self.free and not self.waiting:
             return self._grant(wide_ok)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -75,10 +76,10 @@ class RunSlots:
             return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self._release(future.result())  # granted, but the caller went away before using it
+                self.release(future.result())  # granted, but the caller went away before using it
             raise
 
-    def _release(self, taken: int) -> None:
+    def release(self, taken: int) -> None:
         self.free += taken
         while self.free and self._waiters:
             future, wide_ok = self._waiters.popleft()

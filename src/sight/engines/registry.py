@@ -103,6 +103,8 @@ class EngineRegistry:
         detector = self._detectors.get(entry.ref)
         if y.batch_max_size <= 1 or detector is None or not getattr(detector, "dynamic_batch", False):
             return None
+        if self._on_cpu(detector) and not y.batch_on_cpu:
+            return None  # gathering costs a CPU as much as single runs, plus the wait: take the direct path
         if entry.ref not in self._batchers:
             from sight.engines.batching import DetectionBatcher
 
@@ -116,15 +118,18 @@ class EngineRegistry:
         of ``usable cores / intra_op_threads`` slots, so concurrent requests, models included, never
         oversubscribe the cores; a detector on a GPU has its own."""
         y = self.settings.yolo
-        detector = self._detectors.get(entry.ref)
-        providers = getattr(detector, "providers", None) or ["CPUExecutionProvider"]
         key, capacity = entry.ref, y.concurrency or 1
-        if providers[0] == "CPUExecutionProvider":
+        if self._on_cpu(self._detectors.get(entry.ref)):
             cpus = usable_cpus()
             key, capacity = "__cpu__", y.concurrency or max(1, cpus // (y.intra_op_threads or cpus))
         if key not in self._slots:
             self._slots[key] = RunSlots(capacity)
         return self._slots[key]
+
+    @staticmethod
+    def _on_cpu(detector: Detector | None) -> bool:
+        providers = getattr(detector, "providers", None) or ["CPUExecutionProvider"]
+        return bool(providers[0] == "CPUExecutionProvider")
 
     def limiter(self, key: str, capacity: int) -> anyio.CapacityLimiter:
         """The limiter named ``key`` (OCR, shadows), made with ``capacity`` on first use."""
