@@ -228,3 +228,30 @@ def test_a_lone_image_runs_wide_and_a_crowd_runs_narrow(settings: Settings,
     _serve(cfg, {"a": detector}, [("a", 4), ("a", 1)] * 4)
     assert crowd["peak"] <= 2, f"runs held {crowd['peak']} cores, with two slots"
     assert crowd["wide"] <= 4, "only lone images may go wide, and only when the slots are idle"
+
+
+def test_a_cancelled_run_holds_its_slot_until_the_session_returns(settings: Settings,
+                                                                   nudenet_detector: OnnxYoloDetector) -> None:
+    """A client that goes away cancels its items, but the session run already under way cannot be stopped:
+    its slot stays taken until it returns, or the next run would oversubscribe the cores."""
+    shared, lock = _counter(), threading.Lock()
+    cfg = _with(settings, concurrency=1)
+    app = create_app(cfg, engines=EngineRegistry(cfg, detectors={"a": CountingDetector(nudenet_detector, "a",
+                                                                                         shared, lock)}))
+    face = Image.open(io.BytesIO(image_bytes("astronaut.png"))).convert("RGB")
+
+    async def cancel_one_then_run_another() -> None:
+        pipeline = app.state.services.pipeline
+        engines = pipeline.hub.current
+        first = asyncio.create_task(pipeline.detect(engines, face, "a", DetectOptions()))
+        for _ in range(2000):  # until the first run is under way (10 s at most)
+            if shared["now"]:
+                break
+            await asyncio.sleep(0.005)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await pipeline.detect(engines, face, "a", DetectOptions())
+
+    with LiveServer(app) as live:
+        live.call(cancel_one_then_run_another)
+    assert shared["peak"] == 1, "a cancelled run gave its slot back while still running"

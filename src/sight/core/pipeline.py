@@ -193,6 +193,14 @@ class Pipeline:
         timeout = self.settings.yolo.timeout
         depth = self.metrics.queue_depth.labels(entry.ref)
         depth.inc()
+        queued = True
+
+        def started() -> None:
+            nonlocal queued
+            queued = False
+            depth.dec()
+            self.metrics.batch_size.labels(entry.ref).observe(1)
+
         try:
             with anyio.fail_after(timeout):
                 detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
@@ -201,18 +209,18 @@ class Pipeline:
                     found = await batcher.detect(image, options)
                 else:
                     can_run_wide = alone and isinstance(detector, WideDetector) and detector.can_run_wide
-                    async with engines.run_slots(entry).run(wide_ok=can_run_wide) as wide:
-                        depth.dec()
-                        self.metrics.batch_size.labels(entry.ref).observe(1)
-                        run = partial(cast(WideDetector, detector).detect, wide=True) if wide else detector.detect
-                        try:
-                            found = await anyio.to_thread.run_sync(run, image, options, abandon_on_cancel=True)
-                        finally:
-                            depth.inc()
+
+                    def run(wide: bool) -> list[Detection]:
+                        if wide:
+                            return cast(WideDetector, detector).detect(image, options, wide=True)
+                        return detector.detect(image, options)
+
+                    found = await engines.run_slots(entry).call(run, wide_ok=can_run_wide, started=started)
         except TimeoutError as exc:
             raise StageTimeoutError(f"detection did not finish within {timeout}s") from exc
         finally:
-            depth.dec()
+            if queued:
+                depth.dec()
         for shadow in engines.catalog.shadows.get(entry.ref, []):
             self.shadows.spawn(entry.ref, shadow.ref, partial(self._shadow_detect, engines, shadow, image, options),
                                found)

@@ -15,9 +15,14 @@ import asyncio
 import math
 import os
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+T = TypeVar("T")
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
@@ -59,6 +64,24 @@ class RunSlots:
         finally:
             self.release(taken)
 
+    async def call(self, fn: Callable[[bool], T], *, wide_ok: bool = False,
+                   started: Callable[[], None] = lambda: None) -> T:
+        """Run ``fn(wide)`` in a worker thread once slots are granted (``started`` is called then). A thread
+        cannot be stopped, so the slots stay taken until ``fn`` returns even if the caller is cancelled
+        meanwhile: the caller stops waiting, the cores stay accounted for."""
+        taken = await self.acquire(wide_ok=wide_ok)
+        started()
+
+        async def hold() -> T:
+            try:
+                return await anyio.to_thread.run_sync(fn, taken > 1)
+            finally:
+                self.release(taken)
+
+        running = asyncio.ensure_future(hold())
+        running.add_done_callback(_consume_outcome)
+        return await asyncio.shield(running)
+
     def _grant(self, wide_ok: bool) -> int:
         wide = wide_ok and self.capacity > 1 and self.free == self.capacity and not self.waiting
         taken = self.capacity if wide else 1
@@ -85,3 +108,9 @@ class RunSlots:
             future, wide_ok = self._waiters.popleft()
             if not future.done():
                 future.set_result(self._grant(wide_ok))
+
+
+def _consume_outcome(task: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a run nobody waits for any more as seen (no 'exception never retrieved')."""
+    if not task.cancelled():
+        task.exception()
