@@ -130,15 +130,15 @@ def test_wide_and_narrow_sessions_find_the_same_objects() -> None:
 @pytest.mark.anyio
 async def test_an_idle_pool_grants_every_slot_and_a_busy_one_grants_one() -> None:
     slots = RunSlots(4)
-    async with slots.run(wide_ok=True) as wide:
-        assert wide and slots.free == 0
-    async with slots.run(wide_ok=False) as wide:
-        assert not wide and slots.free == 3
-        async with slots.run(wide_ok=True) as second:
-            assert not second and slots.free == 2, "another run is in flight: one slot only"
+    assert await slots.acquire(wide_ok=True) == 4 and slots.free == 0
+    slots.release(4)
+    assert await slots.acquire(wide_ok=False) == 1
+    assert await slots.acquire(wide_ok=True) == 1, "another run is in flight: one slot only"
+    assert slots.free == 2
+    slots.release(1)
+    slots.release(1)
     assert slots.free == 4 and slots.wide_runs == 1
-    async with RunSlots(1).run(wide_ok=True) as wide:
-        assert not wide, "one slot is not wide"
+    assert await RunSlots(1).acquire(wide_ok=True) == 1, "one slot is not wide"
 
 
 @pytest.mark.anyio
@@ -148,33 +148,52 @@ async def test_contended_slots_are_never_overdrawn_and_served_in_order() -> None
 
     async def run(i: int, wide_ok: bool) -> None:
         nonlocal held, peak
-        async with slots.run(wide_ok=wide_ok) as wide:
-            taken = 3 if wide else 1
-            held += taken
-            peak = max(peak, held)
-            order.append(i)
-            await asyncio.sleep(0.01)
-            held -= taken
+        taken = await slots.acquire(wide_ok=wide_ok)
+        held += taken
+        peak = max(peak, held)
+        order.append(i)
+        await asyncio.sleep(0.01)
+        held -= taken
+        slots.release(taken)
 
     await asyncio.gather(*(run(i, i % 2 == 0) for i in range(20)))
     assert peak <= 3 and slots.free == 3
-    assert order[0] == 0 and sorted(order) == list(range(20))
-    assert order == sorted(order), "first come, first served"
+    assert order == list(range(20)), "first come, first served"
 
 
 @pytest.mark.anyio
 async def test_a_cancelled_waiter_leaks_no_slot() -> None:
     slots = RunSlots(2)
-    async with slots.run(wide_ok=True):  # holds both
-        waiter = asyncio.create_task(slots.run(wide_ok=True).__aenter__())
-        await asyncio.sleep(0.01)
-        assert slots.waiting == 1
-        waiter.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
+    taken = await slots.acquire(wide_ok=True)  # holds both
+    waiter = asyncio.create_task(slots.acquire(wide_ok=True))
+    await asyncio.sleep(0.01)
+    assert slots.waiting == 1
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    slots.release(taken)
     assert slots.free == 2 and slots.waiting == 0
-    async with slots.run(wide_ok=True) as wide:
-        assert wide
+    assert await slots.acquire(wide_ok=True) == 2
+
+
+@pytest.mark.anyio
+async def test_call_runs_in_a_thread_and_holds_its_slots_past_a_cancelled_caller() -> None:
+    slots = RunSlots(2)
+    gate = threading.Event()
+    assert await slots.call(lambda wide: threading.current_thread() is not threading.main_thread() and wide,
+                            wide_ok=True)
+    caller = asyncio.create_task(slots.call(lambda _wide: gate.wait(10)))
+    await asyncio.sleep(0.05)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert slots.free == 1, "the thread still runs, so its slot is still taken"
+    gate.set()
+    for _ in range(200):
+        if slots.free == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert slots.free == 2
 
 
 # --- Through the server -----------------------------------------------------------------------------

@@ -5,8 +5,7 @@ over every core, but a lone image then waits longer. ``RunSlots`` gives both: a 
 free and nobody waiting takes them all (a wide run over every core); otherwise it takes one.
 
 >>> slots = RunSlots(usable_cpus())
->>> async with slots.run(wide_ok=True) as wide:
-...     detector.detect(image, options, wide=wide)
+>>> await slots.call(lambda wide: detector.detect(image, options, wide=wide), wide_ok=True)
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ import asyncio
 import math
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,21 +46,12 @@ class RunSlots:
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
         self.free = self.capacity
-        self.wide_runs = 0  # how many runs were granted every slot (for tests and curiosity)
+        self.wide_runs = 0  # runs granted every slot
         self._waiters: deque[tuple[asyncio.Future[int], bool]] = deque()
 
     @property
     def waiting(self) -> int:
         return sum(1 for future, _ in self._waiters if not future.done())
-
-    @asynccontextmanager
-    async def run(self, *, wide_ok: bool = False) -> AsyncIterator[bool]:
-        """Hold slots for one run; yields True when the run got every slot and may use every core."""
-        taken = await self.acquire(wide_ok=wide_ok)
-        try:
-            yield taken > 1
-        finally:
-            self.release(taken)
 
     async def call(self, fn: Callable[[bool], T], *, wide_ok: bool = False,
                    started: Callable[[], None] = lambda: None) -> T:
