@@ -75,6 +75,7 @@ def serve(
             "It is shown only this once; store it now:"
         )
         print(key, flush=True)
+    _configure_logging(settings.server.log_level)
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,
@@ -82,6 +83,19 @@ def serve(
         log_level=settings.server.log_level,
         timeout_graceful_shutdown=30,
     )
+
+
+def _configure_logging(level: str) -> None:
+    """Sight's own log lines (models loaded, reloads, run slots) beside uvicorn's, in uvicorn's format."""
+    import logging
+
+    from uvicorn.logging import DefaultFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(name)s: %(message)s"))
+    logger = logging.getLogger("sight")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
 
 
 def _dump_tasks() -> None:
@@ -103,8 +117,11 @@ def worker(
 
     from sight.runtime import open_services
 
+    settings = Settings()
+    _configure_logging(settings.server.log_level)
+
     async def run() -> None:
-        async with open_services(Settings()) as services:
+        async with open_services(settings) as services:
             runner = services.new_runner()
             if burst:
                 await runner.run_until_idle()

@@ -6,6 +6,7 @@ request in flight; engines that did not change carry over to the new snapshot wi
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,6 +22,8 @@ from sight.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     from sight.engines.batching import DetectionBatcher
+
+log = logging.getLogger(__name__)
 
 
 class EngineRegistry:
@@ -88,6 +91,9 @@ class EngineRegistry:
                     iou=y.iou if entry.iou is None else entry.iou, max_det=y.max_det,
                 )
                 self._detectors[entry.ref] = detector
+                log.info("detector %s loaded from %s on %s, %s thread(s) per run%s", entry.ref, entry.source,
+                         detector.providers[0], y.intra_op_threads or "all",
+                         "; lone images on an idle server use every core" if detector.can_run_wide else "")
             return detector
 
     def is_loaded(self, entry: ModelEntry) -> bool:
@@ -124,6 +130,7 @@ class EngineRegistry:
             key, capacity = "__cpu__", y.concurrency or max(1, cpus // (y.intra_op_threads or cpus))
         if key not in self._slots:
             self._slots[key] = RunSlots(capacity)
+            log.info("%s: %d session run(s) at once", "CPU detectors" if key == "__cpu__" else key, capacity)
         return self._slots[key]
 
     @staticmethod
