@@ -63,6 +63,8 @@ def test_serve_prints_first_key_once_and_keys_cli_manages_keys(tmp_path: Path) -
         assert r.status_code == 401
     assert server.first_key() is None, "the first key is printed only on the very first start"
     assert key not in server.output()
+    assert "detector nudenet:1 loaded from" in server.output(), "Sight's own log lines are shown"
+    assert "session run(s) at once" in server.output()
 
 
 def test_batches_cli_adds_a_folder_files_and_urls_and_writes_jsonl(tmp_path: Path) -> None:
