@@ -123,12 +123,13 @@ class EngineRegistry:
         """What a session run of ``entry``'s (loaded) detector waits for. Detectors on the CPU share one pool
         of ``usable cores / intra_op_threads`` slots, so concurrent requests, models included, never
         oversubscribe the cores; a detector on a GPU has its own."""
-        y = self.settings.yolo
-        key, capacity = entry.ref, y.concurrency or 1
-        if self._on_cpu(self._detectors.get(entry.ref)):
-            cpus = usable_cpus()
-            key, capacity = "__cpu__", y.concurrency or max(1, cpus // (y.intra_op_threads or cpus))
-        if key not in self._slots:
+        key = "__cpu__" if self._on_cpu(self._detectors.get(entry.ref)) else entry.ref
+        if key not in self._slots:  # sized once: not on every run
+            y = self.settings.yolo
+            capacity = y.concurrency or 1
+            if key == "__cpu__":
+                cpus = usable_cpus()
+                capacity = y.concurrency or max(1, cpus // (y.intra_op_threads or cpus))
             self._slots[key] = RunSlots(capacity)
             log.info("%s: %d session run(s) at once", "CPU detectors" if key == "__cpu__" else key, capacity)
         return self._slots[key]
