@@ -85,7 +85,9 @@ class EngineRegistry:
                 y = self.settings.yolo
                 detector = OnnxYoloDetector.load(
                     entry.name, Path(entry.source).expanduser(), providers=y.providers,
-                    intra_op_threads=y.intra_op_threads, wide_threads=usable_cpus() if y.wide_when_idle else 0,
+                    intra_op_threads=y.intra_op_threads,
+                    # A second session over every core only where a run can ever hold more than one slot.
+                    wide_threads=usable_cpus() if y.wide_when_idle and self._cpu_slot_count() > 1 else 0,
                     version=str(entry.version),
                     conf=y.conf if entry.conf is None else entry.conf,
                     iou=y.iou if entry.iou is None else entry.iou, max_det=y.max_det,
@@ -125,14 +127,15 @@ class EngineRegistry:
         oversubscribe the cores; a detector on a GPU has its own."""
         key = "__cpu__" if self._on_cpu(self._detectors.get(entry.ref)) else entry.ref
         if key not in self._slots:  # sized once: not on every run
-            y = self.settings.yolo
-            capacity = y.concurrency or 1
-            if key == "__cpu__":
-                cpus = usable_cpus()
-                capacity = y.concurrency or max(1, cpus // (y.intra_op_threads or cpus))
+            capacity = self._cpu_slot_count() if key == "__cpu__" else self.settings.yolo.concurrency or 1
             self._slots[key] = RunSlots(capacity)
             log.info("%s: %d session run(s) at once", "CPU detectors" if key == "__cpu__" else key, capacity)
         return self._slots[key]
+
+    def _cpu_slot_count(self) -> int:
+        y = self.settings.yolo
+        cpus = usable_cpus()
+        return y.concurrency or max(1, cpus // (y.intra_op_threads or cpus))
 
     @staticmethod
     def _on_cpu(detector: Detector | None) -> bool:
