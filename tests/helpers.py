@@ -12,6 +12,15 @@ from PIL import Image
 from tests.conftest import IMAGES
 
 
+def key_parts(key: str) -> tuple[str, str]:
+    """A key's id and secret, parsed as the server parses them (a secret may itself hold '-')."""
+    from sight.storage.keys import KEY_PATTERN
+
+    match = KEY_PATTERN.match(key)
+    assert match, key
+    return match.group(1), match.group(2)
+
+
 def image_bytes(name: str) -> bytes:
     return (IMAGES / name).read_bytes()
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sight.errors import AuthenticationError
-from tests.helpers import image_bytes, v1_request
+from tests.helpers import image_bytes, key_parts, v1_request
 
 BATCH = "/api/v1/inference/predict/batch"
 
@@ -20,7 +20,7 @@ def test_bad_keys_all_answer_the_same_401(client: TestClient, api_key: str, app)
     expired, _ = client.portal.call(lambda: store.create_key("a", expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     revoked, info = client.portal.call(store.create_key, "a")
     client.portal.call(store.revoke, info.id)
-    key_id, secret = api_key.split("-")[2], api_key.split("-")[3]
+    key_id, secret = key_parts(api_key)
     bad = {
         "garbage": "hello",
         "wrong format": "Bearer",
@@ -45,7 +45,7 @@ def test_bad_keys_all_answer_the_same_401(client: TestClient, api_key: str, app)
 
 def test_unknown_and_wrong_keys_cost_the_same(client: TestClient, api_key: str, app) -> None:  # type: ignore[no-untyped-def]
     store = app.state.services.keys
-    key_id, secret = api_key.split("-")[2], api_key.split("-")[3]
+    key_id, secret = key_parts(api_key)
     unknown = f"sk-sight-key_zzzzzzzzzzzz-{secret}"
     wrong = f"sk-sight-{key_id}-{secret[:-1]}{'A' if secret[-1] != 'A' else 'B'}"
 
@@ -80,5 +80,20 @@ def test_keys_are_stored_hashed(client: TestClient, api_key: str, app) -> None: 
             return [r.secret_hash for r in (await conn.execute(select(ApiKey))).all()]
 
     stored = client.portal.call(rows)
-    secret = api_key.split("-")[3]
+    _, secret = key_parts(api_key)
     assert stored and all(len(h) == 64 and secret not in h for h in stored)
+
+
+def test_secrets_holding_dashes_verify(client: TestClient, app, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """token_urlsafe may put '-' anywhere in a secret, first character included; such keys must work."""
+    import sight.storage.keys as keys
+
+    store = app.state.services.keys
+    for secret in ("-q9saEVSEg6fEnwy0kLXDivq5ECadoz_ORX9KGJSDk4", "abc--def-ghi-jkl-mno-pqr-", "--------------------"):
+        monkeypatch.setattr(keys.secrets, "token_urlsafe", lambda _n, s=secret: s)
+        key, info = client.portal.call(store.create_key, "dashes")
+        assert key_parts(key) == (info.id, secret)
+        principal = client.portal.call(store.verify, key)
+        assert principal.key_id == info.id
+        r = client.get("/v1/batches", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
