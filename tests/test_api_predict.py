@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import IMAGES
-from tests.helpers import image_bytes, png_bytes, v1_request
+from tests.helpers import image_bytes, key_parts, png_bytes, v1_request
 from tests.servers import LiveServer
 
 BATCH = "/api/v1/inference/predict/batch"
@@ -177,7 +177,7 @@ def test_auth_header_body_and_failures(client: TestClient, api_key: str, app) ->
     r = client.post(BATCH, headers={"Authorization": f"Bearer {other}"}, **conflict)
     _error(r, 400, "invalid_input")
     assert api_key not in r.text and other not in r.text
-    key_id = other.split("-")[2]
+    key_id, _ = key_parts(other)
     client.portal.call(app.state.services.keys.revoke, key_id)
     _error(client.post(BATCH, headers={"Authorization": f"Bearer {other}"}, **ok), 401, "unauthorized")
     v2 = {"data": [{"image_base64": base64.b64encode(image_bytes("coffee.png")).decode()}]}

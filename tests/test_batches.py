@@ -16,7 +16,7 @@ from sight.api.app import create_app
 from sight.config import ImageSettings, JobsSettings, Settings
 from sight.engines.registry import EngineRegistry
 from sight.schemas import BatchRequestIn
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, key_parts
 from tests.servers import FakeLLMServer
 
 FAST_JOBS = JobsSettings(run_in_server=False, backoff_seconds=0.01, heartbeat_seconds=0.2, poll_seconds=0.05,
@@ -36,7 +36,7 @@ class Api:
 
     def __init__(self, client: TestClient, key: str) -> None:
         self.client, self.headers = client, {"Authorization": f"Bearer {key}"}
-        self.key_id = key.split("-")[2]
+        self.key_id, _ = key_parts(key)
 
     def post(self, path: str, json: Any = None, **kw: Any) -> Any:
         return self.client.post(path, json=json, headers={**self.headers, **kw.pop("headers", {})}, **kw)

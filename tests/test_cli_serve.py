@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, key_parts
 from tests.processes import KEY_RE, SIGHT, SightServer, sight_env
 
 
@@ -54,7 +54,7 @@ def test_serve_prints_first_key_once_and_keys_cli_manages_keys(tmp_path: Path) -
         r = httpx.post(base + "/api/v1/inference/predict/batch", data={**data, "api_key": key}, files=files,
                        timeout=60)
         assert r.status_code == 200 and r.json()["result"]["items"][0]["yolo"]["detections"]
-        acme_id = acme_key.group(0).split("-")[2]
+        acme_id, _ = key_parts(acme_key.group(0))
         auth = {"Authorization": f"Bearer {acme_key.group(0)}"}
         assert httpx.post(base + "/api/v1/inference/predict/batch", data=data, files=files, headers=auth,
                           timeout=60).status_code == 200
