@@ -249,9 +249,9 @@ class Pipeline:
         llm_ref: str | None, request_id: str | None = None,
     ) -> LLMAnswer:
         jpeg = await anyio.to_thread.run_sync(encode_jpeg, image, self.settings.llm.max_image_side)
-        client, model = engines.llm_for(llm_ref, request_id)
-        answer = await client.analyze(jpeg, query or "", grounding, model)
         primary = engines.llm_entry(llm_ref, request_id)
+        client, model = engines.llm_client(primary, llm_ref)
+        answer = await client.analyze(jpeg, query or "", grounding, model)
         if primary is not None:
             for shadow in engines.catalog.shadows.get(primary.ref, []):
                 shadow_client, shadow_model = engines.llm_for(shadow.ref)

@@ -181,14 +181,14 @@ class EngineRegistry:
             return None
 
     def llm_for(self, ref: str | None, request_id: str | None = None) -> tuple[VisionLLM, str | None]:
-        """(client, backend model name) for an item's ``llm_model``: a catalog ``llm`` entry (which may name
-        its own endpoint), or else a model name passed through to the default backend."""
-        if not ref:
-            return self.llm, None
-        try:
-            entry = self.catalog.model(ref, request_id, task="llm")
-        except ModelNotFoundError:
-            return self.llm, ref
+        """(client, backend model name) for an item's ``llm_model``."""
+        return self.llm_client(self.llm_entry(ref, request_id), ref)
+
+    def llm_client(self, entry: ModelEntry | None, ref: str | None) -> tuple[VisionLLM, str | None]:
+        """(client, backend model name) for a catalog ``llm`` entry (which may name its own endpoint), or, with
+        none, ``ref`` passed through as a model name to the default backend."""
+        if entry is None:
+            return self.llm, ref or None
         if not entry.source:
             return self.llm, entry.model or entry.name
         if entry.ref not in self._llms:
@@ -223,21 +223,24 @@ class EngineRegistry:
 
 
 class EngineHub:
-    """Holds the current snapshot; ``reload()`` re-reads the registry file and swaps it in."""
+    """Holds the current snapshot; ``reload()`` re-reads the registry file and swaps it in. A replaced snapshot
+    is dropped once its requests finish (its unchanged engines live on in the new one); only its LLM clients
+    are kept, to be closed at shutdown, since a request still in flight may be using them."""
 
     def __init__(self, current: EngineRegistry) -> None:
         self.current = current
-        self._history: list[EngineRegistry] = [current]
+        self._retired_clients: list[VisionLLM] = []
 
     def reload(self) -> EngineRegistry:
-        self.current = self.current.successor(self.current.build_catalog())
-        self._history.append(self.current)
+        old = self.current
+        self.current = old.successor(old.build_catalog())
+        kept = {id(c) for c in self.current.clients()}
+        self._retired_clients += [c for c in old.clients() if id(c) not in kept]
         return self.current
 
     async def aclose(self) -> None:
         seen: set[int] = set()
-        for registry in self._history:
-            for client in registry.clients():
-                if id(client) not in seen:
-                    seen.add(id(client))
-                    await client.aclose()
+        for client in [*self._retired_clients, *self.current.clients()]:
+            if id(client) not in seen:
+                seen.add(id(client))
+                await client.aclose()
