@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
-from sight.config import FetchSettings, LLMSettings, ServerSettings, Settings, YoloSettings
+from sight.config import FetchSettings, LLMSettings, ModelsSettings, ServerSettings, Settings, YoloSettings
 from sight.engines.base import Detector, OcrEngine
 from sight.engines.registry import EngineRegistry
 from tests.servers import FakeLLMServer, ImageServer, LiveServer
@@ -106,6 +106,7 @@ def settings(tmp_path: Path, llm_server: FakeLLMServer) -> Settings:
         yolo=YoloSettings(models={"nudenet": nudenet_path()}, default_model="nudenet"),
         llm=LLMSettings(base_url=llm_server.url, model="fake-vl", timeout=2.0, retries=1, backoff=0.01),
         fetch=FetchSettings(),
+        models=ModelsSettings(offline=True),  # tests never download a model unless they serve it on loopback
     )
 
 

@@ -34,6 +34,9 @@ def sight_env(workdir: Path, database_url: str | None = None, **extra: str) -> d
         "SIGHT_DATA_DIR": str(workdir / "data"),
         "SIGHT_YOLO__MODELS": json.dumps({"nudenet": str(nudenet_path())}),
         "SIGHT_YOLO__DEFAULT_MODEL": "nudenet",
+        # Hermetic: never download a model, never find a developer's own Ollama.
+        "SIGHT_MODELS__OFFLINE": "true",
+        "SIGHT_LLM__DISCOVER": "false",
         "PYTHONUNBUFFERED": "1",
         **extra,
     })
@@ -66,10 +69,10 @@ class SightProcess:
 
 
 class SightServer(SightProcess):
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(["serve", "--port", str(self.port)], workdir, env)
+        super().__init__(["serve", "--port", str(self.port), *args], workdir, env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

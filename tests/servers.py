@@ -1,4 +1,4 @@
-"""Real HTTP servers on loopback for tests: an OpenAI-compatible vision LLM, an image host, uvicorn."""
+"""Real HTTP servers on loopback for tests: an OpenAI-compatible vision LLM, Ollama, an image host, uvicorn."""
 
 from __future__ import annotations
 
@@ -63,23 +63,46 @@ class _Background:
         self.httpd.server_close()
 
     @property
-    def url(self) -> str:
+    def origin(self) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def url(self) -> str:
+        return self.origin
+
 
 class _LLMHandler(_Quiet):
-    def do_POST(self) -> None:  # noqa: N802
-        owner: FakeLLMServer = self.server.owner  # type: ignore[attr-defined]
-        length = int(self.headers.get("Content-Length", "0"))
-        raw = self.rfile.read(length)
+    def _json(self) -> Any:
+        raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except ValueError:
             self._send(400, b'{"error": "bad json"}')
+            return None
+
+    def do_GET(self) -> None:  # noqa: N802
+        owner: FakeLLMServer = self.server.owner  # type: ignore[attr-defined]
+        with owner.lock:
+            owner.hits.append(f"GET {self.path}")
+        if self.path != "/v1/models":
+            self._send(404, b'{"error": "not found"}')
+            return
+        listing = {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"} for m in owner.models]}
+        self._send(200, json.dumps(listing).encode())
+
+    def do_POST(self) -> None:  # noqa: N802
+        owner: FakeLLMServer = self.server.owner  # type: ignore[attr-defined]
+        with owner.lock:
+            owner.hits.append(f"POST {self.path}")
+        body = self._json()
+        if body is None:
             return
         if self.path != "/v1/chat/completions":
             self._send(404, b'{"error": "not found"}')
+            return
+        if not owner.serves(str(body.get("model"))):
+            self._send(404, json.dumps({"error": {"message": f"model {body.get('model')!r} not found"}}).encode())
             return
         with owner.lock:
             owner.requests.append({"body": body, "headers": dict(self.headers)})
@@ -106,7 +129,8 @@ class _LLMHandler(_Quiet):
 
 
 class FakeLLMServer(_Background):
-    """Speaks OpenAI chat completions; records what it receives; can be slow, 429, 500 or malformed."""
+    """Speaks OpenAI chat completions and model listing (``models``); records what it receives (``hits``: every
+    method and path; ``requests``: chat completions); can be slow, 429, 500 or malformed."""
 
     handler = _LLMHandler
 
@@ -116,13 +140,18 @@ class FakeLLMServer(_Background):
 
     def reset(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.hits: list[str] = []
+        self.models = ["fake-vl"]
         self.mode = "ok"
         self.delay = 0.0
         self.mode_for: Callable[[dict[str, Any]], str] = lambda _body: self.mode
 
     @property
-    def url(self) -> str:  # type: ignore[override]
-        return super().url + "/v1"
+    def url(self) -> str:
+        return self.origin + "/v1"
+
+    def serves(self, model: str) -> bool:
+        return True  # any name: tests route several catalog models to one server
 
     @staticmethod
     def user_text(body: dict[str, Any]) -> str:
@@ -145,6 +174,65 @@ class FakeLLMServer(_Background):
         if "SN-4X7Q-2291-B" in text.replace(" ", ""):
             return "The serial number is SN-4X7Q-2291-B."
         return "I see an image."
+
+
+class _OllamaHandler(_LLMHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        owner: FakeOllamaServer = self.server.owner  # type: ignore[attr-defined]
+        if self.path != "/api/tags":
+            super().do_GET()
+            return
+        with owner.lock:
+            owner.hits.append(f"GET {self.path}")
+            names = list(owner.catalog)
+        models = [{"name": n, "model": n, "modified_at": "2025-05-01T10:00:00Z", "size": 3_200_000_000,
+                   "digest": "0" * 64, "details": {"format": "gguf", "family": n.split(":")[0]}} for n in names]
+        self._send(200, json.dumps({"models": models}).encode())
+
+    def do_POST(self) -> None:  # noqa: N802
+        owner: FakeOllamaServer = self.server.owner  # type: ignore[attr-defined]
+        if self.path != "/api/show":
+            super().do_POST()
+            return
+        with owner.lock:
+            owner.hits.append(f"POST {self.path}")
+        body = self._json()
+        if body is None:
+            return
+        with owner.lock:
+            capabilities = owner.catalog.get(str(body.get("model")))
+        if capabilities is None:
+            self._send(404, json.dumps({"error": f"model '{body.get('model')}' not found"}).encode())
+            return
+        show = {"modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+                "details": {"format": "gguf", "families": ["qwen2"]}, "model_info": {},
+                "capabilities": capabilities}
+        self._send(200, json.dumps(show).encode())
+
+
+class FakeOllamaServer(FakeLLMServer):
+    """Speaks Ollama: ``/api/tags`` and ``/api/show`` over ``catalog`` (model name -> capabilities), and its
+    OpenAI-compatible ``/v1`` (chat completions answer only the models it has). ``url`` is Ollama's root, as
+    ``SIGHT_LLM__OLLAMA_URL`` takes it. Give ``port`` to start it where a client already looks."""
+
+    handler = _OllamaHandler
+
+    def __init__(self, catalog: dict[str, list[str]] | None = None, port: int = 0) -> None:
+        super().__init__()
+        self.port = port
+        self.catalog = dict(catalog if catalog is not None else {"qwen2.5vl:3b": ["completion", "vision"]})
+
+    @property
+    def url(self) -> str:
+        return self.origin
+
+    def serves(self, model: str) -> bool:
+        with self.lock:
+            return model in self.catalog
+
+    def __enter__(self) -> FakeOllamaServer:
+        super().__enter__()
+        return self
 
 
 class _ImageHandler(_Quiet):

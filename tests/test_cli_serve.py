@@ -101,3 +101,66 @@ def test_batches_cli_adds_a_folder_files_and_urls_and_writes_jsonl(tmp_path: Pat
         bad = subprocess.run([*SIGHT, "batches", "status", "batch_nope", *opts], cwd=tmp_path,
                              env=sight_env(tmp_path), capture_output=True, text=True, timeout=60)
         assert bad.returncode == 1 and "not_found" in bad.stdout
+
+
+def test_serve_banner_tells_the_truth_and_pull_downloads_before_serving(tmp_path: Path) -> None:
+    from tests.conftest import YOLO11N_UNTRAINED, nudenet_path
+    from tests.model_servers import ModelFileServer
+
+    with ModelFileServer({"/remote.onnx": YOLO11N_UNTRAINED.read_bytes()}) as files:
+        models = {"nudenet": str(nudenet_path()), "remote": files.source("remote.onnx")}
+        env = sight_env(tmp_path, SIGHT_YOLO__MODELS=json.dumps(models))
+        server = SightServer(tmp_path, env)
+        try:
+            banner = server.output()
+            key = server.first_key()
+        finally:
+            server.stop()
+        assert key and f"API key    {key}" in banner
+        lines = {line.split(":")[0].strip(): line for line in banner.splitlines() if ": " in line}
+        assert "loaded" in lines["Detectors  nudenet (default)"] and "18 classes, CPU" in lines[
+            "Detectors  nudenet (default)"]
+        # The tests' environment turns downloads off, and the banner says so (online it says "downloads on first
+        # use (or now: sight models pull remote)", as GET /v1/models does: test_model_downloads).
+        assert "failed: not downloaded, and downloads are off (SIGHT_MODELS__OFFLINE)" in lines["remote"]
+        assert "OCR        rapidocr" in banner and "loads on first use" in banner
+        assert "LLM        none" in banner and "SIGHT_LLM__BASE_URL" in banner
+        assert "Database   sqlite+aiosqlite:///" in banner and "/docs" in banner
+        assert files.hits == [], "nothing is downloaded at start without --pull"
+
+        pulled = SightServer(tmp_path, {**env, "SIGHT_MODELS__OFFLINE": "false"}, "--pull")
+        try:
+            out = pulled.output()
+            assert "saved" in out and "(sha256 verified)" in out
+            remote = next(line for line in out.splitlines() if line.strip().startswith("remote"))
+            assert "loads on first use" in remote
+            assert pulled.first_key() is None and "created earlier" in out
+        finally:
+            pulled.stop()
+        assert files.gets("remote.onnx") == 1
+
+
+def test_models_pull_downloads_a_pinned_url_once_with_progress(tmp_path: Path) -> None:
+    from tests.conftest import YOLO11N_UNTRAINED
+    from tests.model_servers import ModelFileServer, sha256_of
+
+    with ModelFileServer({"/det.onnx": YOLO11N_UNTRAINED.read_bytes()}) as files:
+        env = {**sight_env(tmp_path), "SIGHT_MODELS__OFFLINE": "false"}
+
+        def pull(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*SIGHT, "models", "pull", *args], cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, timeout=120)
+
+        first = pull(files.source("det.onnx"))
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "downloading det" in first.stdout and "saved" in first.stdout and "SIGHT_YOLO__MODELS" in first.stdout
+        saved = list((tmp_path / "data" / "models" / "downloads").iterdir())
+        assert len(saved) == 1 and sha256_of(saved[0]) == sha256_of(YOLO11N_UNTRAINED)
+        again = pull(files.source("det.onnx"))
+        assert again.returncode == 0 and "already here" in again.stdout
+        wrong = pull(files.source("det.onnx", sha256="f" * 64))
+        assert wrong.returncode == 1 and "sha256 mismatch" in wrong.stdout
+        unpinned = pull(f"{files.url}/det.onnx")
+        assert unpinned.returncode == 2 and "#sha256=" in unpinned.stdout
+        assert files.gets("det.onnx") == 2
+        assert len(list((tmp_path / "data" / "models").rglob("*.part"))) == 0

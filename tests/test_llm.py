@@ -83,7 +83,8 @@ def test_unconfigured_or_unreachable_llm_is_llm_unavailable(
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     for base_url in (None, dead):
-        cfg = settings.model_copy(update={"llm": LLMSettings(base_url=base_url, retries=0, timeout=2)})
+        cfg = settings.model_copy(update={"llm": LLMSettings(base_url=base_url, retries=0, timeout=2,
+                                                             discover=False)})
         app = create_app(cfg, engines=EngineRegistry(cfg, detectors={"nudenet": engines.detector("nudenet")}))
         with TestClient(app) as c:
             key, _ = c.portal.call(app.state.services.keys.create_key, "t")

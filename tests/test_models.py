@@ -344,16 +344,20 @@ def test_reload_under_load_fails_nothing(reg_settings: Settings, registry_file: 
 
 def test_models_cli_list_and_pull_without_the_extra(tmp_path: Path, registry_file: Path) -> None:
     env = sight_env(tmp_path, SIGHT_REGISTRY__PATH=str(registry_file))
-    listing = subprocess.run([*SIGHT, "models", "list"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                             timeout=60)
+
+    def sight(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*SIGHT, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    listing = sight("models", "list")
     assert listing.returncode == 0 and "faces" in listing.stdout and "candidate" in listing.stdout
-    pull = subprocess.run([*SIGHT, "models", "pull", "yolo11n"], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
-    assert pull.returncode == 1
-    assert "sight[ultralytics]" in pull.stdout and "SIGHT_YOLO__MODELS" in pull.stdout
-    bad = subprocess.run([*SIGHT, "models", "pull", "resnet50"], env=env, cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
-    assert bad.returncode == 2 and "not an official" in bad.stdout
+    offline = sight("models", "pull", "yolo11n")  # the tests' environment turns downloads off
+    assert offline.returncode == 1
+    assert "SIGHT_MODELS__OFFLINE" in offline.stdout and "SIGHT_YOLO__MODELS" in offline.stdout
+    export = sight("models", "pull", "yolo11n", "--imgsz", "1280")  # an export needs .pt weights and PyTorch
+    assert export.returncode == 1
+    assert "sight[ultralytics]" in export.stdout and "SIGHT_YOLO__MODELS" in export.stdout
+    bad = sight("models", "pull", "resnet50")
+    assert bad.returncode == 2 and "official Ultralytics" in bad.stdout
 
 
 def test_eager_loading_loads_local_models_at_start(reg_settings: Settings, engines: EngineRegistry) -> None:

@@ -80,15 +80,18 @@ def create(name: str, url: UrlOpt = None, key: KeyOpt = None) -> None:
 def add(
     batch_id: str,
     items: Annotated[list[str], typer.Argument(help="Image files, folders of images, or http(s) URLs.")],
-    yolo: Annotated[bool, typer.Option(help="Run detection.")] = True,
+    yolo: Annotated[bool, typer.Option(help="Run detection (the default detector downloads itself).")] = True,
     ocr: Annotated[bool, typer.Option(help="Run OCR.")] = False,
-    llm: Annotated[bool, typer.Option(help="Ask the vision LLM.")] = False,
+    llm: Annotated[bool | None, typer.Option(help="Ask the vision LLM (default: on when --query is given).",
+                                             show_default=False)] = None,
     query: Annotated[str | None, typer.Option(help="The question for the LLM.")] = None,
     model: Annotated[str | None, typer.Option(help="Detection model name.")] = None,
     url: UrlOpt = None, key: KeyOpt = None,
 ) -> None:
-    """Add one request per image; files are uploaded inline (base64), URLs fetched by the server."""
+    """Add one request per image; files are uploaded inline (base64), URLs fetched by the server. With no
+    flags each image gets detection; --query asks the LLM too."""
     sources = list(_sources(items))
+    llm = bool(query) if llm is None else llm
 
     def go() -> None:
         with _client(url, key) as client, Progress(TextColumn("adding"), BarColumn(), MofNCompleteColumn(),

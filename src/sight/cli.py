@@ -49,11 +49,15 @@ def _with_keys(settings: Settings, action: Callable[..., Awaitable[T]]) -> T:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    pull: Annotated[bool, typer.Option("--pull", help="Download every declared model that is not here yet "
+                                       "(the default detector included) before serving, with progress.")] = False,
 ) -> None:
     """Start the server; on first start create a team and an API key and print the key once."""
     import uvicorn
 
     from sight.api.app import create_app
+    from sight.banner import printer
+    from sight.models_cli import download, remote_detectors
     from sight.storage.keys import KeyStore
 
     settings = Settings()
@@ -61,6 +65,9 @@ def serve(
         settings.server.host = host
     if port:
         settings.server.port = port
+    if pull:
+        for name, source in remote_detectors(settings):
+            download(name, source, settings)
 
     async def first_key(store: KeyStore) -> str | None:
         if await store.has_teams():
@@ -70,14 +77,11 @@ def serve(
 
     key = _with_keys(settings, first_key)
     if key:
-        console.print(
-            f"Created team [bold]{settings.bootstrap_team}[/bold] and its first API key. "
-            "It is shown only this once; store it now:"
-        )
-        print(key, flush=True)
+        console.print(f"Created team [bold]{settings.bootstrap_team}[/bold] and its first API key (in the block "
+                      "below once the server is ready).")
     _configure_logging(settings.server.log_level)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, on_ready=printer(key, console)),
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,

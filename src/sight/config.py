@@ -47,8 +47,10 @@ class FetchSettings(BaseModel):
 
 
 class YoloSettings(BaseModel):
-    models: dict[str, Path] = Field(default_factory=dict, description="Detector name -> ONNX file.")
-    default_model: str = "yolo11n"
+    models: dict[str, str | Path] = Field(default_factory=dict, description="Detector name -> model source: an "
+                                          "ONNX path, https://...#sha256=<hex>, or hf://owner/repo/file.onnx.")
+    default_model: str = Field("yolo11n", description="Detector for items that name none. An official name "
+                               "(yolo11n, yolo11s, yolo11m) downloads itself on first use if it is not here.")
     models_dir: Path | None = Field(None, description="Folder of *.onnx detectors named by file stem.")
     providers: list[str] | None = Field(None, description="ONNX Runtime providers; default: best present.")
     conf: float = 0.25
@@ -75,8 +77,10 @@ class OcrSettings(BaseModel):
 
 
 class LLMSettings(BaseModel):
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
-    model: str = "gpt-4o-mini"
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1. "
+                                 "Unset: a local Ollama is looked for (see discover).")
+    model: str | None = Field(None, description="The backend's model name. Unset: the only (or first) model the "
+                              "base URL lists, or the first vision model of a discovered Ollama, by name.")
     api_key: SecretStr | None = None
     timeout: float = 60.0
     connect_timeout: float = 5.0
@@ -85,6 +89,10 @@ class LLMSettings(BaseModel):
     max_tokens: int = 512
     temperature: float = 0.0
     max_image_side: int = Field(1536, description="Images are downscaled to this before sending.")
+    discover: bool = Field(True, description="Without a base_url, look for a local Ollama with a vision model.")
+    ollama_url: str = Field("http://127.0.0.1:11434", description="Where discovery looks for Ollama.")
+    discover_interval: float = Field(5.0, description="Seconds between probes while no LLM has been found.")
+    probe_timeout: float = Field(2.0, description="Seconds one discovery request may take (connect: at most 1).")
 
 
 class JobsSettings(BaseModel):
@@ -102,6 +110,21 @@ class JobsSettings(BaseModel):
     deadline_hours: float = Field(24, description="Work still pending this long after creation is cancelled.")
     sweep_seconds: float = 60.0
     max_requests_per_call: int = 1000
+
+
+class ModelsSettings(BaseModel):
+    """Fetching model files that are not here yet (the default detector, URL and Hugging Face sources)."""
+
+    offline: bool = Field(False, description="Never download: a model file that is not here is an error.")
+    wait_timeout: float = Field(300.0, description="Seconds an item waits for its model's download.")
+    download_timeout: float = Field(1800.0, description="Seconds one download may take in all.")
+    connect_timeout: float = 10.0
+    read_timeout: float = Field(60.0, description="Seconds without a byte before a download fails.")
+    max_redirects: int = 5
+    max_download_bytes: int = Field(4 * 1024 * MiB, description="Largest file from a URL of unknown size.")
+    retry_seconds: float = Field(30.0, description="A failed download is retried by the next item after this.")
+    hf_endpoint: str | None = Field(None, description="Hugging Face endpoint or mirror (default: the Hub).")
+    hf_cache_dir: Path | None = Field(None, description="Hugging Face cache folder (default: huggingface_hub's).")
 
 
 class RegistrySettings(BaseModel):
@@ -136,6 +159,7 @@ class Settings(BaseSettings):
     ocr: OcrSettings = OcrSettings()
     llm: LLMSettings = LLMSettings()
     jobs: JobsSettings = JobsSettings()
+    models: ModelsSettings = ModelsSettings()
     registry: RegistrySettings = RegistrySettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     client: ClientSettings = ClientSettings()
@@ -143,11 +167,16 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./sight.db"
     bootstrap_team: str = "default"
 
-    def detector_paths(self) -> dict[str, Path]:
-        """Configured detectors: the ``models`` mapping over the ``*.onnx`` files of ``models_dir``."""
-        found: dict[str, Path] = {}
-        models_dir = self.yolo.models_dir or self.data_dir / "models"
-        if models_dir.is_dir():
-            found.update({p.stem: p for p in sorted(models_dir.glob("*.onnx"))})
-        found.update(self.yolo.models)
+    @property
+    def models_dir(self) -> Path:
+        """Where local detectors are found and downloaded ones are written."""
+        return self.yolo.models_dir or self.data_dir / "models"
+
+    def detector_sources(self) -> dict[str, str]:
+        """Configured detectors (name -> source): the ``*.onnx`` files of ``models_dir``, then the ``models``
+        mapping over them."""
+        found: dict[str, str] = {}
+        if self.models_dir.is_dir():
+            found.update({p.stem: str(p) for p in sorted(self.models_dir.glob("*.onnx"))})
+        found.update({name: str(source) for name, source in self.yolo.models.items()})
         return found

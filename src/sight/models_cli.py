@@ -1,4 +1,4 @@
-"""``sight models``: list the catalog, pull official Ultralytics weights as ONNX."""
+"""``sight models``: list the catalog; pull model files (official exports, URLs, Hugging Face) with progress."""
 
 from __future__ import annotations
 
@@ -10,22 +10,21 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from sight.config import Settings
 from sight.core.catalog import Catalog
+from sight.engines.downloads import ModelFiles, ModelSource, license_line
+from sight.engines.official import OFFICIAL
 from sight.errors import SightError
 
 app = typer.Typer(help="The model registry.", no_args_is_help=True)
 console = Console()
-OFFICIAL = re.compile(r"^yolo(v8|11|12)[nsmlx]$|^yolov5[nsmlx]u$")
+ULTRALYTICS = re.compile(r"^yolo(v8|11|12)[nsmlx]$|^yolov5[nsmlx]u$")
 LOCAL_HINT = ("To serve a model you already have, export it to ONNX where the weights are "
               "(yolo export model=yolo11n.pt format=onnx dynamic=True) and set "
               "SIGHT_YOLO__MODELS='{\"yolo11n\": \"/path/yolo11n.onnx\"}' or copy it into {dir}.")
-
-
-def _models_dir(settings: Settings) -> Path:
-    return settings.yolo.models_dir or settings.data_dir / "models"
 
 
 @app.command("list")
@@ -33,7 +32,7 @@ def list_models() -> None:
     """Every declared model version (settings and registry file), as GET /v1/models lists them."""
     settings = Settings()
     try:
-        catalog = Catalog.build(settings.detector_paths(), settings.registry.path, settings.llm.model)
+        catalog = Catalog.from_settings(settings)
     except SightError as exc:
         console.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}")
         raise typer.Exit(1) from exc
@@ -44,31 +43,101 @@ def list_models() -> None:
     console.print(table)
 
 
+def download(name: str, source: ModelSource, settings: Settings) -> Path:
+    """Fetch ``source`` into the models folder with a progress bar, then show its licence (once: a file that
+    is here already is not fetched again); exit 1 with the reason and what to do if it fails."""
+    files = ModelFiles(settings.models, settings.models_dir)
+    present = files.local(source)
+    if present is not None:
+        console.print(f"{escape(name)}: already here ({escape(str(present))})")
+        return present
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(f"downloading {escape(name)}", total=source.size)
+
+        def advance(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            path = files.ensure(name, source, settings.models.download_timeout, on_progress=advance)
+        except SightError as exc:
+            bar.stop()
+            console.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}")
+            raise typer.Exit(1) from exc
+    console.print(f"saved {escape(str(path))} (sha256 verified)")
+    if (note := license_line(source)) is not None:
+        console.print(f"[yellow]licence[/yellow] {escape(name)}: {escape(note)}")
+    return path
+
+
+def remote_detectors(settings: Settings) -> list[tuple[str, ModelSource]]:
+    """Every declared detector whose file comes from a URL or the Hugging Face Hub."""
+    try:
+        catalog = Catalog.from_settings(settings)
+    except SightError as exc:
+        console.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}")
+        raise typer.Exit(1) from exc
+    out = []
+    for m in catalog.all_models():
+        if m.task == "detect" and m.source and not m.source.startswith("<"):
+            source = ModelSource.parse(m.source)
+            if source.kind != "path":
+                out.append((m.name, source))
+    return out
+
+
 @app.command()
 def pull(
-    name: Annotated[str, typer.Argument(help="An official Ultralytics detect model, e.g. yolo11n, yolov8s.")],
-    imgsz: Annotated[int, typer.Option(help="Export image size.")] = 640,
+    model: Annotated[str, typer.Argument(help="A declared or official model name (yolo11n, yolo11s, yolo11m), or "
+                                         "a source: https://...#sha256=<hex>, hf://owner/repo/file.onnx.")],
+    imgsz: Annotated[int | None, typer.Option(help="Export at this image size instead (needs the ultralytics "
+                                              "extra: downloads .pt weights and exports them).")] = None,
 ) -> None:
-    """Download official weights and export them to ONNX in the models folder (needs internet and the
-    optional extra: pip install 'sight[ultralytics]')."""
+    """Download a model's ONNX file into the models folder, verified by size and sha256, with a progress bar.
+    Official exports need no PyTorch; other Ultralytics names (yolov8s, yolo12n, ...) or --imgsz take the
+    ultralytics route: pip install 'sight[ultralytics]'."""
     settings = Settings()
-    target_dir = _models_dir(settings)
+    if model.startswith(("http://", "https://", "hf://")):
+        try:
+            source = ModelSource.parse(model)
+        except SightError as exc:
+            console.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}")
+            raise typer.Exit(2) from exc
+        name = Path(source.location).stem
+        download(name, source, settings)
+        console.print(f"serve it as a detector: SIGHT_YOLO__MODELS='{{\"{escape(name)}\": \"{escape(model)}\"}}' "
+                      "(it is found here, not downloaded again)")
+        return
+    declared = dict(remote_detectors(settings))
+    if imgsz is None and model in declared:
+        download(model, declared[model], settings)
+    elif imgsz is None and model in OFFICIAL:
+        download(model, ModelSource.parse(OFFICIAL[model].source), settings)
+    else:
+        export_with_ultralytics(model, imgsz or 640, settings)
+        return
+    console.print(f"served as [bold]{escape(model)}[/bold]; a running server uses it on its next item")
+
+
+def export_with_ultralytics(name: str, imgsz: int, settings: Settings) -> None:
+    """Download official ``.pt`` weights and export them to ONNX (the route that needs PyTorch)."""
+    target_dir = settings.models_dir
     hint = LOCAL_HINT.replace("{dir}", str(target_dir))
-    if not OFFICIAL.match(name):
-        console.print(f"[red]error[/red]: {escape(repr(name))} is not an official Ultralytics detect model "
-                      + escape("(yolo11n..x, yolov8n..x, yolo12n..x, yolov5nu..xu). " + hint))
+    if not ULTRALYTICS.match(name):
+        console.print(f"[red]error[/red]: {escape(repr(name))} is neither declared here nor an official Ultralytics "
+                      "detect model " + escape("(yolo11n..x, yolov8n..x, yolo12n..x, yolov5nu..xu). " + hint))
         raise typer.Exit(2)
     try:
         from ultralytics import YOLO
     except ImportError:
-        console.print("[red]error[/red]: pulling weights needs the optional extra: "
+        console.print(f"[red]error[/red]: {escape(name)} at imgsz {imgsz} needs an export from .pt weights: "
                       + escape("pip install 'sight[ultralytics]' (it brings PyTorch). " + hint))
         raise typer.Exit(1) from None
     work = target_dir / f".pull-{name}"
     work.mkdir(parents=True, exist_ok=True)
     try:
-        model = YOLO(str(work / f"{name}.pt"))
-        exported = Path(model.export(format="onnx", dynamic=True, imgsz=imgsz))
+        exported = Path(YOLO(str(work / f"{name}.pt")).export(format="onnx", dynamic=True, imgsz=imgsz))
     except Exception as exc:  # no network, hub refused, export failed: all end the same way for the user
         console.print(f"[red]error[/red]: could not download or export {name}: " + escape(f"{exc}. {hint}"))
         raise typer.Exit(1) from exc

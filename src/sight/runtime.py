@@ -5,6 +5,7 @@ Both the HTTP app's lifespan and ``sight worker`` build it here, so they cannot 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,12 +23,15 @@ from sight.core.predict import MultiPredictor
 from sight.core.ratelimit import TeamRateLimiter
 from sight.core.shadow import ShadowRunner
 from sight.engines.registry import EngineHub, EngineRegistry
+from sight.errors import SightError
 from sight.jobs.blobs import BlobStore
 from sight.jobs.queue import JobQueue
 from sight.jobs.runner import Runner
 from sight.jobs.store import BatchStore
 from sight.storage.db import create_engine, migrate
 from sight.storage.keys import KeyStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,8 +82,8 @@ async def open_services(
     quota = TeamRateLimiter(settings.rate_limit)
     try:
         await migrate(db)
-        if settings.registry.eager:
-            await anyio.to_thread.run_sync(preload, hub.current)
+        await anyio.to_thread.run_sync(preload, hub.current, settings.registry.eager)
+        await hub.current.probe_llm()  # a local Ollama, if there is one (about a second at most when there is not)
         pipeline = Pipeline(settings, hub, fetcher, metrics, shadows)
         blobs = BlobStore(settings.data_dir / "blobs")
         services = Services(
@@ -101,10 +105,21 @@ async def open_services(
         await db.dispose()
 
 
-def preload(engines: EngineRegistry) -> None:
-    """Load every local model of the catalog now (SIGHT_REGISTRY__EAGER). Blocking."""
-    for entry in engines.catalog.all_models():
-        if entry.task == "detect":
+def preload(engines: EngineRegistry, everything: bool) -> None:
+    """Load the default detector now if its file is here (a first request then waits for no load, and the
+    start banner can say what it is), and with ``everything`` (SIGHT_REGISTRY__EAGER) every local model,
+    failing the start if one cannot load. Never downloads: that waits for first use or ``--pull``. Blocking."""
+    if everything:
+        for entry in engines.catalog.all_models():
+            if entry.task == "detect":
+                engines.detector_for(entry)
+            elif entry.task == "ocr":
+                engines.ocr()
+        return
+    try:
+        entry = engines.detector_entry(None)
+        state = engines.file_state(entry)
+        if state is None or state.state == "present":
             engines.detector_for(entry)
-        elif entry.task == "ocr":
-            engines.ocr()
+    except SightError as exc:  # reported in the banner, /readyz and GET /v1/models; items get the error
+        log.warning("default detector not loaded: %s", exc.message)

@@ -271,18 +271,44 @@ class BatchResultList(BaseModel):
 # --- Models and multi-model predict (Spice style) ------------------------------------------------------
 
 
+ModelStateName = Literal["ready", "not_loaded", "not_downloaded", "downloading", "failed", "unavailable"]
+
+
+class ModelState(BaseModel):
+    """Where a model stands: ``ready`` (loaded; for an LLM, reachable), ``not_loaded`` (its file is here and
+    loads on first use), ``not_downloaded`` (downloads on first use), ``downloading``, ``failed`` (with the
+    reason and what to do), ``unavailable`` (an LLM or OCR that cannot be used now, with what to set)."""
+
+    state: ModelStateName
+    reason: str | None = None
+    downloaded_bytes: int | None = None
+    total_bytes: int | None = None
+
+
 class ModelPublic(BaseModel):
     name: str
     version: str
     task: Literal["detect", "ocr", "llm"]
     aliases: list[str]
     loaded: bool
+    state: ModelState
     source: str | None = None
     shadow_of: str | None = None
 
 
+class LLMPublic(BaseModel):
+    """The default vision LLM: configured, or found by discovery (a local Ollama), or what to set."""
+
+    backend: Literal["ollama", "openai-compatible"] | None = None
+    base_url: str | None = None
+    model: str | None = None
+    state: Literal["ready", "unavailable"]
+    reason: str | None = None
+
+
 class ModelList(BaseModel):
     models: list[ModelPublic]
+    llm: LLMPublic | None = None
 
 
 class ShadowAgreement(BaseModel):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
@@ -62,8 +62,10 @@ def _drain_on_sigterm(services: Services) -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def create_app(settings: Settings | None = None, *, engines: EngineRegistry | None = None) -> FastAPI:
-    """Build the ASGI app. Pass ``engines`` to serve ready-made engines (tests, embedding)."""
+def create_app(settings: Settings | None = None, *, engines: EngineRegistry | None = None,
+               on_ready: Callable[[Services], Awaitable[None]] | None = None) -> FastAPI:
+    """Build the ASGI app. Pass ``engines`` to serve ready-made engines (tests, embedding); ``on_ready`` runs
+    once the services are open, before the first request (``sight serve`` prints its start banner there)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -72,6 +74,8 @@ def create_app(settings: Settings | None = None, *, engines: EngineRegistry | No
             app.state.services = services
             _reload_on_sighup(services)
             _drain_on_sigterm(services)
+            if on_ready is not None:
+                await on_ready(services)
             stop = asyncio.Event()
             runner = asyncio.create_task(services.runner.run(stop)) if services.runner else None
             try:

@@ -11,14 +11,20 @@ versions by weight; the pick is a hash of the request id, so a retry lands on th
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sight.engines.downloads import ModelSource
+from sight.engines.official import OFFICIAL
 from sight.errors import InvalidInputError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from sight.config import Settings
 
 Task = Literal["detect", "ocr", "llm"]
 
@@ -29,7 +35,8 @@ class ModelEntry(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     version: int = Field(1, ge=1)
     task: Task = "detect"
-    source: str | None = Field(None, description="ONNX path (detect) or OpenAI-compatible base URL (llm).")
+    source: str | None = Field(None, description="detect: an ONNX path, https://...#sha256=<hex> or "
+                               "hf://owner/repo/file.onnx; llm: an OpenAI-compatible base URL.")
     model: str | None = Field(None, description="llm: the backend's model name.")
     aliases: tuple[str, ...] = ()
     conf: float | None = Field(None, ge=0, le=1)
@@ -152,16 +159,29 @@ class Catalog:
                 self.shadows.setdefault(primary.ref, []).append(m)
 
     @classmethod
-    def build(cls, detectors: Mapping[str, Path], registry_file: Path | None, llm_model: str) -> Catalog:
+    def from_settings(cls, settings: Settings, extra: Mapping[str, str] | None = None) -> Catalog:
+        """The catalog settings declare: ``extra`` detectors, then configured ones, and the default detector
+        from the official table when it is an official name declared nowhere (it downloads on first use)."""
+        detectors = {**(extra or {}), **settings.detector_sources()}
+        default = settings.yolo.default_model
+        if default not in detectors and default in OFFICIAL:
+            detectors[default] = OFFICIAL[default].source
+        return cls.build(detectors, settings.registry.path, settings.llm.model)
+
+    @classmethod
+    def build(cls, detectors: Mapping[str, str], registry_file: Path | None, llm_model: str | None) -> Catalog:
         """The settings' detectors (version 1 each) plus the registry file, plus OCR and the default LLM."""
         declared = read_registry_file(registry_file) if registry_file else RegistryFile()
         named = {m.name for m in declared.model}
         implicit = [ModelEntry(name=n, version=1, task="detect", source=str(p)) for n, p in detectors.items()
                     if n not in named]
+        for m in [*implicit, *declared.model]:
+            if m.task == "detect" and m.source and not m.source.startswith("<"):
+                ModelSource.parse(m.source)  # a malformed source fails the start or the reload, not an item
         if not any(m.task == "ocr" for m in declared.model) and "rapidocr" not in named:
             implicit.append(ModelEntry(name="rapidocr", task="ocr"))
-        if llm_model and llm_model not in named and all(m.name != llm_model for m in implicit):
-            safe = llm_model.replace("/", "--")
+        safe = re.sub(r"[^A-Za-z0-9_.\-]", "-", llm_model.replace("/", "--")) if llm_model else ""
+        if safe and safe not in named and all(m.name != safe for m in implicit):
             implicit.append(ModelEntry(name=safe, version=1, task="llm", model=llm_model))
         return cls([*implicit, *declared.model], declared.deployment, declared.split)
 

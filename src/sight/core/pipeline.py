@@ -190,6 +190,7 @@ class Pipeline:
         other image in flight): on a CPU with every run slot free, the run takes them all and uses every
         core, for the lowest latency; otherwise it takes one slot, one core, for the most images/s."""
         entry = engines.detector_entry(ref, request_id)
+        await engines.provision(entry)  # a model still to download: wait for it (models.wait_timeout)
         timeout = self.settings.yolo.timeout
         depth = self.metrics.queue_depth.labels(entry.ref)
         depth.inc()

@@ -31,6 +31,9 @@ CONDENSE_PROMPT = (
 DEFAULT_QUERY = "Describe this image."
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 10.0
+SUGGESTED_OLLAMA_MODEL = "qwen2.5vl:3b"
+SETUP_HINT = (f"start Ollama and `ollama pull {SUGGESTED_OLLAMA_MODEL}`, or set SIGHT_LLM__BASE_URL "
+              "(vLLM, llama.cpp, any OpenAI-compatible server) and SIGHT_LLM__MODEL")
 
 
 def grounding_text(grounding: Grounding) -> str:
@@ -47,7 +50,8 @@ def grounding_text(grounding: Grounding) -> str:
 
 
 class OpenAIVisionLLM:
-    """The same code talks to a local vLLM and to OpenAI; only ``base_url``, ``model`` and key differ."""
+    """The same code talks to a local vLLM and to OpenAI; only ``base_url``, ``model`` and key differ.
+    It calls exactly what its settings say; finding a backend is ``DiscoveringVisionLLM``'s business."""
 
     def __init__(self, settings: LLMSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
@@ -98,9 +102,13 @@ class OpenAIVisionLLM:
 
     async def _chat(self, messages: list[dict[str, Any]], model: str | None) -> LLMAnswer:
         if self._client is None:
-            raise LLMUnavailableError("no vision LLM configured: set SIGHT_LLM__BASE_URL and SIGHT_LLM__MODEL")
+            raise LLMUnavailableError(f"no vision LLM: {SETUP_HINT}")
+        model = model or self.settings.model
+        if not model:
+            raise LLMUnavailableError(f"no vision LLM model: set SIGHT_LLM__MODEL (the backend at "
+                                      f"{self.settings.base_url} needs a model name)")
         body = {
-            "model": model or self.settings.model,
+            "model": model,
             "messages": messages,
             "max_tokens": self.settings.max_tokens,
             "temperature": self.settings.temperature,
@@ -124,7 +132,7 @@ class OpenAIVisionLLM:
                 log.warning("vision LLM answered %s; retrying", response.status_code)
                 await anyio.sleep(self._backoff(attempt, response.headers.get("retry-after")))
                 continue
-            return self._parse(response, str(body["model"]))
+            return self._parse(response, model)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:

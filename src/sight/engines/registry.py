@@ -18,7 +18,9 @@ from sight.config import Settings
 from sight.core.catalog import Catalog, ModelEntry
 from sight.engines.base import Detector, OcrEngine, VisionLLM
 from sight.engines.cpus import RunSlots, usable_cpus
-from sight.errors import ModelNotFoundError
+from sight.engines.downloads import FileState, ModelFiles, ModelSource
+from sight.engines.llm_discovery import DiscoveringVisionLLM, LLMStatus
+from sight.errors import ModelNotFoundError, SightError
 
 if TYPE_CHECKING:
     from sight.engines.batching import DetectionBatcher
@@ -40,16 +42,19 @@ class EngineRegistry:
         detectors: Mapping[str, Detector] | None = None,
         ocr: OcrEngine | None = None,
         llm: VisionLLM | None = None,
+        files: ModelFiles | None = None,
     ) -> None:
         self.settings = settings
         # Injected detectors are declared like configured ones, and stay declared across reloads.
-        self.injected = {name.partition(":")[0]: Path(f"<injected {name}>") for name in detectors or {}}
+        self.injected = {name.partition(":")[0]: f"<injected {name}>" for name in detectors or {}}
+        self.files = files or ModelFiles(settings.models, settings.models_dir)
         self.catalog = catalog or self.build_catalog()
         self._detectors: dict[str, Detector] = {
             (k if ":" in k else f"{k}:1"): d for k, d in (detectors or {}).items()
         }
         self._ocr = ocr
         self._llm = llm
+        self.load_errors: dict[str, str] = {}  # ref -> why its file would not load (until a load succeeds)
         self._llms: dict[str, VisionLLM] = {}
         self._load_lock = threading.Lock()
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
@@ -58,8 +63,7 @@ class EngineRegistry:
 
     def build_catalog(self) -> Catalog:
         """The catalog as settings and the registry file declare it now."""
-        paths = {**self.injected, **self.settings.detector_paths()}
-        return Catalog.build(paths, self.settings.registry.path, self.settings.llm.model)
+        return Catalog.from_settings(self.settings, self.injected)
 
     def loaded_detector(self, entry: ModelEntry) -> Detector | None:
         """The detector for ``entry`` if it is already loaded (never loads; safe on the event loop)."""
@@ -74,29 +78,57 @@ class EngineRegistry:
         """The detector for ``ref``, loading it on first use. Blocking: call it from a worker thread."""
         return self.detector_for(self.detector_entry(ref, request_id))
 
+    def source_of(self, entry: ModelEntry) -> ModelSource:
+        if not entry.source or entry.source.startswith("<"):
+            raise ModelNotFoundError(f"model {entry.ref} has no ONNX source")
+        return ModelSource.parse(entry.source)
+
+    async def provision(self, entry: ModelEntry) -> None:
+        """Make sure ``entry``'s file is here, waiting (without a thread) for its one download if it is not."""
+        if entry.ref not in self._detectors:
+            await self.files.aensure(entry.name, self.source_of(entry), self.settings.models.wait_timeout)
+
+    def file_state(self, entry: ModelEntry) -> FileState | None:
+        """Where a detector's file stands (None for injected detectors and other tasks)."""
+        if entry.task != "detect" or not entry.source or entry.source.startswith("<"):
+            return None
+        return self.files.state(ModelSource.parse(entry.source))
+
     def detector_for(self, entry: ModelEntry) -> Detector:
+        """The detector for ``entry``, downloading its file and loading it on first use. Blocking."""
+        if entry.ref in self._detectors:
+            return self._detectors[entry.ref]
+        # Downloads happen outside the load lock: one model's download never holds up another's load.
+        path = self.files.ensure(entry.name, self.source_of(entry), self.settings.models.wait_timeout)
         with self._load_lock:
             detector = self._detectors.get(entry.ref)
             if detector is None:
-                if not entry.source:
-                    raise ModelNotFoundError(f"model {entry.ref} has no ONNX source")
-                from sight.engines.onnx_yolo import OnnxYoloDetector
-
-                y = self.settings.yolo
-                detector = OnnxYoloDetector.load(
-                    entry.name, Path(entry.source).expanduser(), providers=y.providers,
-                    intra_op_threads=y.intra_op_threads,
-                    # A second session over every core only where a run can ever hold more than one slot.
-                    wide_threads=usable_cpus() if y.wide_when_idle and self._cpu_slot_count() > 1 else 0,
-                    version=str(entry.version),
-                    conf=y.conf if entry.conf is None else entry.conf,
-                    iou=y.iou if entry.iou is None else entry.iou, max_det=y.max_det,
-                )
+                try:
+                    detector = self._load_detector(entry, path)
+                except SightError as exc:
+                    self.load_errors[entry.ref] = exc.message
+                    raise
+                self.load_errors.pop(entry.ref, None)
                 self._detectors[entry.ref] = detector
-                log.info("detector %s loaded from %s on %s, %s thread(s) per run%s", entry.ref, entry.source,
-                         detector.providers[0], y.intra_op_threads or "all",
-                         "; lone images on an idle server use every core" if detector.can_run_wide else "")
             return detector
+
+    def _load_detector(self, entry: ModelEntry, path: Path) -> Detector:
+        from sight.engines.onnx_yolo import OnnxYoloDetector
+
+        y = self.settings.yolo
+        detector = OnnxYoloDetector.load(
+            entry.name, path, providers=y.providers,
+            intra_op_threads=y.intra_op_threads,
+            # A second session over every core only where a run can ever hold more than one slot.
+            wide_threads=usable_cpus() if y.wide_when_idle and self._cpu_slot_count() > 1 else 0,
+            version=str(entry.version),
+            conf=y.conf if entry.conf is None else entry.conf,
+            iou=y.iou if entry.iou is None else entry.iou, max_det=y.max_det,
+        )
+        log.info("detector %s loaded from %s on %s, %s thread(s) per run%s", entry.ref, path,
+                 detector.providers[0], y.intra_op_threads or "all",
+                 "; lone images on an idle server use every core" if detector.can_run_wide else "")
+        return detector
 
     def is_loaded(self, entry: ModelEntry) -> bool:
         if entry.task == "detect":
@@ -164,12 +196,24 @@ class EngineRegistry:
 
     @property
     def llm(self) -> VisionLLM:
-        """The default vision LLM (``SIGHT_LLM__*``)."""
+        """The default vision LLM (``SIGHT_LLM__*``, or a local Ollama found by discovery)."""
         if self._llm is None:
-            from sight.engines.openai_llm import OpenAIVisionLLM
-
-            self._llm = OpenAIVisionLLM(self.settings.llm)
+            self._llm = DiscoveringVisionLLM(self.settings.llm)
         return self._llm
+
+    def llm_status(self, entry: ModelEntry | None = None) -> LLMStatus:
+        """What the LLM behind a catalog entry (None: the default one) is now, or what to set. No I/O."""
+        if entry is not None and entry.source:
+            return LLMStatus("openai-compatible", entry.source, entry.model or entry.name, "ready")
+        llm = self.llm
+        if isinstance(llm, DiscoveringVisionLLM):
+            return llm.describe()
+        return LLMStatus(None, None, None, "ready", "an LLM given to the server in process")
+
+    async def probe_llm(self) -> LLMStatus:
+        """Look for the default LLM now if none is found yet (rate-limited; see ``DiscoveringVisionLLM``)."""
+        llm = self.llm
+        return await llm.probe() if isinstance(llm, DiscoveringVisionLLM) else self.llm_status()
 
     def llm_entry(self, ref: str | None, request_id: str | None = None) -> ModelEntry | None:
         """The catalog entry an item's ``llm_model`` names, if it names one."""
@@ -201,7 +245,7 @@ class EngineRegistry:
 
     def successor(self, catalog: Catalog) -> EngineRegistry:
         """A registry for ``catalog`` that keeps this one's engines whose declaration did not change."""
-        nxt = EngineRegistry(self.settings, catalog, ocr=self._ocr, llm=self._llm)
+        nxt = EngineRegistry(self.settings, catalog, ocr=self._ocr, llm=self._llm, files=self.files)
         nxt.injected = self.injected
         nxt._limiters, nxt._slots = self._limiters, self._slots  # one pool of CPU slots across snapshots
         current = {m.ref: m for m in catalog.all_models()}

@@ -187,7 +187,8 @@ class BatchStore:
         if options.get("is_yolo"):
             return str(options.get("yolo_model") or self.settings.yolo.default_model)
         if options.get("is_llm"):
-            return str(options.get("llm_model") or self.settings.llm.model)
+            model = options.get("llm_model") or self.settings.llm.model
+            return str(model) if model else None
         if options.get("is_ocr"):
             return "rapidocr"
         return None

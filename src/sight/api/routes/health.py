@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sight.api.deps import ServicesDep
+from sight.core.model_states import model_state
 from sight.schemas import Health
 from sight.storage.db import ping
 
@@ -21,12 +24,14 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Ready for traffic: database reachable, detectors listed, not draining."""
+    """Ready for traffic: database reachable, not draining; with each model's state (as in GET /v1/models)."""
     engines = services.engines
+    models = engines.catalog.all_models()
     checks: dict[str, object] = {
-        "models": [m.ref for m in engines.catalog.all_models()],
-        "loaded": [m.ref for m in engines.catalog.all_models() if m.task != "llm" and engines.is_loaded(m)],
-        "llm_configured": services.settings.llm.base_url is not None,
+        "models": [m.ref for m in models],
+        "loaded": [m.ref for m in models if m.task != "llm" and engines.is_loaded(m)],
+        "states": {m.ref: model_state(engines, m).model_dump(exclude_none=True) for m in models},
+        "llm": asdict(engines.llm_status()),  # optional: never makes the server unready
     }
     ok = not services.draining
     try:

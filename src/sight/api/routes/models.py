@@ -11,14 +11,12 @@ from fastapi.responses import JSONResponse
 
 from sight.api.deps import PrincipalDep, ServicesDep
 from sight.api.errors import documented
-from sight.core.catalog import ModelEntry
-from sight.engines.registry import EngineRegistry
+from sight.core.model_states import model_list, model_public
 from sight.errors import AuthenticationError, NotFoundError
 from sight.schemas import (
     ErrorResponse,
     ModelDetail,
     ModelList,
-    ModelPublic,
     MultiPredictRequest,
     MultiPredictResponse,
     PredictInput,
@@ -35,18 +33,13 @@ RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200,
 STATUS_CODES = {"Success": 200, "BadRequest": 400, "InternalError": 500}
 
 
-def model_public(engines: EngineRegistry, entry: ModelEntry) -> ModelPublic:
-    source = entry.source if entry.source and not entry.source.startswith("<") else None
-    return ModelPublic(name=entry.name, version=str(entry.version), task=entry.task,
-                       aliases=engines.catalog.aliases_of(entry), loaded=engines.is_loaded(entry),
-                       source=source, shadow_of=entry.shadow_of)
-
-
 @router.get("/models", response_model=ModelList, responses=ERRORS)
 async def list_models(_principal: PrincipalDep, services: ServicesDep) -> ModelList:
-    """Every declared version of every model, with its aliases and whether it is loaded."""
+    """Every declared version of every model with its aliases and state (ready, not loaded, downloading,
+    failed and why), and the default vision LLM (looked for again if none was found yet)."""
     engines = services.engines
-    return ModelList(models=[model_public(engines, m) for m in engines.catalog.all_models()])
+    await engines.probe_llm()
+    return model_list(engines)
 
 
 @router.post("/models:reload", response_model=ModelList, responses=ERRORS)
@@ -54,8 +47,7 @@ async def reload_models(principal: PrincipalDep, services: ServicesDep) -> Model
     """Re-read the registry file (admin keys only). In-flight requests finish on the models they started with."""
     if not principal.is_admin:
         raise AuthenticationError("reloading models needs an admin key")
-    engines = services.hub.reload()
-    return ModelList(models=[model_public(engines, m) for m in engines.catalog.all_models()])
+    return model_list(services.hub.reload())
 
 
 @router.get("/models/{name}", response_model=ModelDetail, responses=ERRORS)

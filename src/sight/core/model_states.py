@@ -1,0 +1,46 @@
+"""Where each model stands (ready, not loaded, downloading, failed and why): one answer for
+``GET /v1/models``, ``/readyz`` and the ``sight serve`` start banner."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from sight.core.catalog import ModelEntry
+from sight.engines.registry import EngineRegistry
+from sight.schemas import LLMPublic, ModelList, ModelPublic, ModelState
+
+
+def model_state(engines: EngineRegistry, entry: ModelEntry) -> ModelState:
+    if entry.task == "llm":
+        status = engines.llm_status(entry)
+        return ModelState(state=status.state, reason=status.reason)
+    if entry.task == "ocr":
+        if not engines.settings.ocr.enabled:
+            return ModelState(state="unavailable", reason="OCR is disabled (SIGHT_OCR__ENABLED=false)")
+        return ModelState(state="ready" if engines.is_loaded(entry) else "not_loaded")
+    if engines.is_loaded(entry):
+        return ModelState(state="ready")
+    if entry.ref in engines.load_errors:
+        return ModelState(state="failed", reason=engines.load_errors[entry.ref])
+    file = engines.file_state(entry)
+    if file is None:
+        return ModelState(state="not_loaded")
+    if file.state == "present":
+        return ModelState(state="not_loaded", reason="loads on first use")
+    if file.state == "missing":
+        return ModelState(state="not_downloaded", reason="downloads on first use", total_bytes=file.total)
+    if file.state == "downloading":
+        return ModelState(state="downloading", downloaded_bytes=file.done, total_bytes=file.total)
+    return ModelState(state="failed", reason=file.reason)
+
+
+def model_public(engines: EngineRegistry, entry: ModelEntry) -> ModelPublic:
+    source = entry.source if entry.source and not entry.source.startswith("<") else None
+    return ModelPublic(name=entry.name, version=str(entry.version), task=entry.task,
+                       aliases=engines.catalog.aliases_of(entry), loaded=engines.is_loaded(entry),
+                       state=model_state(engines, entry), source=source, shadow_of=entry.shadow_of)
+
+
+def model_list(engines: EngineRegistry) -> ModelList:
+    llm = LLMPublic.model_validate(asdict(engines.llm_status()))
+    return ModelList(models=[model_public(engines, m) for m in engines.catalog.all_models()], llm=llm)
