@@ -11,6 +11,7 @@ __all__ = [
     "ConflictError",
     "EngineUnavailableError",
     "FetchFailedError",
+    "ForbiddenError",
     "ImageTooLargeError",
     "InvalidImageError",
     "InvalidInputError",
@@ -62,6 +63,12 @@ class PayloadTooLargeError(InvalidInputError):
 
 class AuthenticationError(SightError):
     code = "unauthorized"
+
+
+class ForbiddenError(SightError):
+    """The key is valid but may not do this (an admin operation with a team key)."""
+
+    code = "forbidden"
 
 
 class NotFoundError(SightError):

@@ -4,10 +4,42 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
+
+
+def valid_unicode(value: str) -> str:
+    """Refuse text that cannot be written back out as UTF-8 (a lone surrogate such as ``"\\ud800"`` in JSON):
+    it would fail the answer, or a log line, long after it was accepted."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(valid_unicode)]
+
+
+def reject_invalid_text(value: Any, where: str = "body") -> None:
+    """``valid_unicode`` over free-form JSON (deployment arguments): every string and key, at any depth."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                valid_unicode(item)
+            except ValueError as exc:
+                from sight.errors import InvalidInputError
+
+                raise InvalidInputError(f"{where}: {exc}") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 class ItemOptions(BaseModel):
     """What to run on one image: the v1 ``metadata`` object, also embedded in v2 items."""
@@ -17,17 +49,17 @@ class ItemOptions(BaseModel):
     is_yolo: StrictBool = False
     is_llm: StrictBool = False
     is_ocr: StrictBool = False
-    yolo_model: StrictStr | None = None
+    yolo_model: Text | None = None
     conf: Probability | None = None
     iou: Probability | None = None
-    classes: list[StrictStr | StrictInt] | None = None
-    llm_model: StrictStr | None = None
+    classes: list[Text | StrictInt] | None = None
+    llm_model: Text | None = None
 
 
 class PredictItemV2(ItemOptions):
-    image_url: StrictStr | None = None
-    image_base64: StrictStr | None = None
-    filename: StrictStr | None = None
+    image_url: Text | None = None
+    image_base64: Text | None = None
+    filename: Text | None = None
 
 
 class PredictRequestV2(BaseModel):
@@ -45,8 +77,8 @@ class PredictRequestV2(BaseModel):
         },
     )
 
-    api_key: StrictStr | None = None
-    query: StrictStr | None = None
+    api_key: Text | None = None
+    query: Text | None = None
     data: list[PredictItemV2] = Field(min_length=1)
 
 
@@ -135,9 +167,15 @@ class PredictBatchResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Request-level error body of families 1, 3 and 4."""
+    """Request-level error body of every family."""
 
     detail: ErrorInfo
+
+
+class DeploymentErrorResponse(ErrorResponse):
+    """Deployments answer the same ``detail`` plus the ``error`` message Modelbit clients read."""
+
+    error: str
 
 
 class StreamProcessing(BaseModel):
@@ -178,7 +216,7 @@ class Health(BaseModel):
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"name": "serial numbers, line 4"}]})
 
-    name: StrictStr = Field(min_length=1, max_length=500)
+    name: Text = Field(min_length=1, max_length=500)
 
 
 class BatchState(BaseModel):
@@ -206,10 +244,10 @@ class BatchList(BaseModel):
 
 
 class VisionPredict(ItemOptions):
-    image_url: StrictStr | None = None
-    image_base64: StrictStr | None = None
-    filename: StrictStr | None = None
-    query: StrictStr | None = None
+    image_url: Text | None = None
+    image_base64: Text | None = None
+    filename: Text | None = None
+    query: Text | None = None
 
 
 class BatchRequestBody(BaseModel):
@@ -217,7 +255,7 @@ class BatchRequestBody(BaseModel):
 
 
 class BatchRequestIn(BaseModel):
-    batch_request_id: StrictStr | None = Field(None, min_length=1, max_length=200)
+    batch_request_id: Text | None = Field(None, min_length=1, max_length=200)
     batch_request: BatchRequestBody
 
 
@@ -330,17 +368,17 @@ class ModelDetail(BaseModel):
 class PredictInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image_url: StrictStr | None = None
-    image_base64: StrictStr | None = None
-    query: StrictStr | None = None
+    image_url: Text | None = None
+    image_base64: Text | None = None
+    query: Text | None = None
     conf: Probability | None = None
     iou: Probability | None = None
-    classes: list[StrictStr | StrictInt] | None = None
+    classes: list[Text | StrictInt] | None = None
 
 
 class PredictionSpec(BaseModel):
-    model_name: StrictStr
-    model_version: StrictStr | StrictInt | None = None
+    model_name: Text
+    model_version: Text | StrictInt | None = None
     input: PredictInput | None = None
 
 
@@ -359,10 +397,10 @@ class PredictionOut(BaseModel):
     model_name: str
     model_version: str | None
     prediction: Any = None
-    duration_ms: float
+    duration_ms: int = Field(ge=0, description="Whole milliseconds, as the API document types it.")
     error_message: str | None = None
 
 
 class MultiPredictResponse(BaseModel):
-    duration_ms: float
+    duration_ms: int = Field(ge=0, description="Whole milliseconds, as the API document types it.")
     predictions: list[PredictionOut]

@@ -21,6 +21,7 @@ from sight.errors import (
     CancelledItemError,
     ConflictError,
     EngineUnavailableError,
+    ForbiddenError,
     InvalidInputError,
     NotFoundError,
     OverloadedError,
@@ -37,6 +38,7 @@ STATUS: dict[type[SightError], int] = {
     PayloadTooLargeError: 413,
     InvalidInputError: 400,
     AuthenticationError: 401,
+    ForbiddenError: 403,
     NotFoundError: 404,
     ConflictError: 409,
     CancelledItemError: 409,
@@ -47,8 +49,8 @@ STATUS: dict[type[SightError], int] = {
     StageTimeoutError: 504,
     SightError: 500,
 }
-CODE_FOR_STATUS = {400: "invalid_input", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                   409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type"}
+CODE_FOR_STATUS = {400: "invalid_input", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                   405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
 def documented(**statuses: str) -> dict[int | str, dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -10,16 +11,28 @@ import anyio
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from sight.api.forms import PredictCall
 from sight.core.pipeline import Pipeline, summarize
-from sight.schemas import ItemResult, StreamComplete, StreamDone, StreamError, StreamProcessing
+from sight.schemas import ErrorInfo, ItemResult, StreamComplete, StreamDone, StreamError, StreamProcessing
+
+log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 
 
 def _line(model: BaseModel) -> bytes:
-    return model.model_dump_json(by_alias=True).encode() + b"\n"
+    try:
+        return model.model_dump_json(by_alias=True).encode() + b"\n"
+    except (PydanticSerializationError, UnicodeError):
+        # A bug let text in that cannot be written out: this line becomes an error, the stream goes on.
+        log.exception("stream line could not be serialized")
+        index = getattr(model, "index", None)
+        if index is None:
+            raise
+        error = ErrorInfo(code="internal", message="this item's result could not be serialized")
+        return StreamError(index=index, filename=None, error=error).model_dump_json().encode() + b"\n"
 
 
 async def _lines(pipeline: Pipeline, call: PredictCall) -> AsyncIterator[bytes]:

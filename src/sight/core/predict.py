@@ -73,7 +73,7 @@ class MultiPredictor:
             status, prediction, error = "InternalError", None, exc.message
         return PredictionOut(status=status, model_name=spec.model_name, model_version=version,
                              prediction=prediction, error_message=error,
-                             duration_ms=round((time.perf_counter() - start) * 1000, 2))
+                             duration_ms=round((time.perf_counter() - start) * 1000))
 
     async def _run(self, engines: EngineRegistry, task: str, ref: str, image: Image.Image, inp: PredictInput,
                    request_id: str, alone: bool) -> Any:

@@ -1,6 +1,7 @@
 """Deployments (family 2, Modelbit style): ``POST /v1/{deployment}/{ref}``.
 
-Errors here answer ``{"error": "<message>"}``, the shape Modelbit clients read."""
+Errors answer ``{"detail": {"code", "message"}}`` like every other route, plus ``"error": "<message>"``, the
+field Modelbit clients read."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from sight.api.deps import ServicesDep, authenticate
 from sight.api.errors import error_headers, status_for
 from sight.errors import InvalidInputError, OverloadedError, SightError
+from sight.schemas import DeploymentErrorResponse, reject_invalid_text
 
 router = APIRouter(tags=["deployments"])
 EXAMPLES: dict[str, Any] = {
@@ -27,12 +28,8 @@ EXAMPLES: dict[str, Any] = {
 }
 
 
-class DeploymentError(BaseModel):
-    error: str
-
-
 FAMILY2_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": DeploymentError, "description": what} for status, what in {
+    status: {"model": DeploymentErrorResponse, "description": what} for status, what in {
         400: "Invalid body or arguments", 401: "Missing or invalid key", 404: "Unknown deployment, version or alias",
         413: "Body too large", 429: "Team quota used up", 500: "The deployment failed",
         502: "An upstream (image host, LLM) failed", 503: "At capacity", 504: "A stage timed out",
@@ -50,6 +47,7 @@ async def call_deployment(deployment: str, ref: str, request: Request, services:
             body = json.loads(await request.body())
         except ValueError as exc:
             raise InvalidInputError("the body is not valid JSON") from exc
+        reject_invalid_text(body)
         data = body.get("data") if isinstance(body, dict) else None
         await services.quota.charge(principal.team_id, len(data) if isinstance(data, list) else 1)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
@@ -58,5 +56,6 @@ async def call_deployment(deployment: str, ref: str, request: Request, services:
         status = status_for(exc)
         if isinstance(exc, OverloadedError):
             services.metrics.rejected.labels(exc.code).inc()
-        return JSONResponse({"error": exc.message if status < 500 or exc.code != "internal" else "internal error"},
+        message = exc.message if status < 500 or exc.code != "internal" else "internal error"
+        return JSONResponse({"detail": {"code": exc.code, "message": message}, "error": message},
                             status_code=status, headers=error_headers(exc, status))

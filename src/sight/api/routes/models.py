@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sight.api.deps import PrincipalDep, ServicesDep
 from sight.api.errors import documented
 from sight.core.model_states import model_list, model_public
-from sight.errors import AuthenticationError, NotFoundError
+from sight.errors import ForbiddenError, NotFoundError
 from sight.schemas import (
     ErrorResponse,
     ModelDetail,
@@ -26,7 +26,8 @@ from sight.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["models"])
-ERRORS = documented(s400="Invalid request", s401="Missing or invalid key", s404="No such model",
+ERRORS = documented(s400="Invalid request", s401="Missing or invalid key", s403="An admin key is needed",
+                    s404="No such model",
                     s413="Request body too large", s429="Team quota used up")
 RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200,
                                          description="Pins A/B splits: a retry with this id hits the same version.")]
@@ -46,7 +47,7 @@ async def list_models(_principal: PrincipalDep, services: ServicesDep) -> ModelL
 async def reload_models(principal: PrincipalDep, services: ServicesDep) -> ModelList:
     """Re-read the registry file (admin keys only). In-flight requests finish on the models they started with."""
     if not principal.is_admin:
-        raise AuthenticationError("reloading models needs an admin key")
+        raise ForbiddenError("reloading models needs an admin key")
     return model_list(services.hub.reload())
 
 
@@ -71,7 +72,7 @@ async def predict(body: MultiPredictRequest, principal: PrincipalDep, services: 
     await services.quota.charge(principal.team_id, len(body.predictions))
     start = time.perf_counter()
     outs = await services.predictor.predict_all(body.input, body.predictions, request_id or uuid.uuid4().hex)
-    return MultiPredictResponse(duration_ms=round((time.perf_counter() - start) * 1000, 2), predictions=outs)
+    return MultiPredictResponse(duration_ms=round((time.perf_counter() - start) * 1000), predictions=outs)
 
 
 @router.get("/models/{name}/predict", response_model=PredictionOut,

@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from sight.api.deps import ServicesDep, authenticate
+from sight.api.deps import BodyPrincipalDep, ServicesDep, authenticate
 from sight.api.errors import documented
 from sight.api.forms import PredictCall, read_v1, read_v2
 from sight.api.streaming import NDJSON, ndjson_response
 from sight.core.admission import demands
 from sight.schemas import PredictBatchResponse, PredictRequestV2
+from sight.storage.keys import Principal
 
 router = APIRouter(prefix="/api/v1/inference/predict", tags=["prediction"])
 
@@ -57,27 +58,30 @@ def _batch_response(result: Any) -> PredictBatchResponse:
     return PredictBatchResponse(code=0 if result.summary.error == 0 else 1, result=result)
 
 
-async def _admit(request: Request, services: ServicesDep, call: PredictCall) -> None:
-    """Authenticate, charge the team's quota (429), take capacity for the call's items (503 when full);
-    the capacity is given back when the call closes."""
-    principal = await authenticate(request, call.api_key)
+async def _admit(request: Request, services: ServicesDep, call: PredictCall,
+                 principal: Principal | None = None) -> None:
+    """Authenticate (unless done already), charge the team's quota (429), take capacity for the call's items
+    (503 when full); the capacity is given back when the call closes."""
+    principal = principal or await authenticate(request, call.api_key)
     await services.quota.charge(principal.team_id, len(call.items))
     ticket = services.admission.admit(demands(call.items, services.settings.yolo.default_model))
     call.on_close.append(ticket.release)
 
 
-async def _run_batch(request: Request, services: ServicesDep, call: PredictCall) -> PredictBatchResponse:
+async def _run_batch(request: Request, services: ServicesDep, call: PredictCall,
+                     principal: Principal | None = None) -> PredictBatchResponse:
     try:
-        await _admit(request, services, call)
+        await _admit(request, services, call, principal)
         services.metrics.requests.labels(request.url.path).inc()
         return _batch_response(await services.pipeline.run_batch(call.items, call.query))
     finally:
         await call.close()
 
 
-async def _run_stream(request: Request, services: ServicesDep, call: PredictCall) -> StreamingResponse:
+async def _run_stream(request: Request, services: ServicesDep, call: PredictCall,
+                      principal: Principal | None = None) -> StreamingResponse:
     try:
-        await _admit(request, services, call)
+        await _admit(request, services, call, principal)
     except BaseException:
         await call.close()
         raise
@@ -94,10 +98,10 @@ async def predict_batch(request: Request, services: ServicesDep) -> PredictBatch
 
 @router.post("/batch/v2", response_model=PredictBatchResponse, responses=ERRORS)
 async def predict_batch_v2(
-    body: PredictRequestV2, request: Request, services: ServicesDep
+    principal: BodyPrincipalDep, body: PredictRequestV2, request: Request, services: ServicesDep
 ) -> PredictBatchResponse:
     """Like ``/batch`` with images given as URLs (fetched through the SSRF guard) or base64."""
-    return await _run_batch(request, services, read_v2(body, services.settings.server.max_files))
+    return await _run_batch(request, services, read_v2(body, services.settings.server.max_files), principal)
 
 
 @router.post("/stream", response_class=StreamingResponse, responses=STREAM_RESPONSE,
@@ -109,6 +113,7 @@ async def predict_stream(request: Request, services: ServicesDep) -> StreamingRe
 
 
 @router.post("/stream/v2", response_class=StreamingResponse, responses=STREAM_RESPONSE)
-async def predict_stream_v2(body: PredictRequestV2, request: Request, services: ServicesDep) -> StreamingResponse:
+async def predict_stream_v2(principal: BodyPrincipalDep, body: PredictRequestV2, request: Request,
+                            services: ServicesDep) -> StreamingResponse:
     """The stream of ``/stream`` for a v2 JSON body."""
-    return await _run_stream(request, services, read_v2(body, services.settings.server.max_files))
+    return await _run_stream(request, services, read_v2(body, services.settings.server.max_files), principal)
