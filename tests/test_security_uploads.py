@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -69,3 +70,22 @@ def test_aborted_and_oversized_uploads_leave_no_temp_files(tmp_path: Path) -> No
         assert [p.name for p in tmpdir.iterdir() if p.name != ".ses"] == []
     finally:
         server.stop()
+
+
+def test_chunked_multipart_over_the_cap_answers_413(client: TestClient, api_key: str, app) -> None:  # type: ignore[no-untyped-def]
+    cap = app.state.services.settings.server.max_body_bytes
+    boundary = "sightboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"api_key\"\r\n\r\n{api_key}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the cap is met while the body streams in
+        yield head
+        for _ in range(cap // (1024 * 1024) + 2):
+            yield b"\xff" * (1024 * 1024)
+
+    for path in (BATCH, "/api/v1/inference/predict/stream"):
+        r = client.post(path, content=chunks(),
+                        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 413, r.text
+        assert r.json()["detail"]["code"] == "payload_too_large"

@@ -59,6 +59,8 @@ async def read_v1(request: Request, max_files: int) -> PredictCall:
     try:
         form = await request.form(max_files=max_files, max_fields=max_files + 16, max_part_size=FORM_FIELD_BYTES)
     except HTTPException as exc:
+        if exc.status_code == 413:  # the body cap, met while a chunked body streamed in (BodyLimitMiddleware)
+            raise PayloadTooLargeError(str(exc.detail)) from exc
         if "Too many" in str(exc.detail):
             raise PayloadTooLargeError(f"{exc.detail} (at most {max_files} files a request)") from exc
         raise InvalidInputError(f"malformed multipart body: {exc.detail}") from exc
