@@ -109,9 +109,13 @@ def _b64(name: str) -> str:
 def test_models_list_versions_aliases_and_load_state(rclient: TestClient) -> None:
     auth = _key(rclient)
     models = {(m["name"], m["version"]): m for m in rclient.get("/v1/models", headers=auth).json()["models"]}
-    assert models[("faces", "1")]["aliases"] == ["stable"] and models[("faces", "1")]["task"] == "detect"
-    assert set(models[("faces", "2")]["aliases"]) == {"candidate", "latest"}
+    # Version 2 only shadows version 1, so the bare name (latest) stays on version 1, and says why.
+    assert models[("faces", "1")]["aliases"] == ["stable", "latest"] and models[("faces", "1")]["task"] == "detect"
+    assert models[("faces", "2")]["aliases"] == ["candidate"]
     assert models[("faces", "2")]["shadow_of"] == "faces:1"
+    detail = rclient.get("/v1/models/faces", headers=auth).json()
+    assert detail["serves"] == "1" and detail["serves_why"] == (
+        "the highest version that is not a shadow (version 2 is only a shadow)")
     assert models[("reader", "1")]["task"] == "ocr"
     assert not models[("faces", "1")]["loaded"]
     body = {"input": {"image_base64": _b64("astronaut.png")}, "predictions": [{"model_name": "faces:stable"}]}
@@ -139,9 +143,10 @@ def test_multi_model_predict_runs_each_with_its_own_status(rclient: TestClient) 
     out = r.json()
     preds = out["predictions"]
     assert [p["status"] for p in preds] == ["Success", "Success", "Success", "BadRequest", "BadRequest", "BadRequest"]
-    assert [p["model_version"] for p in preds[:3]] == ["1", "2", "1"]
+    # The bare name serves version 1: version 2 only shadows it, and a shadow never takes live traffic.
+    assert [p["model_version"] for p in preds[:3]] == ["1", "1", "1"]
     assert preds[0]["prediction"][0]["name"] == "FACE_FEMALE" and preds[0]["error_message"] is None
-    assert preds[1]["prediction"] == [], "version 2 (untrained) finds nothing"
+    assert preds[1]["prediction"] == preds[0]["prediction"]
     assert "SN-4X7Q-2291-B" in preds[2]["prediction"]["text"]
     assert "ghost" in preds[3]["error_message"] and preds[3]["prediction"] is None
     assert all(type(p["duration_ms"]) is int and p["duration_ms"] >= 0 for p in preds)  # integers, as API.md says
@@ -190,10 +195,15 @@ def test_shadow_agreement_is_recorded_not_returned(rclient: TestClient) -> None:
             break
     (agreement,) = shadows
     assert agreement["primary"] == "faces:1" and agreement["shadow"] == "faces:2"
-    assert agreement["errors"] == 0 and agreement["runs"] >= 3
-    assert agreement["precision"] == 1.0 and agreement["recall"] == 0.0, "untrained v2 misses the face"
+    assert agreement["errors"] == 0 and agreement["runs"] >= 3 and agreement["compared"] == agreement["runs"]
+    # The untrained v2 returns no boxes: recall 0 of the primary's faces, and no precision at all (0 / 0).
+    assert agreement["shadow_boxes"] == agreement["matched_boxes"] == 0
+    assert agreement["primary_boxes"] >= agreement["runs"]
+    assert agreement["precision"] is None and agreement["recall"] == 0.0
+    assert agreement["exact_matches"] == 0 and agreement["exact_match"] == 0.0
     metrics = rclient.get("/metrics").text
     assert 'sight_shadow_agreement{metric="recall",primary="faces:1",shadow="faces:2"} 0.0' in metrics
+    assert 'metric="precision",primary="faces:1"' not in metrics
 
 
 def test_llm_shadow_is_compared_by_exact_answer(
@@ -228,7 +238,8 @@ shadow_of = "vlm:1"
         time.sleep(0.1)
         (agreement,) = client.get("/v1/models/vlm", headers=auth).json()["shadows"]
     assert {r["body"]["model"] for r in llm.requests} == {"fake-vl", "fake-vl-next"}
-    assert agreement["runs"] == 1 and agreement["exact_match"] == 1.0
+    assert agreement["runs"] == 1 and agreement["exact_match"] == 1.0 and agreement["exact_matches"] == 1
+    assert agreement["precision"] is None and agreement["shadow_boxes"] is None
 
 
 def test_deployments_builtins_single_and_batch(rclient: TestClient, llm: Any) -> None:
@@ -334,9 +345,12 @@ def test_reload_under_load_fails_nothing(reg_settings: Settings, registry_file: 
             t.start()
         with httpx.Client(base_url=live.url, headers=auth, timeout=60) as http:
             for i in range(6):
-                # Odd rounds pin "latest" to version 1, even rounds leave it on the highest (2).
-                aliases = 'aliases = ["stable", "latest"]' if i % 2 else 'aliases = ["stable"]'
-                registry_file.write_text(registry_toml().replace('aliases = ["stable"]', aliases))
+                # Odd rounds pin "latest" to version 1, even rounds to version 2 (a shadow serves live traffic
+                # only when an alias names it).
+                toml = registry_toml()
+                toml = (toml.replace('aliases = ["stable"]', 'aliases = ["stable", "latest"]') if i % 2
+                        else toml.replace('aliases = ["candidate"]', 'aliases = ["candidate", "latest"]'))
+                registry_file.write_text(toml)
                 assert http.post("/v1/models:reload").status_code == 200
                 time.sleep(0.3)
         stop.set()

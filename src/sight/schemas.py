@@ -350,17 +350,28 @@ class ModelList(BaseModel):
 
 
 class ShadowAgreement(BaseModel):
+    """How a shadow agrees with its primary, with the counts behind each figure. Detectors: precision =
+    matched_boxes / shadow_boxes, recall = matched_boxes / primary_boxes, pooled over every compared run;
+    null while the count below the line is zero (a shadow that returned no boxes has no precision)."""
+
     primary: str
     shadow: str
     runs: int
     errors: int
-    precision: float
-    recall: float
-    exact_match: float
+    compared: int = Field(description="Runs that produced an output to compare (runs - errors).")
+    exact_matches: int
+    exact_match: float | None
+    precision: float | None
+    recall: float | None
+    primary_boxes: int | None = None
+    shadow_boxes: int | None = None
+    matched_boxes: int | None = None
 
 
 class ModelDetail(BaseModel):
     name: str
+    serves: str | None = Field(None, description="The version the bare name (and `latest`) serves; null: none.")
+    serves_why: str = Field(description="Why that version: an explicit alias, or the highest that is no shadow.")
     versions: list[ModelPublic]
     shadows: list[ShadowAgreement]
 

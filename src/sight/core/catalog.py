@@ -115,8 +115,26 @@ class Versioned(Generic[E]):  # noqa: UP046 - Python 3.11 has no PEP 695 syntax
 
     @property
     def latest(self) -> E:
-        version = self.aliases.get("latest", max(self.by_version))
+        version, why = self.serving()
+        if version is None:
+            raise ModelNotFoundError(f"{why}: name a version")
         return self.by_version[version]
+
+    def serving(self) -> tuple[int | None, str]:
+        """The version a bare name (or ``latest``) serves, and why. A version that only shadows another never
+        takes live traffic by default: the highest version that is no shadow serves, unless an explicit
+        ``latest`` alias names one."""
+        if "latest" in self.aliases:
+            return self.aliases["latest"], "the 'latest' alias names it"
+        live = [v for v, e in self.by_version.items() if getattr(e, "shadow_of", None) is None]
+        if not live:
+            return None, "every version of this name is only a shadow, so its bare name serves none"
+        shadows = sorted(v for v in self.by_version if v > max(live))
+        why = "the highest version that is not a shadow"
+        if shadows:
+            why += (f" (version {shadows[0]} is only a shadow)" if len(shadows) == 1
+                    else f" (versions {', '.join(map(str, shadows))} are only shadows)")
+        return max(live), why
 
     def resolve(self, ref: str | None, request_id: str | None) -> E:
         if ref is None or ref == "" or ref == "latest":
@@ -197,8 +215,9 @@ class Catalog:
 
     def first(self, task: Task) -> ModelEntry | None:
         for versions in self.models.values():
-            if versions.latest.task == task:
-                return versions.latest
+            version = versions.serving()[0]
+            if version is not None and versions.by_version[version].task == task:
+                return versions.by_version[version]
         return None
 
     def all_models(self) -> list[ModelEntry]:
@@ -207,6 +226,6 @@ class Catalog:
     def aliases_of(self, entry: ModelEntry) -> list[str]:
         versions = self.models[entry.name]
         names = [a for a, v in versions.aliases.items() if v == entry.version]
-        if entry is versions.latest and "latest" not in names:
+        if versions.serving()[0] == entry.version and "latest" not in names:
             names.append("latest")
         return names

@@ -1,7 +1,9 @@
 """Shadow models: run beside a primary on the same input, never returned, only compared.
 
-Detectors are compared by IoU-matched precision and recall (the primary's boxes are the reference);
-text outputs (OCR, LLM) by exact match. Runs are bounded and never delay the primary's answer.
+Detectors are compared by IoU-matched boxes, pooled over every run: precision is matched / shadow boxes,
+recall matched / primary boxes (the primary's boxes are the reference), each undefined (None) while its
+denominator is zero, and shown with the counts that produced it. Text outputs (OCR, LLM) are compared by
+exact match. Runs are bounded and never delay the primary's answer.
 """
 
 from __future__ import annotations
@@ -26,10 +28,8 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def detection_agreement(primary: Sequence[Detection], shadow: Sequence[Detection]) -> tuple[float, float]:
-    """(precision, recall) of the shadow's boxes against the primary's: greedy same-class IoU >= 0.5."""
-    if not primary and not shadow:
-        return 1.0, 1.0
+def matched_boxes(primary: Sequence[Detection], shadow: Sequence[Detection]) -> int:
+    """How many of the shadow's boxes match one of the primary's: greedy, same class, IoU >= 0.5."""
     unmatched = list(primary)
     matched = 0
     for det in sorted(shadow, key=lambda d: -d.confidence):
@@ -38,28 +38,40 @@ def detection_agreement(primary: Sequence[Detection], shadow: Sequence[Detection
         if best is not None and iou(best.box, det.box) >= MATCH_IOU:
             unmatched.remove(best)
             matched += 1
-    precision = matched / len(shadow) if shadow else 1.0
-    recall = matched / len(primary) if primary else 1.0
-    return precision, recall
+    return matched
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 @dataclass
 class Agreement:
     runs: int = 0
     errors: int = 0
-    precision_sum: float = 0.0
-    recall_sum: float = 0.0
-    exact: int = 0
+    exact: int = 0  # runs whose output equals the primary's (for detectors: every box matched, both ways)
+    primary_boxes: int = 0
+    shadow_boxes: int = 0
+    matched_boxes: int = 0
+    detections: bool = False  # compared as boxes (else as text)
 
-    def summary(self) -> dict[str, float | int]:
-        ok = self.runs - self.errors
-        return {
+    def summary(self) -> dict[str, float | int | None]:
+        compared = self.runs - self.errors
+        out: dict[str, float | int | None] = {
             "runs": self.runs,
             "errors": self.errors,
-            "precision": round(self.precision_sum / ok, 4) if ok else 0.0,
-            "recall": round(self.recall_sum / ok, 4) if ok else 0.0,
-            "exact_match": round(self.exact / ok, 4) if ok else 0.0,
+            "compared": compared,
+            "exact_matches": self.exact,
+            "exact_match": _ratio(self.exact, compared),
+            "precision": None,
+            "recall": None,
         }
+        if self.detections:
+            out.update(primary_boxes=self.primary_boxes, shadow_boxes=self.shadow_boxes,
+                       matched_boxes=self.matched_boxes,
+                       precision=_ratio(self.matched_boxes, self.shadow_boxes),
+                       recall=_ratio(self.matched_boxes, self.primary_boxes))
+        return out
 
 
 class ShadowRunner:
@@ -91,19 +103,21 @@ class ShadowRunner:
                 return
         stats.runs += 1
         if isinstance(reference, list):
-            precision, recall = detection_agreement(reference, output)  # type: ignore[arg-type]
-            stats.precision_sum += precision
-            stats.recall_sum += recall
-            stats.exact += int(precision == recall == 1.0)
+            found: list[Detection] = output  # type: ignore[assignment]
+            matched = matched_boxes(reference, found)
+            stats.detections = True
+            stats.primary_boxes += len(reference)
+            stats.shadow_boxes += len(found)
+            stats.matched_boxes += matched
+            stats.exact += int(matched == len(reference) == len(found))
         else:
-            same = output == reference
-            stats.exact += int(same)
-            stats.precision_sum += float(same)
-            stats.recall_sum += float(same)
+            stats.exact += int(output == reference)
         self.metrics.shadow_runs.labels(primary, shadow, "ok").inc()
         summary = stats.summary()
         for metric in ("precision", "recall", "exact_match"):
-            self.metrics.shadow_agreement.labels(primary, shadow, metric).set(summary[metric])
+            value = summary[metric]
+            if value is not None:  # undefined figures are left out, not reported as 0 or 1
+                self.metrics.shadow_agreement.labels(primary, shadow, metric).set(value)
 
     def for_model(self, name: str) -> list[dict[str, object]]:
         return [{"primary": p, "shadow": s, **a.summary()} for (p, s), a in self.stats.items()

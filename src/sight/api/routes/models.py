@@ -53,13 +53,15 @@ async def reload_models(principal: PrincipalDep, services: ServicesDep) -> Model
 
 @router.get("/models/{name}", response_model=ModelDetail, responses=ERRORS)
 async def get_model(name: str, _principal: PrincipalDep, services: ServicesDep) -> ModelDetail:
-    """One model's versions, and how its shadows agree with their primaries."""
+    """One model's versions, which one its bare name serves and why, and how its shadows agree with their
+    primaries."""
     engines = services.engines
     versions = engines.catalog.models.get(name)
     if versions is None:
         raise NotFoundError(f"no model named {name!r}")
+    serves, why = versions.serving()
     return ModelDetail(
-        name=name,
+        name=name, serves=None if serves is None else str(serves), serves_why=why,
         versions=[model_public(engines, m) for m in sorted(versions.by_version.values(), key=lambda m: m.version)],
         shadows=[ShadowAgreement.model_validate(s) for s in services.shadows.for_model(name)],
     )
