@@ -24,10 +24,15 @@ IMAGES = SHARED / "images"
 YOLO11N_UNTRAINED = SHARED / "models" / "yolo11n-untrained.onnx"
 
 
-def nudenet_path() -> Path:
-    import nudenet
+NUDENET_INSTALL = "pip install --no-deps --target tests/.models nudenet==3.4.2"
 
-    return Path(nudenet.__file__).with_name("320n.onnx")
+
+def nudenet_path() -> Path:
+    """The real Ultralytics YOLOv8n export inside the nudenet wheel, unpacked by the README's test command."""
+    path = ROOT / "tests" / ".models" / "nudenet" / "320n.onnx"
+    if not path.is_file():
+        raise RuntimeError(f"the tests' real detector is missing ({path}): run `{NUDENET_INSTALL}`")
+    return path
 
 
 KEY_PATTERN = re.compile(r"sk-sight-key_[a-z0-9]{12}-[A-Za-z0-9_\-]{20,}")

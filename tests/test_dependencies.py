@@ -1,0 +1,54 @@
+"""The installed environment: no two distributions write the same importable module (opencv-python beside
+opencv-python-headless both write ``cv2``; onnxruntime beside onnxruntime-gpu both write ``onnxruntime``),
+and the server's required dependencies bring neither PyTorch nor anything unused."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections import defaultdict
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _top_level_modules(dist: metadata.Distribution) -> set[str]:
+    """Modules a distribution writes at the top of site-packages: ``name/__init__.py``, ``name.py`` or an
+    extension ``name.*.so``. Directories without ``__init__.py`` are namespace packages, shared by design."""
+    found: set[str] = set()
+    for file in dist.files or []:
+        parts = file.parts
+        if not parts or parts[0].endswith((".dist-info", ".egg-info", ".data")) or parts[0] in ("..", "__pycache__"):
+            continue
+        if len(parts) == 1 and (file.suffix == ".py" or file.suffix in (".so", ".pyd")):
+            found.add(parts[0].split(".")[0])
+        elif len(parts) == 2 and parts[1] == "__init__.py" or len(parts) == 2 and re.match(
+                r"__init__\..*\.(so|pyd)$", parts[1]):
+            found.add(parts[0])
+    return found
+
+
+def test_no_module_is_written_by_two_distributions() -> None:
+    writers: dict[str, set[str]] = defaultdict(set)
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        for module in _top_level_modules(dist):
+            writers[module].add(name)
+    clashes = {module: sorted(names) for module, names in writers.items() if len(names) > 1}
+    assert clashes == {}, f"modules written by more than one installed distribution: {clashes}"
+
+
+def test_module_scan_sees_cv2_and_onnxruntime() -> None:
+    """The scan above would be vacuous if it found nothing: it must see the wheels it guards."""
+    by_module = {m: dist.metadata["Name"] for dist in metadata.distributions() for m in _top_level_modules(dist)}
+    assert by_module["cv2"] in ("opencv-python", "opencv-python-headless")
+    assert by_module["onnxruntime"] in ("onnxruntime", "onnxruntime-gpu")
+
+
+def test_required_dependencies_never_bring_torch_or_httpx2() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = [re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]]
+    assert not {"torch", "ultralytics", "httpx2", "opencv-python-headless"} & set(required)
+    every_extra = " ".join(d for deps in project["optional-dependencies"].values() for d in deps)
+    assert "httpx2" not in every_extra
