@@ -109,6 +109,8 @@ class _LLMHandler(_Quiet):
             mode = owner.mode_for(body)
         if mode == "slow":
             time.sleep(min(owner.delay, MAX_SLEEP))
+        elif mode == "gate":  # hold the answer until the test opens the gate (bounded all the same)
+            owner.gate.wait(MAX_SLEEP)
         elif mode == "429":
             self._send(429, b'{"error": {"message": "rate limited"}}', headers={"Retry-After": "0"})
             return
@@ -144,6 +146,7 @@ class FakeLLMServer(_Background):
         self.models = ["fake-vl"]
         self.mode = "ok"
         self.delay = 0.0
+        self.gate = threading.Event()
         self.mode_for: Callable[[dict[str, Any]], str] = lambda _body: self.mode
 
     @property
@@ -365,7 +368,10 @@ class Canary(_RawServer):
 
 
 class HostileServer(_RawServer):
-    """Raw HTTP over sockets, misbehaving on purpose: /trickle, /short, /long, /forever, /html."""
+    """Raw HTTP over sockets, misbehaving on purpose: /trickle, /short, /long, /forever, /html. The endless
+    ones go on for ``duration`` seconds (or until the server stops)."""
+
+    duration = MAX_SLEEP
 
     @property
     def url(self) -> str:
@@ -375,7 +381,7 @@ class HostileServer(_RawServer):
         threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        deadline = time.monotonic() + MAX_SLEEP
+        deadline = time.monotonic() + self.duration
         with contextlib.suppress(OSError), conn:
             path = conn.recv(65536).split(b" ", 2)[1].decode()
             head = "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n"

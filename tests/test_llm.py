@@ -61,7 +61,7 @@ def test_llm_failures_are_item_errors_that_end(client: TestClient, api_key: str,
     expect = {"429": "llm_error", "500": "llm_error", "malformed": "llm_error", "slow": "timeout"}
     for mode, code in expect.items():
         llm.reset()
-        llm.mode, llm.delay = mode, 5.0  # the client's timeout is 2 s with one retry
+        llm.mode, llm.delay = mode, 10.0  # the client's timeout is 2 s with one retry
         start = time.monotonic()
         r = client.post(BATCH, **v1_request(files, [{"is_yolo": True, "is_llm": True}], api_key=api_key))
         elapsed = time.monotonic() - start
@@ -69,7 +69,8 @@ def test_llm_failures_are_item_errors_that_end(client: TestClient, api_key: str,
         assert r.status_code == 200
         assert item["status"] == "error" and item["error"]["code"] == code, (mode, item["error"])
         assert item["yolo"]["detections"], "the other stages of the item still return"
-        assert elapsed < 8, f"{mode} took {elapsed:.1f}s"
+        # Two 2 s attempts end a slow call; unbounded, it would take 2 x 10 s. Generous for a busy machine.
+        assert elapsed < 15, f"{mode} took {elapsed:.1f}s"
         if mode in {"429", "500"}:
             assert len(llm.requests) == 2, "retried once, then gave up"
 

