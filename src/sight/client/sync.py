@@ -72,11 +72,15 @@ class Client:
     def get_batch(self, batch_id: str) -> BatchPublic:
         return BatchPublic.model_validate(self._call("GET", f"/v1/batches/{batch_id}"))
 
-    def add_requests(self, batch_id: str, requests: Sequence[tuple[str | None, VisionPredict]]) -> list[str]:
+    def add_requests(self, batch_id: str,
+                     requests: Sequence[VisionPredict | tuple[str | None, VisionPredict]]) -> list[str]:
+        """Add requests, each alone (its id chosen by the server) or as ``(batch_request_id, request)``;
+        returns their ids in order. Re-adding an id answers 409."""
+        pairs = [r if isinstance(r, tuple) else (None, r) for r in requests]
         body = {"batch_requests": [
             {**({"batch_request_id": rid} if rid else {}),
              "batch_request": {"vision_predict": json.loads(vp.model_dump_json(exclude_none=True))}}
-            for rid, vp in requests
+            for rid, vp in pairs
         ]}
         return list(self._call("POST", f"/v1/batches/{batch_id}/requests", json=body)["batch_request_ids"])
 

@@ -4,8 +4,12 @@ On a GPU one call on a batch of N images costs little more than on one; on a CPU
 as much, so batching is off by default (``SIGHT_YOLO__BATCH_MAX_SIZE=1``), and CPU detectors take the direct
 path even when it is on (unless ``SIGHT_YOLO__BATCH_ON_CPU``, which the tests use to run this code on a CPU).
 
->>> batcher = DetectionBatcher(detector, max_size=16, max_wait=0.005, slots=RunSlots(1))
->>> await batcher.detect(image, DetectOptions())   # may share a session call with concurrent callers
+>>> async def two_at_once() -> list[list[Detection]]:
+...     batcher = DetectionBatcher(detector, max_size=16, max_wait=0.005, slots=RunSlots(1))
+...     # concurrent callers may share one session call
+...     return await asyncio.gather(batcher.detect(image, DetectOptions()), batcher.detect(image, DetectOptions()))
+>>> [found[0].name for found in asyncio.run(two_at_once())]
+['FACE_FEMALE', 'FACE_FEMALE']
 """
 
 from __future__ import annotations

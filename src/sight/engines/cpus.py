@@ -5,7 +5,9 @@ over every core, but a lone image then waits longer. ``RunSlots`` gives both: a 
 free and nobody waiting takes them all (a wide run over every core); otherwise it takes one.
 
 >>> slots = RunSlots(usable_cpus())
->>> await slots.call(lambda wide: detector.detect(image, options, wide=wide), wide_ok=True)
+>>> found = asyncio.run(slots.call(lambda wide: detector.detect(image, DetectOptions(), wide=wide), wide_ok=True))
+>>> found[0].name
+'FACE_FEMALE'
 """
 
 from __future__ import annotations

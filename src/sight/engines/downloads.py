@@ -6,9 +6,13 @@ rename), so a model file either is complete and verified or is not there. Concur
 share one download (single flight) and wait for it with their own timeout; a failure is remembered for
 ``retry_seconds`` so a burst of items cannot start a burst of downloads.
 
->>> files = ModelFiles(settings.models, Path("sight-data/models"))
->>> files.ensure("yolo11n", ModelSource.parse(OFFICIAL["yolo11n"].source), timeout=300)
-PosixPath('sight-data/models/yolo11n.onnx')
+>>> files = ModelFiles(settings.models, settings.models_dir)
+>>> source = ModelSource.parse(model_url)          # e.g. https://host/yolo11n.onnx#sha256=<64 hex>
+>>> path = files.ensure("yolo11n", source, timeout=300)   # downloaded once, verified, then found here
+>>> path.parent.name, path.name.endswith("-yolo11n.onnx")  # URL files land in downloads/, named by hash
+('downloads', True)
+>>> files.state(source).state
+'present'
 """
 
 from __future__ import annotations

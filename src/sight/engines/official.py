@@ -2,7 +2,7 @@
 hashes live: the default detector, ``sight models pull`` and ``sight serve --pull`` all read this table.
 
 >>> OFFICIAL["yolo11n"].source
-'https://github.com/ultralytics/assets/releases/download/v8.4.0/yolo11n.onnx#sha256=6342...'
+'https://github.com/ultralytics/assets/releases/download/v8.4.0/yolo11n.onnx#sha256=634279b4...'
 """
 
 from __future__ import annotations

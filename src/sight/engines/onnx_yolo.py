@@ -1,8 +1,8 @@
 """Ultralytics YOLO detection models (v8 / 11 style) on ONNX Runtime.
 
->>> detector = OnnxYoloDetector.load("yolo11n", Path("yolo11n.onnx"))
+>>> detector = OnnxYoloDetector.load("faces", model_path)
 >>> detector.detect(image, DetectOptions(conf=0.4))
-[Detection(name='person', class_id=0, confidence=0.91, box=Box(...)), ...]
+[Detection(name='FACE_FEMALE', class_id=..., confidence=0.8..., box=Box(x1=..., y1=..., x2=..., y2=...))]
 """
 
 from __future__ import annotations

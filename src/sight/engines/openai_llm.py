@@ -1,8 +1,13 @@
 """Vision LLM over the OpenAI-compatible chat-completions API (vLLM, Ollama, llama.cpp, OpenAI).
 
->>> llm = OpenAIVisionLLM(settings.llm)
->>> await llm.analyze(jpeg_bytes, "find the serial number", Grounding())
-LLMAnswer(answer='SN-4X7Q-2291-B', model='qwen2.5-vl-7b', ...)
+>>> async def ask() -> LLMAnswer:
+...     llm = OpenAIVisionLLM(settings.llm)
+...     try:
+...         return await llm.analyze(jpeg_bytes, "find the serial number", Grounding(ocr_text="SN-4X7Q-2291-B"))
+...     finally:
+...         await llm.aclose()
+>>> asyncio.run(ask())
+LLMAnswer(answer='The serial number is SN-4X7Q-2291-B.', model='fake-vl', prompt_tokens=100, completion_tokens=7)
 """
 
 from __future__ import annotations

@@ -53,8 +53,10 @@ class SpacedCtcDecoder:
     Call-compatible with rapidocr's ``CTCLabelDecode``, whose place it takes on the recogniser (word boxes
     aside). ``characters`` is rapidocr's list: the CTC blank first, the space last.
 
-    >>> SpacedCtcDecoder(["blank", "a", "b", " "])(probs)  # probs: softmax, (lines, frames, 4)
-    [('ab a', 0.97)]
+    >>> # one line, five frames of softmax over (blank, a, b, space): "a", gap, "b", a faint space, "a"
+    >>> probs = np.array([[[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0.6, 0, 0, 0.4], [0, 1, 0, 0]]], np.float32)
+    >>> SpacedCtcDecoder(["blank", "a", "b", " "])(probs)
+    [('ab a', 1.0)]
     """
 
     def __init__(self, characters: Sequence[str], space_odds: float = SPACE_ODDS) -> None:
@@ -105,7 +107,7 @@ class SpacedCtcDecoder:
 class RapidOcrEngine:
     """Reads text lines with boxes and confidences, in reading order, with their word spaces.
 
-    >>> RapidOcrEngine.load().read(image).text
+    >>> RapidOcrEngine.load().read(label).text
     'Serial No: SN-4X7Q-2291-B\\nModel: ZX-900 Made in 2024'
     """
 

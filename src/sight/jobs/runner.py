@@ -2,9 +2,11 @@
 
 Runs inside ``sight serve`` (default) or as any number of ``sight worker`` processes sharing the database.
 
->>> runner = Runner(queue, store, pipeline, blobs, settings.jobs)
->>> await runner.run_until_idle()     # tests: work until nothing is left
->>> await runner.run(stop_event)      # servers and workers: until told to stop
+>>> async def drain() -> None:
+...     async with open_services(settings) as services:
+...         await services.new_runner().run_until_idle()   # tests: work until nothing is left
+...         # servers and workers: await runner.run(stop_event), until told to stop
+>>> asyncio.run(drain())
 """
 
 from __future__ import annotations
