@@ -190,6 +190,31 @@ def test_cancel_keeps_results_refuses_adds_and_is_idempotent(client: TestClient)
     assert again["cancel_time"] == cancelled["cancel_time"] and again["state"] == cancelled["state"]
 
 
+def test_cancel_of_an_ended_batch_changes_nothing(client: TestClient) -> None:
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)] * 4)
+    _drain(client)
+    ended = api.batch(bid)
+    assert ended["status"] == "ended" and ended["state"]["num_success"] == 4
+    for _ in range(2):
+        r = api.post(f"/v1/batches/{bid}:cancel")
+        assert r.status_code == 200 and r.json() == ended
+    assert api.batch(bid) == ended
+    assert len(api.results(bid)["results"]) == 4
+
+
+def test_cancel_twice_while_processing_gives_the_same_answer(client: TestClient) -> None:
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)] * 3)
+    first = api.post(f"/v1/batches/{bid}:cancel").json()
+    assert first["status"] == "cancelled" and first["state"]["num_cancelled"] == 3
+    assert api.post(f"/v1/batches/{bid}:cancel").json() == first
+    _drain(client)
+    assert api.batch(bid) == first
+
+
 def test_cancel_interrupts_an_in_flight_llm_call(
     settings: Settings, database_url: str, engines: EngineRegistry, llm: FakeLLMServer
 ) -> None:
@@ -318,7 +343,8 @@ def test_oversized_request_answers_413(settings: Settings, database_url: str, en
 def test_expiry_removes_results_and_deadline_cancels_pending(
     settings: Settings, database_url: str, engines: EngineRegistry
 ) -> None:
-    cfg = _settings(settings, database_url, retention_hours=1.5 / 3600, deadline_hours=0.8 / 3600)
+    cfg = _settings(settings, database_url, retention_hours=1.5 / 3600, deadline_hours=0.8 / 3600,
+                    blob_grace_seconds=0)  # images seconds old may go (tests/test_batch_blobs.py: the grace)
     with TestClient(create_app(cfg, engines=engines)) as client:
         api = _api(client, "a")
         bid = api.create()["batch_id"]

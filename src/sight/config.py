@@ -109,6 +109,9 @@ class JobsSettings(BaseModel):
     retention_hours: float = Field(24 * 30, description="Results are kept this long after a batch is created.")
     deadline_hours: float = Field(24, description="Work still pending this long after creation is cancelled.")
     sweep_seconds: float = 60.0
+    blob_grace_seconds: float = Field(
+        3600.0, description="A stored image no request references is removed once untouched this long "
+        "(longer than any add of requests takes: an add in flight is never swept).")
     max_requests_per_call: int = 1000
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,7 @@ from sight.storage.tables import Batch, BatchRequest
 
 OPEN_STATES = ("pending", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
+BLOB_CHUNK = 500  # blob names per reference lookup (well under any database's bound-parameter limit)
 
 
 def now() -> datetime:
@@ -194,40 +196,56 @@ class BatchStore:
         return None
 
     async def add_requests(self, team_id: str, batch_id: str, items: Sequence[BatchRequestIn]) -> list[str]:
+        """Validate every request, then refuse what is known to conflict, and only then write images: a
+        rejected add leaves nothing on disk. Blobs of an add that loses a race or dies before its commit
+        are left to ``sweep`` (they are not ours alone to delete: the same image may be in use elsewhere)."""
         if len(items) > self.settings.jobs.max_requests_per_call:
             raise InvalidInputError(f"at most {self.settings.jobs.max_requests_per_call} requests per call")
         ids = [item.batch_request_id or "req_" + secrets.token_hex(10) for item in items]
         if len(set(ids)) != len(ids):
             raise ConflictError("duplicate batch_request_id in this call")
-        payloads: list[tuple[dict[str, Any], str | None]] = []
+        payloads: list[tuple[dict[str, Any], bytes | None]] = []
         for index, item in enumerate(items):
             vp = item.batch_request.vision_predict
             if (vp.image_url is None) == (vp.image_base64 is None):
                 raise InvalidInputError(f"batch_requests[{index}] needs exactly one of image_url and image_base64")
             payload = vp.model_dump(exclude={"image_base64"}, exclude_none=True)
-            sha = None
+            data = None
             if vp.image_base64 is not None:
-                # Validates and caps (413) before anything is stored; the bytes go to disk once, by content.
-                try:
+                try:  # validates and caps (413) before anything is stored
                     data = decode_base64(vp.image_base64, self.settings.images.max_bytes)
                 except ImageTooLargeError as exc:
                     raise PayloadTooLargeError(f"batch_requests[{index}]: {exc.message}") from exc
-                sha = await anyio.to_thread.run_sync(self.blobs.put, data)
-            payloads.append((payload, sha))
+            payloads.append((payload, data))
+        async with self._reads() as s:
+            batch = await self._batch(s, team_id, batch_id)
+            self._check_open(batch)
+            taken = (await s.execute(
+                select(BatchRequest.request_id)
+                .where(BatchRequest.batch_seq == batch.seq, BatchRequest.request_id.in_(ids)).limit(1)
+            )).first()
+            if taken is not None:
+                raise ConflictError(f"batch_request_id {taken[0]!r} is already in this batch")
+        # Written outside the transaction, so a SQLite write lock is never held across disk writes.
+        shas = [await anyio.to_thread.run_sync(self.blobs.put, data) if data is not None else None
+                for _payload, data in payloads]
         created = now()
         try:
             async with self._sessions() as s, s.begin():
                 batch = await self._batch(s, team_id, batch_id)
-                if self._expired(batch) or batch.cancel_time is not None:
-                    raise ConflictError("the batch is cancelled or expired; no requests can be added")
+                self._check_open(batch)
                 s.add_all([
                     BatchRequest(batch_seq=batch.seq, request_id=rid, payload=payload, blob_sha=sha,
                                  state="pending", attempts=0, available_at=created, created_at=created)
-                    for rid, (payload, sha) in zip(ids, payloads, strict=True)
+                    for rid, (payload, _data), sha in zip(ids, payloads, shas, strict=True)
                 ])
-        except IntegrityError as exc:
+        except IntegrityError as exc:  # a concurrent add took an id after our check
             raise ConflictError("a batch_request_id is already in this batch") from exc
         return ids
+
+    def _check_open(self, batch: Batch) -> None:
+        if self._expired(batch) or batch.cancel_time is not None:
+            raise ConflictError("the batch is cancelled or expired; no requests can be added")
 
     async def list_requests(self, team_id: str, batch_id: str, limit: int, token: str | None) -> BatchRequestList:
         async with self._reads() as s:
@@ -281,23 +299,29 @@ class BatchStore:
     # -- cancel and expiry -----------------------------------------------------------------------------
 
     async def cancel(self, team_id: str, batch_id: str) -> tuple[BatchPublic, int]:
-        """Cancel what is still open; finished results stay. Idempotent. Returns the batch and its seq."""
+        """Cancel what is still open; finished results stay. Idempotent, and a no-op on a batch that has
+        already ended (or expired): it keeps its status. Returns the batch and its seq."""
         async with self._sessions() as s, s.begin():
             batch = await self._batch(s, team_id, batch_id)
             at = now()
             # Requests before the batch row, in every transaction, so completions cannot deadlock with us.
-            await s.execute(
+            open_requests = (await s.execute(
                 update(BatchRequest)
                 .where(BatchRequest.batch_seq == batch.seq, BatchRequest.state.in_(OPEN_STATES))
                 .values(state="cancelled", finished_at=at, lease_owner=None, lease_expires_at=None)
-            )
-            if batch.cancel_time is None:
+            )).rowcount
+            # Nothing open but something finished: the batch has ended and stays so (an add committed
+            # meanwhile brings only pending rows, as if it came after us). An empty batch can be cancelled.
+            c = await self._counts(s, batch.seq)
+            ended = not open_requests and c.total > c.pending
+            if batch.cancel_time is None and not ended and not self._expired(batch):
                 batch.cancel_time = at
         return await self.get(team_id, batch_id), batch.seq
 
     async def sweep(self) -> tuple[int, int]:
-        """Cancel work past its processing deadline; purge expired batches' payloads, results and blobs.
-        Returns (requests cancelled, batches purged)."""
+        """Cancel work past its processing deadline; purge expired batches' payloads, results and blobs;
+        remove blobs no request references (a crashed or refused add's). Returns (requests cancelled,
+        batches purged)."""
         at = now()
         async with self._sessions() as s, s.begin():
             late = select(Batch.seq).where(Batch.deadline_at <= at)
@@ -327,10 +351,23 @@ class BatchStore:
                     .values(state="cancelled", finished_at=at)
                 )
                 await s.execute(update(Batch).where(Batch.seq.in_(expired)).values(purged=True))
+        # Blobs newer than the grace period may belong to an add in flight (blobs written, rows not yet
+        # committed): only older ones go, and only when no row, of any batch or team, references them.
+        cutoff = time.time() - self.settings.jobs.blob_grace_seconds
         if shas:
-            async with self._reads() as s:
-                keep = set((await s.execute(
-                    select(BatchRequest.blob_sha).where(BatchRequest.blob_sha.in_(set(shas)))
-                )).scalars())
-            await anyio.to_thread.run_sync(self.blobs.delete_except, keep, shas)
+            await self._remove_unreferenced(shas, cutoff)
+        await self._remove_unreferenced(await anyio.to_thread.run_sync(self.blobs.untouched_since, cutoff), cutoff)
         return int(cancelled or 0), len(expired)
+
+    async def _remove_unreferenced(self, shas: Sequence[str], cutoff: float) -> int:
+        candidates = sorted(set(shas))
+        removed = 0
+        for start in range(0, len(candidates), BLOB_CHUNK):
+            chunk = candidates[start:start + BLOB_CHUNK]
+            async with self._reads() as s:
+                used = set((await s.execute(
+                    select(BatchRequest.blob_sha).where(BatchRequest.blob_sha.in_(chunk)).distinct()
+                )).scalars())
+            unused = [sha for sha in chunk if sha not in used]
+            removed += await anyio.to_thread.run_sync(self.blobs.remove_untouched, unused, cutoff)
+        return removed

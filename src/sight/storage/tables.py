@@ -92,4 +92,5 @@ class BatchRequest(Base):
         Index("ix_batch_requests_claim", "state", "available_at"),
         Index("ix_batch_requests_results", "batch_seq", "result_seq"),
         Index("ix_batch_requests_batch_state", "batch_seq", "state"),
+        Index("ix_batch_requests_blob_sha", "blob_sha"),  # the blob sweep asks which blobs are still used
     )
