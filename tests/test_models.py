@@ -383,3 +383,19 @@ def test_eager_loading_loads_local_models_at_start(reg_settings: Settings, engin
     with TestClient(create_app(cfg)) as client:
         loaded = client.get("/readyz").json()["checks"]["loaded"]
     assert {"faces:1", "faces:2", "reader:1"} <= set(loaded)
+
+
+def test_ocr_has_one_name_everywhere(rclient: TestClient) -> None:
+    """The registry file names OCR `reader`: multi-model predict takes that name, batch requests report it,
+    and the built-in default name is gone."""
+    auth = _key(rclient)
+    image = {"image_base64": _b64("serial-label.png")}
+    preds = rclient.post("/v1/predict", headers=auth, json={"input": image, "predictions": [
+        {"model_name": "reader"}, {"model_name": "rapidocr"}]}).json()["predictions"]
+    assert [p["status"] for p in preds] == ["Success", "BadRequest"]
+    batch = rclient.post("/v1/batches", json={"name": "ocr"}, headers=auth).json()["batch_id"]
+    rclient.post(f"/v1/batches/{batch}/requests", headers=auth, json={"batch_requests": [
+        {"batch_request": {"vision_predict": {**image, "is_ocr": True}}}]})
+    (listed,) = rclient.get(f"/v1/batches/{batch}/requests", headers=auth).json()["batch_request_metadata"]
+    assert listed["model"] == "reader"
+    assert "rapidocr" not in {m["name"] for m in rclient.get("/v1/models", headers=auth).json()["models"]}

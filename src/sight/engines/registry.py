@@ -191,6 +191,11 @@ class EngineRegistry:
                 self._ocr = RapidOcrEngine.load()
             return self._ocr
 
+    def ocr_name(self) -> str:
+        """The catalog's name for the OCR model (``rapidocr`` unless the registry file names it otherwise)."""
+        entry = self.catalog.first("ocr")
+        return entry.name if entry is not None else "rapidocr"
+
     def ocr_limiter(self) -> anyio.CapacityLimiter:
         return self.limiter("__ocr__", self.settings.ocr.concurrency)
 

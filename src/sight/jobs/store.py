@@ -9,7 +9,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,11 +78,13 @@ class Counts:
 
 
 class BatchStore:
-    def __init__(self, engine: AsyncEngine, settings: Settings, blobs: BlobStore) -> None:
+    def __init__(self, engine: AsyncEngine, settings: Settings, blobs: BlobStore,
+                 ocr_name: Callable[[], str] = lambda: "rapidocr") -> None:
         self._sessions = session_factory(engine)
         self._reads = session_factory(engine, readonly=True)
         self.settings = settings
         self.blobs = blobs
+        self._ocr_name = ocr_name  # the catalog's name for the OCR model (a registry file may rename it)
 
     # -- batches ---------------------------------------------------------------------------------------
 
@@ -192,7 +194,7 @@ class BatchStore:
             model = options.get("llm_model") or self.settings.llm.model
             return str(model) if model else None
         if options.get("is_ocr"):
-            return "rapidocr"
+            return self._ocr_name()
         return None
 
     async def add_requests(self, team_id: str, batch_id: str, items: Sequence[BatchRequestIn]) -> list[str]:
