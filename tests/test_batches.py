@@ -6,6 +6,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,19 @@ def client(settings: Settings, database_url: str, engines: EngineRegistry) -> It
 def _api(client: TestClient, team: str) -> Api:
     key, _ = client.portal.call(client.app.state.services.keys.create_key, team)  # type: ignore[attr-defined]
     return Api(client, key)
+
+
+class _Clock:
+    """A clock the test moves forward, for leases, deadlines and expiry without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 def _drain(client: TestClient) -> None:
@@ -218,23 +232,33 @@ def test_cancel_twice_while_processing_gives_the_same_answer(client: TestClient)
 def test_cancel_interrupts_an_in_flight_llm_call(
     settings: Settings, database_url: str, engines: EngineRegistry, llm: FakeLLMServer
 ) -> None:
-    llm.mode, llm.delay = "slow", 1.8  # below the client's 2 s timeout: only a cancel ends it early
+    llm.mode = "gate"  # the LLM holds its answer until the test opens the gate: only a cancel ends the call
     cfg = _settings(settings, database_url, run_in_server=True, concurrency=1)
+    cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"timeout": 60.0, "retries": 0})})
     with TestClient(create_app(cfg, engines=engines)) as client:
         api = _api(client, "a")
+        runner = client.app.state.services.runner  # type: ignore[attr-defined]
         bid = api.create()["batch_id"]
         api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_llm=True, query="q")] * 3)
-        deadline = time.monotonic() + 10
-        while not llm.requests and time.monotonic() < deadline:
+        for _ in range(1000):  # until the first call reaches the LLM (bounded)
+            if llm.requests:
+                break
             time.sleep(0.01)
-        assert len(llm.requests) == 1
-        start = time.monotonic()
+        else:
+            raise AssertionError("the runner never called the LLM")
         state = api.post(f"/v1/batches/{bid}:cancel").json()["state"]
         assert state["num_cancelled"] == 3 and state["num_pending"] == 0
-        time.sleep(2.5)
+        for _ in range(1000):  # until the runner lets go of the request (bounded)
+            if runner.in_flight == 0:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the cancel did not interrupt the in-flight request")
+        assert not llm.gate.is_set(), "the call ended while the LLM still held its answer: the cancel ended it"
+        llm.gate.set()
+        _drain(client)
         assert len(llm.requests) == 1, "no further LLM calls after cancel"
         assert api.results(bid)["results"] == [], "the interrupted call's result is not recorded"
-        assert time.monotonic() - start < 5
 
 
 def test_transient_failures_retry_with_backoff_then_fail(client: TestClient, llm: FakeLLMServer) -> None:
@@ -346,17 +370,20 @@ def test_expiry_removes_results_and_deadline_cancels_pending(
     cfg = _settings(settings, database_url, retention_hours=1.5 / 3600, deadline_hours=0.8 / 3600,
                     blob_grace_seconds=0)  # images seconds old may go (tests/test_batch_blobs.py: the grace)
     with TestClient(create_app(cfg, engines=engines)) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        clock = _Clock()
+        services.batches.clock = services.queue.clock = clock  # time moves when the test says so
         api = _api(client, "a")
         bid = api.create()["batch_id"]
         api.add(bid, [_vp(image_base64=_b64("astronaut.png"), is_yolo=True)])
         _drain(client)
         api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)])
         assert len(api.results(bid)["results"]) == 1
-        time.sleep(0.9)  # past the processing deadline, before expiry
+        clock.advance(0.9)  # past the processing deadline, before expiry
         client.portal.call(client.app.state.services.batches.sweep)  # type: ignore[attr-defined]
         state = api.batch(bid)["state"]
         assert state["num_success"] == 1 and state["num_cancelled"] == 1
-        time.sleep(0.8)  # past expiry
+        clock.advance(0.8)  # past expiry
         assert api.batch(bid)["status"] == "expired"
         assert api.results(bid)["results"] == []
         r = api.post(f"/v1/batches/{bid}/requests", {"batch_requests": [_vp(image_url="http://e.com/a.png")]})
@@ -372,10 +399,10 @@ def test_only_the_lease_holder_can_complete(client: TestClient) -> None:
     bid = api.create()["batch_id"]
     api.add(bid, [{"batch_request_id": "only", **_vp(image_base64=_b64("coffee.png"), is_yolo=True)}])
     queue = client.app.state.services.queue  # type: ignore[attr-defined]
-    queue.settings = queue.settings.model_copy(update={"lease_seconds": 0.05})
+    queue.clock = clock = _Clock()
     (first,) = client.portal.call(queue.claim, "w1", 10)
     assert first.attempts == 1
-    time.sleep(0.1)  # w1's lease lapses (w1 stalled, say)
+    clock.advance(queue.settings.lease_seconds + 1)  # w1's lease lapses (w1 stalled, say)
     (second,) = client.portal.call(queue.claim, "w2", 10)
     assert second.seq == first.seq and second.attempts == 2, "attempts are counted at claim time"
     assert client.portal.call(queue.complete, "w1", first.seq, "succeeded", {"from": "w1"}, None) is False
@@ -436,11 +463,15 @@ def test_a_heartbeat_never_cancels_work_claimed_while_it_was_in_flight(client: T
             if await _states(services) == ["running"]:
                 break
             await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the runner never claimed the request")
         queue.release.set()  # the stale answer (without the new request) arrives now
         for _ in range(1000):
             if (await services.batches.get(team, bid)).status == "ended":
                 break
             await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the batch never ended")
         stop.set()
         await task
 

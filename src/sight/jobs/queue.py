@@ -8,9 +8,9 @@ lease lapsed, or whose batch was cancelled, finds its write refused and drops th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -37,9 +37,10 @@ class JobQueue:
         self._sessions = session_factory(engine)
         self._reads = session_factory(engine, readonly=True)
         self.settings = settings
+        self.clock: Callable[[], datetime] = now  # what "now" is: tests move it forward instead of sleeping
 
     async def claim(self, worker: str, limit: int) -> list[Claimed]:
-        at = now()
+        at = self.clock()
         lease_until = at + timedelta(seconds=self.settings.lease_seconds)
         claimable = or_(
             and_(BatchRequest.state == "pending", BatchRequest.available_at <= at),
@@ -74,7 +75,7 @@ class JobQueue:
         """Extend the leases still held; returns their seqs (a missing one was cancelled or lost)."""
         if not seqs:
             return set()
-        lease_until = now() + timedelta(seconds=self.settings.lease_seconds)
+        lease_until = self.clock() + timedelta(seconds=self.settings.lease_seconds)
         async with self._sessions() as s, s.begin():
             held = await s.execute(
                 update(BatchRequest)
@@ -102,7 +103,7 @@ class JobQueue:
             .returning(Batch.result_counter)
         )).scalar_one()
         row.state, row.result, row.error = state, result, error
-        row.result_seq, row.finished_at = counter, now()
+        row.result_seq, row.finished_at = counter, self.clock()
         row.lease_owner, row.lease_expires_at = None, None
 
     async def complete(
@@ -123,13 +124,13 @@ class JobQueue:
             if row is None:
                 return False
             row.state, row.error = "pending", error
-            row.available_at = now() + timedelta(seconds=delay)
+            row.available_at = self.clock() + timedelta(seconds=delay)
             row.lease_owner, row.lease_expires_at = None, None
             return True
 
     async def has_claimable(self) -> bool:
         """Anything a runner could work on now or later (pending, or running under any lease)."""
-        at = now()
+        at = self.clock()
         async with self._reads() as s:
             found = await s.execute(
                 select(BatchRequest.seq).join(Batch, Batch.seq == BatchRequest.batch_seq)

@@ -54,6 +54,11 @@ class Runner:
         """New work was added in this process: look now instead of at the next poll."""
         self._wake.set()
 
+    @property
+    def in_flight(self) -> int:
+        """Requests this runner is working on now."""
+        return len(self._inflight)
+
     def cancel_batch(self, batch_seq: int) -> None:
         """Interrupt this process's in-flight requests of a cancelled batch (others notice at heartbeat)."""
         for task, seq_of_batch in list(self._inflight.values()):

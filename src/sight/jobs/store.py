@@ -85,6 +85,7 @@ class BatchStore:
         self.settings = settings
         self.blobs = blobs
         self._ocr_name = ocr_name  # the catalog's name for the OCR model (a registry file may rename it)
+        self.clock: Callable[[], datetime] = now  # what "now" is: tests move it forward instead of sleeping
 
     # -- batches ---------------------------------------------------------------------------------------
 
@@ -94,7 +95,7 @@ class BatchStore:
             existing = await self._by_idempotency(team_id, idempotency_key, digest)
             if existing is not None:
                 return existing
-        created = now()
+        created = self.clock()
         jobs = self.settings.jobs
         batch = Batch(
             id="batch_" + secrets.token_hex(12), team_id=team_id, name=name, create_api_key_id=key_id,
@@ -146,9 +147,8 @@ class BatchStore:
             cancelled=by_state.get("cancelled", 0),
         )
 
-    @staticmethod
-    def _expired(batch: Batch) -> bool:
-        return batch.purged or utc(batch.expire_at) <= now()
+    def _expired(self, batch: Batch) -> bool:
+        return batch.purged or utc(batch.expire_at) <= self.clock()
 
     async def _public(self, s: AsyncSession, batch: Batch) -> BatchPublic:
         c = await self._counts(s, batch.seq)
@@ -231,7 +231,7 @@ class BatchStore:
         # Written outside the transaction, so a SQLite write lock is never held across disk writes.
         shas = [await anyio.to_thread.run_sync(self.blobs.put, data) if data is not None else None
                 for _payload, data in payloads]
-        created = now()
+        created = self.clock()
         try:
             async with self._sessions() as s, s.begin():
                 batch = await self._batch(s, team_id, batch_id)
@@ -305,7 +305,7 @@ class BatchStore:
         already ended (or expired): it keeps its status. Returns the batch and its seq."""
         async with self._sessions() as s, s.begin():
             batch = await self._batch(s, team_id, batch_id)
-            at = now()
+            at = self.clock()
             # Requests before the batch row, in every transaction, so completions cannot deadlock with us.
             open_requests = (await s.execute(
                 update(BatchRequest)
@@ -324,7 +324,7 @@ class BatchStore:
         """Cancel work past its processing deadline; purge expired batches' payloads, results and blobs;
         remove blobs no request references (a crashed or refused add's). Returns (requests cancelled,
         batches purged)."""
-        at = now()
+        at = self.clock()
         async with self._sessions() as s, s.begin():
             late = select(Batch.seq).where(Batch.deadline_at <= at)
             cancelled = (await s.execute(
