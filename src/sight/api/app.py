@@ -19,6 +19,7 @@ from sight.api.limits import BodyLimitMiddleware
 from sight.api.routes import batches as batch_routes
 from sight.api.routes import deployments, health, models, predict
 from sight.config import Settings
+from sight.console import mount_console
 from sight.engines.registry import EngineRegistry
 from sight.errors import SightError
 from sight.runtime import Services, open_services
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, *, engines: EngineRegistry | No
     app.include_router(batch_routes.router)
     app.include_router(models.router)
     app.include_router(deployments.router)  # last: its /v1/{deployment}/{ref} would shadow fixed paths
+    mount_console(app)
     _document_400_not_422(app)
     return app
 
