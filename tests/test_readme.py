@@ -349,6 +349,15 @@ def check_keys(run: Run) -> None:
     assert httpx.get(url, headers={"Authorization": f"Bearer {run.stage.spare_key}"}, timeout=10).status_code == 401
 
 
+def check_predict_cli(run: Run) -> None:
+    assert f"Serial No: {SERIAL}" in run.stdout, run.stdout  # the OCR line, spaces kept, in the table
+    saved = run.checkout / "annotated"
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "astronaut.json", "astronaut.png", "serial-label.json", "serial-label.png"], list(saved.iterdir())
+    label = json.loads((saved / "serial-label.json").read_text())
+    assert SERIAL in json.dumps(label), label
+
+
 def check_models_cli(run: Run) -> None:
     assert "yolo11n" in run.stdout and "rapidocr" in run.stdout, run.stdout
 
@@ -363,6 +372,7 @@ CHECKS: dict[str, Callable[[Run], None]] = {
     "/v1/models ": check_models,
     "sight keys create": check_keys,
     "sight models list": check_models_cli,
+    "sight predict ": check_predict_cli,
 }
 
 

@@ -5,10 +5,13 @@ Every class has a stable ``code`` that goes on the wire; ``api/errors.py`` maps 
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AuthenticationError",
     "CancelledItemError",
     "ConflictError",
+    "DeploymentRowsError",
     "EngineUnavailableError",
     "FetchFailedError",
     "ForbiddenError",
@@ -125,6 +128,20 @@ class StageTimeoutError(SightError):
 
 class CancelledItemError(SightError):
     code = "cancelled"
+
+
+class DeploymentRowsError(SightError):
+    """Rows of a deployment batch call failed. ``data`` holds every row as the server sorted it (failed ones
+    ``[id, None]``); ``errors`` maps each failed row's id to its error (a ``SightError`` subclass)."""
+
+    code = "rows_failed"
+
+    def __init__(self, data: list[Any], errors: dict[Any, SightError]) -> None:
+        shown = "; ".join(f"{row_id!r}: {e.code}: {e.message}" for row_id, e in list(errors.items())[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        super().__init__(f"{len(errors)} of {len(data)} rows failed: {shown}{more}")
+        self.data = data
+        self.errors = errors
 
 
 def _all_subclasses(cls: type[SightError]) -> list[type[SightError]]:

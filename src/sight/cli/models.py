@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from sight.cli.console import console, print_error
 from sight.config import Settings
 from sight.core.catalog import Catalog
 from sight.engines.downloads import ModelFiles, ModelSource, license_line
@@ -20,7 +20,6 @@ from sight.engines.official import OFFICIAL
 from sight.errors import SightError
 
 app = typer.Typer(help="The model registry.", no_args_is_help=True)
-console = Console()
 ULTRALYTICS = re.compile(r"^yolo(v8|11|12)[nsmlx]$|^yolov5[nsmlx]u$")
 LOCAL_HINT = ("To serve a model you already have, export it to ONNX where the weights are "
               "(yolo export model=yolo11n.pt format=onnx dynamic=True) and set "
@@ -34,7 +33,7 @@ def list_models() -> None:
     try:
         catalog = Catalog.from_settings(settings)
     except SightError as exc:
-        console.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}")
+        print_error(exc)
         raise typer.Exit(1) from exc
     table = Table("name", "version", "task", "aliases", "source", "shadow of")
     for m in catalog.all_models():
@@ -63,7 +62,7 @@ def download(name: str, source: ModelSource, settings: Settings) -> Path:
             path = files.ensure(name, source, settings.models.download_timeout, on_progress=advance)
         except SightError as exc:
             bar.stop()
-            console.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}")
+            print_error(exc)
             raise typer.Exit(1) from exc
     console.print(f"saved {escape(str(path))} (sha256 verified)")
     if (note := license_line(source)) is not None:
@@ -76,7 +75,7 @@ def remote_detectors(settings: Settings) -> list[tuple[str, ModelSource]]:
     try:
         catalog = Catalog.from_settings(settings)
     except SightError as exc:
-        console.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}")
+        print_error(exc)
         raise typer.Exit(1) from exc
     out = []
     for m in catalog.all_models():
@@ -102,7 +101,7 @@ def pull(
         try:
             source = ModelSource.parse(model)
         except SightError as exc:
-            console.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}")
+            print_error(exc)
             raise typer.Exit(2) from exc
         name = Path(source.location).stem
         download(name, source, settings)

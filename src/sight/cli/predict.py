@@ -1,0 +1,144 @@
+"""``sight predict``: one request over a few images, streamed with progress, shown as tables (or JSON), and
+optionally saved as annotated images beside their JSON results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sight.cli.batches import sources
+from sight.cli.console import KeyOpt, UrlOpt, client, console, exit_on_error, progress_console
+from sight.client import StreamEvent
+from sight.errors import UpstreamError
+from sight.schemas import (
+    BatchResult,
+    ItemOptions,
+    ItemResult,
+    PredictBatchResponse,
+    StreamComplete,
+    StreamDone,
+    StreamError,
+    StreamProcessing,
+)
+
+
+def predict(
+    images: Annotated[list[str], typer.Argument(help="Image files, folders of images, or http(s) URLs.",
+                                                metavar="IMAGE|URL", show_default=False)],
+    yolo: Annotated[bool, typer.Option(help="Run detection (the default detector downloads itself).")] = True,
+    ocr: Annotated[bool, typer.Option(help="Run OCR.")] = False,
+    llm: Annotated[bool | None, typer.Option(help="Ask the vision LLM (default: on when --query is given).",
+                                             show_default=False)] = None,
+    query: Annotated[str | None, typer.Option(help="The question for the LLM.")] = None,
+    model: Annotated[str | None, typer.Option(help="Detection model name (name or name:version).")] = None,
+    save: Annotated[Path | None, typer.Option(help="Folder to write each image with its boxes drawn, and its "
+                                              "JSON result.", file_okay=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON result instead of tables.")] = False,
+    url: UrlOpt = None, key: KeyOpt = None,
+) -> None:
+    """Predict now: detection by default, --ocr, --query (asks the LLM); tables, or --json. Exits 1 when an
+    image failed. Progress goes to stderr, the result to stdout."""
+    found = list(sources(images))
+    names = [name for name, _, _ in found]
+    options = ItemOptions(is_yolo=yolo, is_ocr=ocr, is_llm=bool(query) if llm is None else llm, yolo_model=model)
+    with exit_on_error(), client(url, key) as sight:
+        answer = _stream(sight.predict_stream([u or str(p) for _, u, p in found], options, query=query), names)
+    if as_json:
+        print(answer.model_dump_json(by_alias=True, indent=2))
+    else:
+        for item in answer.result.items:
+            _show(item, names[item.index])
+        _show_summary(answer)
+    if save is not None:
+        _save(answer, found, save)
+    raise typer.Exit(answer.code)
+
+
+def _stream(events: Iterator[StreamEvent], names: list[str]) -> PredictBatchResponse:
+    """Follow the stream with a progress bar; gather its events into the batch answer."""
+    items: dict[int, ItemResult] = {}
+    complete: StreamComplete | None = None
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=progress_console, transient=True) as bar:
+        task = bar.add_task("sending", total=len(names))
+        for event in events:
+            if isinstance(event, StreamProcessing):
+                bar.update(task, description=f"running {escape(names[event.index])}")
+            elif isinstance(event, StreamDone):
+                items[event.index] = event.result
+                bar.advance(task)
+            elif isinstance(event, StreamError):
+                items[event.index] = ItemResult(index=event.index, filename=event.filename, status="error",
+                                                error=event.error)
+                bar.advance(task)
+            else:
+                complete = event
+    if complete is None:
+        raise UpstreamError("the stream ended before its complete line")
+    result = BatchResult(items=[items[i] for i in sorted(items)], answer=complete.answer, summary=complete.summary,
+                         duration_ms=complete.duration_ms)
+    return PredictBatchResponse(code=0 if complete.summary.error == 0 else 1, result=result)
+
+
+def _show(item: ItemResult, name: str) -> None:
+    if item.error is not None:
+        console.print(f"[bold]{escape(name)}[/bold]  [red]error[/red] ({item.error.code}): "
+                      f"{escape(item.error.message)}")
+        return
+    size = f"{item.image.width}x{item.image.height}, " if item.image else ""
+    took = sum(item.timings_ms.values())
+    console.print(f"[bold]{escape(name)}[/bold]  [green]done[/green]  ({size}{took:.0f} ms)")
+    if item.yolo is not None:
+        if item.yolo.detections:
+            table = Table("name", "confidence", "box (x1, y1, x2, y2)",
+                          title=f"detections ({escape(item.yolo.model)}:{escape(item.yolo.model_version)})")
+            for d in item.yolo.detections:
+                b = d.box
+                table.add_row(escape(d.name), f"{d.confidence:.2f}", f"{b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}")
+            console.print(table)
+        else:
+            console.print(f"  no detections ({escape(item.yolo.model)}:{escape(item.yolo.model_version)})")
+    if item.ocr is not None:
+        if item.ocr.lines:
+            table = Table("text", "confidence", title="text (OCR)")
+            for line in item.ocr.lines:
+                table.add_row(escape(line.text), f"{line.confidence:.2f}")
+            console.print(table)
+        else:
+            console.print("  no text found")
+    if item.llm is not None:
+        console.print(f"  [bold]answer[/bold] ({escape(item.llm.model)}): {escape(item.llm.answer)}")
+
+
+def _show_summary(answer: PredictBatchResponse) -> None:
+    result = answer.result
+    if result.answer and len(result.items) > 1:
+        console.print(f"[bold]answer[/bold]: {escape(result.answer)}")
+    s = result.summary
+    failed = f", [red]{s.error} failed[/red]" if s.error else ""
+    console.print(f"{s.done} of {s.total} done{failed} in {result.duration_ms:.0f} ms")
+
+
+def _save(answer: PredictBatchResponse, found: list[tuple[str, str | None, Path | None]], folder: Path) -> None:
+    """``<stem>.json`` per image and, for local files that decode here, ``<stem>.png``/``.jpg`` annotated."""
+    from sight.cli.annotate import annotated, save_annotated
+
+    folder.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for item in answer.result.items:
+        name, _url, path = found[item.index]
+        stem = Path(name).stem or f"image-{item.index}"
+        if stem in used:
+            stem = f"{stem}-{item.index}"
+        used.add(stem)
+        (folder / f"{stem}.json").write_text(item.model_dump_json(by_alias=True, indent=2) + "\n")
+        picture = annotated(path, item) if path is not None and item.status == "done" else None
+        drawn = f" and {save_annotated(picture, path, folder, stem).name}" if picture and path else ""
+        progress_console.print(f"saved {escape(stem)}.json{escape(drawn)} in {escape(str(folder))}")
