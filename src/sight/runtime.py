@@ -19,6 +19,7 @@ from sight.core.deployments import Deployments
 from sight.core.fetch import ImageFetcher
 from sight.core.metrics import Metrics
 from sight.core.pipeline import Pipeline
+from sight.core.pixel_budget import PixelBudget, trim_heap, tune_heap
 from sight.core.predict import MultiPredictor
 from sight.core.ratelimit import TeamRateLimiter
 from sight.core.shadow import ShadowRunner
@@ -80,15 +81,21 @@ async def open_services(
     metrics = Metrics()
     shadows = ShadowRunner(metrics, settings.registry.shadow_concurrency)
     quota = TeamRateLimiter(settings.rate_limit)
+    # One budget for every decode in the process. Large blocks go straight back to the OS when freed, and the
+    # heap is trimmed when the budget falls idle after large decodes (docs/benchmarks.md, "Decode memory").
+    tune_heap()
+    pixels = PixelBudget(settings.images.max_pixels_in_flight, settings.images.pixel_queue,
+                         settings.server.retry_after, on_idle=trim_heap)
     try:
         await migrate(db)
         await anyio.to_thread.run_sync(preload, hub.current, settings.registry.eager)
         await hub.current.probe_llm()  # a local Ollama, if there is one (about a second at most when there is not)
-        pipeline = Pipeline(settings, hub, fetcher, metrics, shadows)
+        pipeline = Pipeline(settings, hub, fetcher, metrics, shadows, pixels)
         blobs = BlobStore(settings.data_dir / "blobs")
         services = Services(
             settings=settings, db=db, keys=KeyStore(db), hub=hub, shadows=shadows, fetcher=fetcher, metrics=metrics,
-            pipeline=pipeline, batches=BatchStore(db, settings, blobs), queue=JobQueue(db, settings.jobs),
+            pipeline=pipeline, batches=BatchStore(db, settings, blobs, ocr_name=lambda: hub.current.ocr_name()),
+            queue=JobQueue(db, settings.jobs),
             blobs=blobs, predictor=MultiPredictor(pipeline),
             deployments=Deployments(pipeline, settings.server.item_concurrency),
             admission=Admission(settings.server.max_queue, settings.server.retry_after),
@@ -100,6 +107,7 @@ async def open_services(
     finally:
         quota.close()
         await shadows.drain()
+        await pixels.aclose()
         await fetcher.aclose()
         await hub.aclose()
         await db.dispose()

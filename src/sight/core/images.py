@@ -52,9 +52,83 @@ def decode_scaled(
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Like :func:`decode_image`, but a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT draft mode, far
     cheaper than decoding in full and resizing) while its long side stays at least ``min_side``. Returns the
-    picture and the (width, height) of the full-size oriented original, for mapping results back."""
+    picture and the (width, height) of the full-size oriented original, for mapping results back. Other
+    formats come back in full: see :func:`open_image` for reducing them too."""
+    pending = open_image(data, settings, min_side, reduce=False)
+    return pending.decode(), pending.original
+
+
+# Modes whose box-filter reduction is a plain average per channel; others (palette, 1-bit, alpha, 16-bit)
+# are converted to RGB first.
+_REDUCIBLE = frozenset({"L", "RGB", "RGBX", "CMYK", "YCbCr", "I", "F"})
+_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+                7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+class PendingDecode:
+    """A checked image header, not yet decoded: how many pixels its decode will hold, then the decode.
+
+    ``pixels`` is what the decode holds at its peak: the picture as decoded, twice when it is converted to
+    RGB at that size (both copies live for a moment). ``original`` is the full-size oriented original, for
+    mapping results back. :meth:`decode` (blocking) may be called once.
+    """
+
+    def __init__(self, image: Image.Image, reduce_by: int, original: tuple[int, int] | None) -> None:
+        self._image = image
+        self._reduce_by = reduce_by
+        self._original = original
+        one_copy = image.mode == "RGB" or (reduce_by > 1 and image.mode in _REDUCIBLE)
+        self.pixels = image.width * image.height * (1 if one_copy else 2)
+
+    @property
+    def original(self) -> tuple[int, int]:
+        assert self._original is not None, "known once decoded"
+        return self._original
+
+    def close(self) -> None:
+        self._image.close()
+
+    def decode(self) -> Image.Image:
+        """The RGB picture, EXIF orientation applied. Blocking: call it from a worker thread."""
+        PILImage = _pil()
+        image = self._image
+        try:
+            image.load()
+            # After load: a PNG's EXIF may follow its pixels, and asking before would decode them twice.
+            orientation = image.getexif().get(0x0112, 1)
+            if self._original is None:
+                width, height = image.size
+                self._original = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+            if self._reduce_by > 1:
+                if image.mode not in _REDUCIBLE:
+                    image = _replace(image, image.convert("RGB"))
+                # Box-filter the full-size decode down at once, so only the small picture is kept.
+                image = _replace(image, image.reduce(self._reduce_by))
+            if method := _ORIENTATION.get(orientation):
+                image = _replace(image, image.transpose(PILImage.Transpose[method]))
+            if image.mode != "RGB":
+                image = _replace(image, image.convert("RGB"))
+        except Exception as exc:  # Pillow's parsers raise IndexError, KeyError, struct.error... on hostile input
+            image.close()
+            raise InvalidImageError(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
+        return image
+
+
+def _replace(old: Image.Image, new: Image.Image) -> Image.Image:
+    """``new``, with ``old``'s pixels freed now rather than whenever the last reference goes."""
+    if new is not old:
+        old.close()
+    return new
+
+
+def open_image(data: bytes, settings: ImageSettings, min_side: int | None = None, *, reduce: bool = True
+               ) -> PendingDecode:
+    """Check ``data``'s header (format, bytes, pixels, frames) without decoding a pixel, and plan the decode:
+    with ``min_side``, a JPEG at 1/2, 1/4 or 1/8 DCT scale and, with ``reduce``, any other format decoded in
+    full and at once box-filtered by an integer factor, the long side staying at least ``min_side``.
+    Blocking (it may walk an animation's frames): call it from a worker thread."""
     PILImage = _pil()
-    from PIL import ImageOps, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if not data:
         raise InvalidImageError("empty file")
@@ -77,25 +151,23 @@ def decode_scaled(
         # Counting frames walks the file (bounded by max_bytes); only the first frame is ever decoded.
         frames = image.n_frames if getattr(image, "is_animated", False) else 1
         if frames > settings.max_frames:
-            image.close()
             raise ImageTooLargeError(f"animation has {frames} frames; the limit is {settings.max_frames}")
-        swapped = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-        original = (height, width) if swapped else (width, height)
-        if min_side and image.format == "JPEG" and max(width, height) > 2 * min_side:
-            scale = min_side / max(width, height)
-            image.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)
-        if image.mode == "RGB":
-            return image, original  # no copy: most photos are decoded straight to RGB
-        rgb = image.convert("RGB")
+        reduce_by, original = 1, None
+        if image.format == "JPEG":
+            swapped = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # a JPEG's EXIF is in its header
+            original = (height, width) if swapped else (width, height)
+            if min_side and max(width, height) > 2 * min_side:
+                scale = min_side / max(width, height)
+                image.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
+        elif reduce and min_side and max(width, height) >= 2 * min_side:
+            reduce_by = max(width, height) // min_side
     except SightError:
+        image.close()
         raise
-    except Exception as exc:  # Pillow's parsers raise IndexError, KeyError, struct.error... on hostile input
+    except Exception as exc:
         image.close()
         raise InvalidImageError(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
-    image.close()
-    return rgb, original
+    return PendingDecode(image, reduce_by, original)
 
 
 def encode_jpeg(image: Image.Image, max_side: int, quality: int = 90) -> bytes:

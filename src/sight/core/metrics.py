@@ -45,6 +45,14 @@ class Metrics:
             "sight_cancelled_items", "Items cancelled before finishing (client gone, shutdown, batch cancel)",
             registry=self.registry,
         )
+        self.pixels_in_flight = Gauge(
+            "sight_pixels_in_flight", "Decoded pixels held now (see SIGHT_IMAGES__MAX_PIXELS_IN_FLIGHT)",
+            registry=self.registry,
+        )
+        self.pixels_waiting = Gauge(
+            "sight_pixels_waiting", "Items waiting for decode budget (see SIGHT_IMAGES__PIXEL_QUEUE)",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

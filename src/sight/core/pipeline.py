@@ -18,8 +18,9 @@ import anyio
 
 from sight.config import Settings
 from sight.core.catalog import ModelEntry
-from sight.core.images import decode_base64, decode_scaled, encode_jpeg
+from sight.core.images import decode_base64, encode_jpeg, open_image
 from sight.core.metrics import Metrics
+from sight.core.pixel_budget import Lease, PixelBudget
 from sight.core.shadow import ShadowRunner
 from sight.engines.base import Box as Box2
 from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM, WideDetector
@@ -88,12 +89,17 @@ class Pipeline:
     """The execution core shared by every API family."""
 
     def __init__(self, settings: Settings, hub: EngineHub, fetcher: ImageFetcher, metrics: Metrics,
-                 shadows: ShadowRunner):
+                 shadows: ShadowRunner, pixels: PixelBudget | None = None):
         self.settings = settings
         self.hub = hub
         self.fetcher = fetcher
         self.metrics = metrics
         self.shadows = shadows
+        images = settings.images
+        self.pixels = pixels or PixelBudget(images.max_pixels_in_flight, images.pixel_queue,
+                                            settings.server.retry_after)
+        metrics.pixels_in_flight.set_function(lambda: self.pixels.in_use)
+        metrics.pixels_waiting.set_function(lambda: self.pixels.waiting)
         self.draining = False  # set on shutdown: items not yet started are cancelled, running ones finish
 
     @contextmanager
@@ -124,29 +130,51 @@ class Pipeline:
         raise InvalidImageError("item has no image: give a file, image_url or image_base64")
 
     async def load_image(self, source: ImageInput, timings: dict[str, float]) -> Image.Image:
-        """Fetch or read, then decode (full size) off the event loop."""
-        return (await self.load_scaled(source, timings, None))[0]
+        """Fetch or read, then decode (full size) off the event loop. The pixel budget bounds the decode
+        only: the caller keeps the picture as long as it likes, and an image it holds must not keep another
+        it waits for from decoding."""
+        image, _original, lease = await self.load_scaled(source, timings, None)
+        lease.release()
+        return image
 
     async def load_scaled(
-        self, source: ImageInput, timings: dict[str, float], min_side: int | None
-    ) -> tuple[Image.Image, tuple[int, int]]:
-        """Fetch or read, then decode off the event loop, JPEGs at reduced scale when ``min_side`` allows."""
+        self, source: ImageInput, timings: dict[str, float], min_side: int | None, *, bounded: bool = True
+    ) -> tuple[Image.Image, tuple[int, int], Lease]:
+        """Fetch or read, then decode off the event loop, at reduced scale when ``min_side`` allows, holding
+        the decode's pixels from the budget; the caller releases the lease when done with the picture.
+        ``bounded``: past the budget's queue bound, refuse (``OverloadedError``) rather than wait."""
         data = await self._load(source, timings)
         with self._timed("decode", timings):
-            return await anyio.to_thread.run_sync(decode_scaled, data, self.settings.images, min_side)
+            pending = await anyio.to_thread.run_sync(open_image, data, self.settings.images, min_side)
+            try:
+                lease = await self.pixels.acquire(pending.pixels, bounded=bounded)
+            except BaseException:
+                pending.close()
+                raise
+            try:
+                image = await anyio.to_thread.run_sync(pending.decode)
+            except BaseException:
+                lease.release()
+                raise
+            lease.shrink(image.width * image.height)  # the full-size decode, if any, is freed by now
+            return image, pending.original, lease
 
     async def run_item(self, item: WorkItem, query: str | None, request_id: str | None = None, *,
-                       alone: bool = False) -> ItemResult:
+                       alone: bool = False, bounded: bool = False) -> ItemResult:
         """Run the stages ``item`` asks for. Never raises, except on cancellation. The engine snapshot is
         taken once, so a registry reload never swaps a model under a running item. ``alone``: the caller
-        has no other work in flight, so an idle CPU may give this item every core (see ``detect``)."""
+        has no other work in flight, so an idle CPU may give this item every core (see ``detect``).
+        The decoded picture's pixels are held from the budget until the last stage is done with it;
+        ``bounded``: past the budget's queue bound the item fails with ``overloaded`` instead of waiting."""
         engines = self.hub.current
         timings = dict.fromkeys(STAGES, 0.0)
         result = ItemResult(index=item.index, filename=item.filename, status="done")
         errors: list[SightError] = []
         opts = item.options
+        lease: Lease | None = None
         try:
-            image, (width, height) = await self.load_scaled(item.image, timings, self._min_side(engines, opts))
+            image, (width, height), lease = await self.load_scaled(item.image, timings,
+                                                                   self._min_side(engines, opts), bounded=bounded)
             result.image = ImageSize(width=width, height=height)
             grounding = Grounding()
             if opts.is_yolo:
@@ -175,10 +203,15 @@ class Pipeline:
         except Exception:  # a bug, not the user's fault: keep the item, hide internals
             log.exception("item %d failed unexpectedly", item.index)
             errors.append(SightError("internal error while processing this image"))
+        finally:
+            if lease is not None:
+                lease.release()
         result.timings_ms = timings
         if errors:
             result.status = "error"
             result.error = ErrorInfo(code=errors[0].code, message=errors[0].message)
+            # Their tracebacks hold the frames that held the picture: drop them now, not at the next GC.
+            errors.clear()
         self.metrics.items.labels(result.status, result.error.code if result.error else "").inc()
         return result
 
@@ -312,7 +345,7 @@ class Pipeline:
                                                timings_ms=dict.fromkeys(STAGES, 0.0), error=shutting_down))
                     return
                 await queue.put(StreamProcessing(index=item.index, filename=item.filename))
-                await queue.put(await self.run_item(item, query, request_id, alone=len(items) == 1))
+                await queue.put(await self.run_item(item, query, request_id, alone=len(items) == 1, bounded=True))
 
         tasks = [asyncio.create_task(one(item)) for item in items]
         try:
@@ -341,6 +374,7 @@ class Pipeline:
     async def run_batch(self, items: Sequence[WorkItem], query: str | None, request_id: str | None = None
                         ) -> BatchResult:
         start = time.perf_counter()
+        self.pixels.check()  # 503 before any work while items already wait past the bound for decode budget
         results = [event async for event in self.events(items, query, request_id) if isinstance(event, ItemResult)]
         results.sort(key=lambda r: r.index)
         answer = await self.answer(query, results)

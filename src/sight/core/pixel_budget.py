@@ -1,0 +1,212 @@
+"""A process-wide budget on decoded pixels: how many may be held in memory at once, across all requests.
+
+Encoded images are small and decoded ones are not (a 160 KB PNG can be 7000x7000: 147 MB as RGB), so
+bounding files per request or items per model does not bound memory. An item takes its picture's pixels
+before decoding and gives them back when its stages are done with the picture::
+
+    budget = PixelBudget(limit=150_000_000, queue=64, retry_after=2)
+    lease = await budget.acquire(width * height)   # waits, FIFO, while other pictures hold the budget
+    try:
+        picture = decode(...)
+        lease.shrink(picture.width * picture.height)  # decoded at reduced scale: the rest is free again
+        ...
+    finally:
+        lease.release()
+
+Waiters are served in arrival order, and a waiter that does not fit blocks those behind it, so a large
+picture is never starved by a stream of small ones. Past ``queue`` waiters, ``acquire`` refuses at once
+with ``OverloadedError`` (503 with Retry-After) instead of queueing without limit. A picture larger than
+the whole budget still runs, alone. When the budget falls idle after large decodes, the C heap's free
+memory is handed back to the operating system (see :func:`trim_heap`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import sys
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from functools import cache
+
+import anyio
+
+from sight.errors import OverloadedError
+
+log = logging.getLogger(__name__)
+
+# Trim the heap once the budget is idle again after this many pixels were granted since the last trim: below
+# it, what the allocator keeps is noise, and a trim would only make the next requests fault their pages in
+# again (a 640x480 photo is 0.3 megapixels).
+TRIM_AFTER_PIXELS = 32_000_000
+
+
+class PixelBudget:
+    """At most ``limit`` decoded pixels held at once; at most ``queue`` acquisitions waiting for them."""
+
+    def __init__(self, limit: int, queue: int, retry_after: int,
+                 on_idle: Callable[[], object] | None = None) -> None:
+        self.limit = max(1, limit)
+        self.queue = queue
+        self.retry_after = retry_after
+        self.on_idle = on_idle
+        self.in_use = 0  # pixels held now
+        self.peak = 0  # the most ever held at once
+        self.granted = 0  # acquisitions granted, in all
+        self.rejected = 0  # acquisitions refused past the queue bound
+        self.trims = 0  # idle hooks run
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._since_trim = 0
+        self._idle_task: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def saturated(self) -> bool:
+        """Whether an item arriving now would be refused: the queue is full (for ``queue=0``: the budget is)."""
+        if self.queue <= 0:
+            return self.in_use >= self.limit
+        return len(self._waiters) >= self.queue
+
+    def check(self) -> None:
+        """Refuse work at once (before any of it starts) when the budget is saturated."""
+        if self.saturated:
+            self.rejected += 1
+            raise OverloadedError(self._busy_message(), self.retry_after)
+
+    async def acquire(self, pixels: int, *, bounded: bool = True) -> Lease:
+        """Wait for ``pixels`` (capped at the whole budget: a larger picture runs alone) and hold them.
+        ``bounded``: refuse with ``OverloadedError`` rather than wait behind ``queue`` others."""
+        cost = min(max(0, pixels), self.limit)
+        if not self._waiters and self.in_use + cost <= self.limit:
+            self._take(cost)
+            return Lease(self, cost)
+        if bounded and len(self._waiters) >= self.queue:
+            self.rejected += 1
+            raise OverloadedError(self._busy_message(), self.retry_after)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (cost, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(cost)  # granted just as it was cancelled: pass the pixels on
+            else:
+                with suppress(ValueError):  # a release may have dropped it from the queue already
+                    self._waiters.remove(entry)
+                self._grant()  # it may have blocked smaller ones behind it
+            raise
+        return Lease(self, cost)
+
+    def _busy_message(self) -> str:
+        return (f"busy decoding other images ({self.in_use} of {self.limit} pixels in use, {len(self._waiters)} "
+                f"waiting); retry shortly")
+
+    def _take(self, cost: int) -> None:
+        self.in_use += cost
+        self.peak = max(self.peak, self.in_use)
+        self.granted += 1
+        self._since_trim += cost
+
+    def _give_back(self, pixels: int) -> None:
+        self.in_use -= pixels
+        self._grant()
+        if self.in_use == 0 and not self._waiters and self._since_trim >= TRIM_AFTER_PIXELS:
+            self._idle()
+
+    def _grant(self) -> None:
+        while self._waiters:
+            cost, waiter = self._waiters[0]
+            if waiter.done():  # cancelled, and its task has not run its cleanup yet
+                self._waiters.popleft()
+                continue
+            if self.in_use + cost > self.limit:
+                return
+            self._waiters.popleft()
+            self._take(cost)
+            waiter.set_result(None)
+
+    def _idle(self) -> None:
+        self._since_trim = 0
+        if self.on_idle is None or (self._idle_task is not None and not self._idle_task.done()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # released outside the event loop (interpreter shutdown): nothing to hand back
+            return
+        self.trims += 1
+        self._idle_task = loop.create_task(self._run_idle_hook())
+
+    async def _run_idle_hook(self) -> None:
+        assert self.on_idle is not None
+        try:
+            await anyio.to_thread.run_sync(self.on_idle)
+        except Exception:  # a hook failing must not fail anything else
+            log.exception("the pixel budget's idle hook failed")
+
+    async def aclose(self) -> None:
+        """Wait for an idle hook still running (at shutdown)."""
+        if self._idle_task is not None:
+            await asyncio.gather(self._idle_task, return_exceptions=True)
+
+
+class Lease:
+    """Pixels held from a :class:`PixelBudget`. ``release()`` is idempotent."""
+
+    def __init__(self, budget: PixelBudget, pixels: int) -> None:
+        self._budget, self.pixels = budget, pixels
+
+    def shrink(self, pixels: int) -> None:
+        """Hold only ``pixels`` from now on (the picture came out smaller than the decode needed)."""
+        extra = self.pixels - min(max(0, pixels), self.pixels)
+        if extra:
+            self.pixels -= extra
+            self._budget._give_back(extra)
+
+    def release(self) -> None:
+        if self.pixels:
+            pixels, self.pixels = self.pixels, 0
+            self._budget._give_back(pixels)
+
+
+@cache
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only (musl has none): probe once
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the operating system (glibc's ``malloc_trim(0)``; a no-op on other
+    C libraries and systems). Blocking: a few milliseconds per GB released."""
+    if (libc := _libc()) is not None:
+        libc.malloc_trim(0)
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+# Below Pillow's 16 MiB blocks, so every block of a large picture is mapped; above what detection allocates
+# per image (yolo11n at 640 makes a 9.5 MB allocation per run: at 8 MiB that cost 2,300 page faults and
+# about 6 % more CPU per image, at 10 MiB and above none).
+MMAP_THRESHOLD = 12 * 1024 * 1024
+
+
+def tune_heap(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Serve allocations of ``threshold`` bytes or more straight from ``mmap``, so that they go back to the
+    operating system the moment they are freed (glibc's ``mallopt(M_MMAP_THRESHOLD)``; a no-op elsewhere).
+    Pillow holds a decoded picture in blocks of up to 16 MiB; by default glibc raises this threshold to the
+    largest block freed so far (up to 32 MiB), after which every picture is carved from per-thread heaps
+    that keep the memory after the burst. Returns whether the setting took."""
+    if (libc := _libc()) is None:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
