@@ -13,7 +13,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
-from sight.config import FetchSettings, LLMSettings, ModelsSettings, ServerSettings, Settings, YoloSettings
+from sight.config import (
+    BlobSettings,
+    FetchSettings,
+    LLMSettings,
+    ModelsSettings,
+    ServerSettings,
+    Settings,
+    YoloSettings,
+)
 from sight.engines.base import Detector, OcrEngine
 from sight.engines.registry import EngineRegistry
 from tests.servers import FakeLLMServer, ImageServer, LiveServer
@@ -137,6 +145,43 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     from tests.pg import fresh_database
 
     return fresh_database(request.getfixturevalue("postgres_server"))
+
+
+S3_BUCKET = "sight-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3 API on loopback (moto's threaded server) holding one bucket, ``S3_BUCKET``; yields its URL."""
+    import httpx
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        httpx.put(f"{url}/{S3_BUCKET}").raise_for_status()  # CreateBucket, path style
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def blob_settings(request: pytest.FixtureRequest) -> BlobSettings:
+    """Where a test's batch images go: ``file`` (the default: ``data_dir/blobs``) or ``s3`` (a fresh prefix of the
+    loopback S3 bucket). A test runs on both with ``@pytest.mark.parametrize("blob_settings", ["file", "s3"],
+    indirect=True)``; a module puts them into its ``settings``."""
+    if getattr(request, "param", "file") == "file":
+        return BlobSettings()
+    import secrets
+
+    from pydantic import SecretStr
+
+    return BlobSettings(url=f"s3://{S3_BUCKET}/{secrets.token_hex(6)}/blobs",
+                        endpoint_url=request.getfixturevalue("s3_server"), region="us-east-1",
+                        access_key_id="testing", secret_access_key=SecretStr("testing"), force_path_style=True)
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
-"""Batch images on disk: written only for accepted requests, removed once no request references them.
+"""Batch images in the blob store, a folder or an S3 bucket: written only for accepted requests, removed once no
+request references them.
 
-Blob ages are set with ``os.utime``; nothing here sleeps.
+Blob ages are set in the past (``os.utime`` on a file, the loopback S3 server's own record of an object);
+nothing here sleeps.
 """
 
 from __future__ import annotations
@@ -9,21 +11,25 @@ import base64
 import hashlib
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
-from sight.config import JobsSettings, Settings
+from sight.config import BlobSettings, JobsSettings, Settings
 from sight.engines.registry import EngineRegistry
-from sight.jobs.blobs import BlobStore
+from sight.jobs.blobs import BlobStore, FileBlobStore, blob_key, open_blob_store
 from tests.helpers import image_bytes
 
 JOBS = JobsSettings(run_in_server=False, backoff_seconds=0.01, heartbeat_seconds=0.2, poll_seconds=0.05)
 HOURS_AGO = 2 * 3600  # past the default one-hour grace period
+
+both_stores = pytest.mark.parametrize("blob_settings", ["file", "s3"], indirect=True)
+
+Age = Callable[..., None]
 
 
 def _req(name: str, request_id: str | None = None) -> dict[str, Any]:
@@ -49,6 +55,11 @@ class Team:
 
 
 @pytest.fixture
+def settings(settings: Settings, blob_settings: BlobSettings) -> Settings:
+    return settings.model_copy(update={"blobs": blob_settings})
+
+
+@pytest.fixture
 def client(settings: Settings, database_url: str, engines: EngineRegistry) -> Iterator[TestClient]:
     cfg = settings.model_copy(update={"database_url": database_url, "jobs": JOBS})
     with TestClient(create_app(cfg, engines=engines)) as c:
@@ -56,18 +67,47 @@ def client(settings: Settings, database_url: str, engines: EngineRegistry) -> It
 
 
 @pytest.fixture
-def blobs(client: TestClient) -> BlobStore:
-    return client.app.state.services.blobs  # type: ignore[attr-defined,no-any-return]
+def blobs(client: TestClient, blob_settings: BlobSettings) -> BlobStore:
+    store: BlobStore = client.app.state.services.blobs  # type: ignore[attr-defined]
+    assert type(store).__name__ == ("S3BlobStore" if blob_settings.url else "FileBlobStore")
+    return store
 
 
-def _files(root: Path) -> set[str]:
-    return {p.name for p in root.rglob("*") if p.is_file()}
+@pytest.fixture
+def age(settings: Settings) -> Age:
+    """``age(sha, ...)``: make these blobs look last written two hours ago."""
+    url = settings.blobs.url
+
+    def age_files(*shas: str) -> None:
+        past = time.time() - HOURS_AGO
+        for sha in shas:
+            os.utime(settings.data_dir / "blobs" / blob_key(sha), (past, past))
+
+    def age_objects(*shas: str) -> None:
+        # S3 lets no client set LastModified: the loopback server's record of the object is changed instead.
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        assert url is not None
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        past = datetime.fromtimestamp(time.time() - HOURS_AGO, UTC).replace(tzinfo=None)  # moto keeps naive UTC
+        for sha in shas:
+            key = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(bucket, f"{prefix}/{blob_key(sha)}")
+            assert key is not None, sha
+            key.last_modified = past
+
+    return age_objects if url else age_files
 
 
-def _age(blobs: BlobStore, *names: str) -> None:
-    past = time.time() - HOURS_AGO
-    for name in names:
-        os.utime(blobs.root / _sha(image_bytes(name))[:2] / _sha(image_bytes(name)), (past, past))
+def _names(client: TestClient, blobs: BlobStore) -> set[str]:
+    async def names() -> set[str]:
+        return {blob.sha async for blob in blobs.listing()}
+
+    return client.portal.call(names)
+
+
+def _put(client: TestClient, blobs: BlobStore, name: str) -> str:
+    return client.portal.call(blobs.put, image_bytes(name))
 
 
 def _sweep(client: TestClient) -> None:
@@ -83,14 +123,15 @@ async def _expire(client: TestClient, batch_id: str) -> None:
         await conn.execute(update(Batch).where(Batch.id == batch_id).values(expire_at=Batch.created_at))
 
 
+@both_stores
 def test_rejected_adds_write_no_blob(client: TestClient, blobs: BlobStore) -> None:
     team = Team(client, "a")
     bid = team.create()
     assert team.add(bid, [_req("coffee.png", "x")]).status_code == 200
-    before = _files(blobs.root)
-    assert len(before) == 1
+    before = _names(client, blobs)
+    assert before == {_sha(image_bytes("coffee.png"))}
     fresh = [_req("astronaut.png"), _req("chelsea.png"), _req("rocket.jpg")]
-    for _ in range(3):  # the id is already in the batch: 409, and none of the new images lands on disk
+    for _ in range(3):  # the id is already in the batch: 409, and none of the new images is stored
         r = team.add(bid, [*fresh, _req("bus.jpg", "x")])
         assert r.status_code == 409, r.text
     bad = {"batch_request": {"vision_predict": {"is_yolo": True}}}  # neither image_url nor image_base64
@@ -98,75 +139,94 @@ def test_rejected_adds_write_no_blob(client: TestClient, blobs: BlobStore) -> No
     client.post(f"/v1/batches/{bid}:cancel", headers=team.headers)
     assert team.add(bid, fresh).status_code == 409
     assert Team(client, "b").add(bid, fresh).status_code == 404
-    assert _files(blobs.root) == before
+    assert _names(client, blobs) == before
 
 
-def test_sweep_removes_unreferenced_blobs_only_past_the_grace_period(client: TestClient, blobs: BlobStore) -> None:
+@both_stores
+def test_sweep_removes_unreferenced_blobs_only_past_the_grace_period(
+    client: TestClient, blobs: BlobStore, age: Age
+) -> None:
     team = Team(client, "a")
     bid = team.create()
     assert team.add(bid, [_req("coffee.png")]).status_code == 200
-    # A crash mid-add: blobs on disk, no row. One long ago, one just now (an add still in flight, say).
-    blobs.put(image_bytes("astronaut.png"))
-    blobs.put(image_bytes("chelsea.png"))
-    (blobs.root / "ab").mkdir(exist_ok=True)
-    (blobs.root / "ab" / ".tmp-crashed").write_bytes(b"half an image")
-    _age(blobs, "astronaut.png", "coffee.png")
-    past = time.time() - HOURS_AGO
-    os.utime(blobs.root / "ab" / ".tmp-crashed", (past, past))
+    # A crash mid-add: blobs stored, no row. One long ago, one just now (an add still in flight, say).
+    _put(client, blobs, "astronaut.png")
+    _put(client, blobs, "chelsea.png")
+    age(_sha(image_bytes("astronaut.png")), _sha(image_bytes("coffee.png")))
 
     _sweep(client)
 
-    names = _files(blobs.root)
+    names = _names(client, blobs)
     assert _sha(image_bytes("astronaut.png")) not in names, "an old orphan is removed"
     assert _sha(image_bytes("chelsea.png")) in names, "a blob newer than the grace period stays"
     assert _sha(image_bytes("coffee.png")) in names, "a referenced blob stays, however old"
-    assert ".tmp-crashed" not in names, "an old half-written file is removed"
     _sweep(client)
-    assert _sha(image_bytes("coffee.png")) in _files(blobs.root)
+    assert _sha(image_bytes("coffee.png")) in _names(client, blobs)
 
 
-def test_storing_an_old_blob_again_protects_it_from_the_sweep(client: TestClient, blobs: BlobStore) -> None:
-    # An add in flight whose image is already on disk (an old orphan) must not lose it before its rows land.
-    blobs.put(image_bytes("astronaut.png"))
-    _age(blobs, "astronaut.png")
-    blobs.put(image_bytes("astronaut.png"))
+@both_stores
+def test_storing_an_old_blob_again_protects_it_from_the_sweep(client: TestClient, blobs: BlobStore, age: Age) -> None:
+    # An add in flight whose image is already stored (an old orphan) must not lose it before its rows land.
+    sha = _put(client, blobs, "astronaut.png")
+    age(sha)
+    _put(client, blobs, "astronaut.png")
     _sweep(client)
-    assert _sha(image_bytes("astronaut.png")) in _files(blobs.root)
+    assert sha in _names(client, blobs)
+    assert client.portal.call(blobs.get, sha) == image_bytes("astronaut.png")
 
 
-def test_blobs_shared_across_batches_and_teams_outlive_one_batch(client: TestClient, blobs: BlobStore) -> None:
+@both_stores
+def test_blobs_shared_across_batches_and_teams_outlive_one_batch(
+    client: TestClient, blobs: BlobStore, age: Age
+) -> None:
     a, b = Team(client, "a"), Team(client, "b")
     first, second, third = a.create(), a.create(), b.create()
     assert a.add(first, [_req("coffee.png"), _req("astronaut.png")]).status_code == 200
     assert a.add(second, [_req("coffee.png")]).status_code == 200
     assert b.add(third, [_req("astronaut.png")]).status_code == 200
     assert a.add(first, [_req("chelsea.png")]).status_code == 200
-    _age(blobs, "coffee.png", "astronaut.png", "chelsea.png")
+    age(*(_sha(image_bytes(name)) for name in ("coffee.png", "astronaut.png", "chelsea.png")))
 
     client.portal.call(_expire, client, first)
     _sweep(client)
-    names = _files(blobs.root)
+    names = _names(client, blobs)
     assert _sha(image_bytes("chelsea.png")) not in names, "only the expired batch used it"
     assert {_sha(image_bytes("coffee.png")), _sha(image_bytes("astronaut.png"))} <= names
 
     client.portal.call(_expire, client, second)
     _sweep(client)
-    names = _files(blobs.root)
+    names = _names(client, blobs)
     assert _sha(image_bytes("coffee.png")) not in names
     assert _sha(image_bytes("astronaut.png")) in names, "team b's batch still uses it"
 
 
-def test_a_blob_stored_while_the_sweep_decides_is_kept(tmp_path: Path) -> None:
+@both_stores
+@pytest.mark.anyio
+async def test_a_blob_stored_while_the_sweep_decides_is_kept(settings: Settings, age: Age) -> None:
     # The sweep lists old blobs, asks the database, then removes: an add may store the same image meanwhile.
-    store = BlobStore(tmp_path)
-    sha = store.put(image_bytes("coffee.png"))
-    _age(store, "coffee.png")
+    store = open_blob_store(settings)
+    sha = await store.put(image_bytes("coffee.png"))
+    age(sha)
     cutoff = time.time() - 3600
-    assert store.untouched_since(cutoff) == [sha]
-    store.put(image_bytes("coffee.png"))  # an add in flight, its rows not committed yet
-    assert store.remove_untouched([sha], cutoff) == 0
-    assert store.get(sha) == image_bytes("coffee.png")
-    _age(store, "coffee.png")
-    assert store.remove_untouched([sha], cutoff) == 1
-    assert _files(tmp_path) == set()
-    assert store.put(image_bytes("coffee.png")) == sha and store.get(sha) == image_bytes("coffee.png")
+    assert [b.sha async for b in store.listing() if b.modified < cutoff] == [sha]
+    await store.put(image_bytes("coffee.png"))  # an add in flight, its rows not committed yet
+    assert await store.remove_untouched([sha], cutoff) == 0
+    assert await store.get(sha) == image_bytes("coffee.png")
+    age(sha)
+    assert await store.remove_untouched([sha], cutoff) == 1
+    assert [b async for b in store.listing()] == []
+    assert await store.put(image_bytes("coffee.png")) == sha and await store.get(sha) == image_bytes("coffee.png")
+
+
+def test_sweep_removes_old_leftovers_of_crashed_writes(client: TestClient, blobs: BlobStore) -> None:
+    # Only the file store has them: a put writes a temp file and renames it; S3 makes an object appear whole.
+    assert isinstance(blobs, FileBlobStore)
+    shard = blobs.root / "ab"
+    shard.mkdir(parents=True)
+    for name in (".tmp-crashed", ".gone-crashed", ".tmp-in-flight"):
+        (shard / name).write_bytes(b"half an image")
+    past = time.time() - HOURS_AGO
+    for name in (".tmp-crashed", ".gone-crashed"):
+        os.utime(shard / name, (past, past))
+    _sweep(client)
+    assert [p.name for p in shard.iterdir()] == [".tmp-in-flight"]

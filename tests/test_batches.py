@@ -7,21 +7,23 @@ import base64
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
-from sight.config import ImageSettings, JobsSettings, Settings
+from sight.config import BlobSettings, ImageSettings, JobsSettings, Settings
 from sight.engines.registry import EngineRegistry
+from sight.jobs.blobs import open_blob_store
 from sight.schemas import BatchRequestIn
 from tests.helpers import image_bytes, key_parts
 from tests.servers import FakeLLMServer
 
 FAST_JOBS = JobsSettings(run_in_server=False, backoff_seconds=0.01, heartbeat_seconds=0.2, poll_seconds=0.05,
                          max_attempts=3)
+# Batch images in a folder and in an S3 bucket (a real S3 server on loopback); other tests use the folder.
+both_stores = pytest.mark.parametrize("blob_settings", ["file", "s3"], indirect=True)
 
 
 def _b64(name: str) -> str:
@@ -67,6 +69,20 @@ class Api:
         return r.json()  # type: ignore[no-any-return]
 
 
+@pytest.fixture
+def settings(settings: Settings, blob_settings: BlobSettings) -> Settings:
+    return settings.model_copy(update={"blobs": blob_settings})
+
+
+def _stored(client: TestClient, settings: Settings) -> list[bytes]:
+    """The images in the store the settings name, read through a store of its own."""
+    async def read() -> list[bytes]:
+        store = open_blob_store(settings)
+        return [await store.get(blob.sha) async for blob in store.listing()]
+
+    return client.portal.call(read)
+
+
 def _settings(settings: Settings, database_url: str, **jobs: Any) -> Settings:
     return settings.model_copy(update={"database_url": database_url, "jobs": FAST_JOBS.model_copy(update=jobs)})
 
@@ -100,6 +116,7 @@ def _drain(client: TestClient) -> None:
     client.portal.call(runner.run_until_idle)
 
 
+@both_stores
 def test_batch_lifecycle_and_result_shapes(client: TestClient) -> None:
     api = _api(client, "a")
     created = api.create("serials")
@@ -140,12 +157,12 @@ def test_batch_lifecycle_and_result_shapes(client: TestClient) -> None:
     assert all(m["finish_time"] for m in meta)
 
 
-def test_same_image_is_stored_once_on_disk(client: TestClient, settings: Settings) -> None:
+@both_stores
+def test_same_image_is_stored_once(client: TestClient, settings: Settings) -> None:
     api = _api(client, "a")
     bid = api.create()["batch_id"]
     api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)] * 3)
-    blobs = [p for p in (settings.data_dir / "blobs").rglob("*") if p.is_file()]
-    assert len(blobs) == 1 and blobs[0].read_bytes() == image_bytes("coffee.png")
+    assert _stored(client, settings) == [image_bytes("coffee.png")]
 
 
 def test_other_teams_get_404_on_every_batch_route(client: TestClient) -> None:
@@ -186,6 +203,7 @@ def test_idempotency_key_returns_the_same_batch(client: TestClient) -> None:
     assert other_team["batch_id"] != first["batch_id"]
 
 
+@both_stores
 def test_cancel_keeps_results_refuses_adds_and_is_idempotent(client: TestClient) -> None:
     api = _api(client, "a")
     bid = api.create()["batch_id"]
@@ -364,6 +382,7 @@ def test_oversized_request_answers_413(settings: Settings, database_url: str, en
         assert r.status_code == 413 and r.json()["detail"]["code"] == "payload_too_large"
 
 
+@both_stores
 def test_expiry_removes_results_and_deadline_cancels_pending(
     settings: Settings, database_url: str, engines: EngineRegistry
 ) -> None:
@@ -388,10 +407,10 @@ def test_expiry_removes_results_and_deadline_cancels_pending(
         assert api.results(bid)["results"] == []
         r = api.post(f"/v1/batches/{bid}/requests", {"batch_requests": [_vp(image_url="http://e.com/a.png")]})
         assert r.status_code == 409
+        assert len(_stored(client, cfg)) == 2, "the images stay until the batch is purged"
         cancelled, purged = client.portal.call(client.app.state.services.batches.sweep)  # type: ignore[attr-defined]
         assert purged == 1
-        blobs = Path(cfg.data_dir / "blobs")
-        assert not [p for p in blobs.rglob("*") if p.is_file()], "expired images are deleted from disk"
+        assert _stored(client, cfg) == [], "expired images are deleted from the store"
 
 
 def test_only_the_lease_holder_can_complete(client: TestClient) -> None:

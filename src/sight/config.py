@@ -119,6 +119,60 @@ class JobsSettings(BaseModel):
     max_requests_per_call: int = 1000
 
 
+class BlobSettings(BaseModel):
+    """Where batch images live (``SIGHT_BLOBS__URL``): a folder, or a bucket of any S3-compatible store."""
+
+    url: str | None = Field(None, description="file://PATH or s3://BUCKET/PREFIX (AWS S3, MinIO, R2, GCS "
+                            "interop; needs pip install 'sight[s3]'). Unset: file://<data_dir>/blobs.")
+    endpoint_url: str | None = Field(None, description="The S3 endpoint, e.g. http://127.0.0.1:9000 (MinIO), "
+                                     "https://ACCOUNT.r2.cloudflarestorage.com, https://storage.googleapis.com. "
+                                     "Unset: AWS.")
+    region: str | None = Field(None, description="Unset: AWS_REGION, else us-east-1 (R2: auto).")
+    access_key_id: str | None = Field(None, description="Unset: the AWS default chain (AWS_* variables, web "
+                                      "identity, ECS and EC2 roles).")
+    secret_access_key: SecretStr | None = None
+    force_path_style: bool = Field(False, description="Address the bucket as ENDPOINT/BUCKET (MinIO and most "
+                                   "self-hosted stores) instead of BUCKET.ENDPOINT (AWS's default).")
+    timeout: float = Field(30.0, description="Seconds one S3 request may take.")
+    retries: int = Field(5, ge=0, description="Retries of a failed S3 request (5xx, connection errors, timeouts), "
+                         "with exponential backoff.")
+    retry_timeout: float = Field(60.0, description="No retry starts later than this many seconds after a "
+                                 "request's first try.")
+
+
+class ModelsSettings(BaseModel):
+    """Fetching model files that are not here yet (the default detector, URL and Hugging Face sources)."""
+
+    offline: bool = Field(False, description="Never download: a model file that is not here is an error.")
+    wait_timeout: float = Field(300.0, description="Seconds an item waits for its model's download.")
+    download_timeout: float = Field(1800.0, description="Seconds one download may take in all.")
+    connect_timeout: float = 10.0
+    read_timeout: float = Field(60.0, description="Seconds without a byte before a download fails.")
+    max_redirects: int = 5
+    max_download_bytes: int = Field(4 * 1024 * MiB, description="Largest file from a URL of unknown size.")
+    retry_seconds: float = Field(30.0, description="A failed download is retried by the next item after this.")
+    hf_endpoint: str | None = Field(None, description="Hugging Face endpoint or mirror (default: the Hub).")
+    hf_cache_dir: Path | None = Field(None, description="Hugging Face cache folder (default: huggingface_hub's).")
+
+
+class RegistrySettings(BaseModel):
+    path: Path | None = Field(None, description="TOML file declaring models and deployments.")
+    eager: bool = Field(False, description="Load every local model at start instead of on first use.")
+    shadow_concurrency: int = Field(2, description="Shadow model runs at once (they never delay answers).")
+
+
+class RateLimitSettings(BaseModel):
+    images_per_minute: int | None = Field(None, description="Per-team quota in images; unset: no limit.")
+    storage_uri: str = Field("async+memory://", description="limits storage, e.g. async+redis://host:6379")
+
+
+class ClientSettings(BaseModel):
+    """Where the CLI's client commands (``sight batches ...``) send requests."""
+
+    url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr | None = None
+
+
 class ModelsSettings(BaseModel):
     """Fetching model files that are not here yet (the default detector, URL and Hugging Face sources)."""
 
@@ -166,6 +220,7 @@ class Settings(BaseSettings):
     ocr: OcrSettings = OcrSettings()
     llm: LLMSettings = LLMSettings()
     jobs: JobsSettings = JobsSettings()
+    blobs: BlobSettings = BlobSettings()
     models: ModelsSettings = ModelsSettings()
     registry: RegistrySettings = RegistrySettings()
     rate_limit: RateLimitSettings = RateLimitSettings()

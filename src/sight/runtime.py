@@ -25,7 +25,7 @@ from sight.core.ratelimit import TeamRateLimiter
 from sight.core.shadow import ShadowRunner
 from sight.engines.registry import EngineHub, EngineRegistry
 from sight.errors import SightError
-from sight.jobs.blobs import BlobStore
+from sight.jobs.blobs import BlobStore, open_blob_store
 from sight.jobs.queue import JobQueue
 from sight.jobs.runner import Runner
 from sight.jobs.store import BatchStore
@@ -91,7 +91,7 @@ async def open_services(
         await anyio.to_thread.run_sync(preload, hub.current, settings.registry.eager)
         await hub.current.probe_llm()  # a local Ollama, if there is one (about a second at most when there is not)
         pipeline = Pipeline(settings, hub, fetcher, metrics, shadows, pixels)
-        blobs = BlobStore(settings.data_dir / "blobs")
+        blobs = open_blob_store(settings)
         services = Services(
             settings=settings, db=db, keys=KeyStore(db), hub=hub, shadows=shadows, fetcher=fetcher, metrics=metrics,
             pipeline=pipeline, batches=BatchStore(db, settings, blobs, ocr_name=lambda: hub.current.ocr_name()),

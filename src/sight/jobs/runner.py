@@ -68,7 +68,7 @@ class Runner:
     async def _process(self, job: Claimed) -> None:
         try:
             payload = dict(job.payload)
-            data = await anyio.to_thread.run_sync(self.blobs.get, job.blob_sha) if job.blob_sha else None
+            data = await self.blobs.get(job.blob_sha) if job.blob_sha else None
             item = WorkItem(
                 index=0,
                 filename=payload.get("filename"),

@@ -47,6 +47,7 @@ from sight.storage.tables import Batch, BatchRequest
 OPEN_STATES = ("pending", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 BLOB_CHUNK = 500  # blob names per reference lookup (well under any database's bound-parameter limit)
+BLOB_PUTS = 8  # images of one add stored at once (an object store answers each in a round trip or two)
 
 
 def now() -> datetime:
@@ -228,9 +229,8 @@ class BatchStore:
             )).first()
             if taken is not None:
                 raise ConflictError(f"batch_request_id {taken[0]!r} is already in this batch")
-        # Written outside the transaction, so a SQLite write lock is never held across disk writes.
-        shas = [await anyio.to_thread.run_sync(self.blobs.put, data) if data is not None else None
-                for _payload, data in payloads]
+        # Written outside the transaction, so a SQLite write lock is never held across blob writes.
+        shas = await self._put_blobs([data for _payload, data in payloads])
         created = self.clock()
         try:
             async with self._sessions() as s, s.begin():
@@ -244,6 +244,20 @@ class BatchStore:
         except IntegrityError as exc:  # a concurrent add took an id after our check
             raise ConflictError("a batch_request_id is already in this batch") from exc
         return ids
+
+    async def _put_blobs(self, images: list[bytes | None]) -> list[str | None]:
+        """Store each distinct image once, a few at a time; returns each item's blob name (None: a URL)."""
+        names: dict[bytes, str] = {}
+        limiter = anyio.CapacityLimiter(BLOB_PUTS)
+
+        async def put(data: bytes) -> None:
+            async with limiter:
+                names[data] = await self.blobs.put(data)
+
+        async with anyio.create_task_group() as tg:
+            for data in {data for data in images if data is not None}:
+                tg.start_soon(put, data)
+        return [names[data] if data is not None else None for data in images]
 
     def _check_open(self, batch: Batch) -> None:
         if self._expired(batch) or batch.cancel_time is not None:
@@ -358,7 +372,16 @@ class BatchStore:
         cutoff = time.time() - self.settings.jobs.blob_grace_seconds
         if shas:
             await self._remove_unreferenced(shas, cutoff)
-        await self._remove_unreferenced(await anyio.to_thread.run_sync(self.blobs.untouched_since, cutoff), cutoff)
+        old: list[str] = []  # then every old blob (a crashed or refused add's), a chunk at a time
+        async for blob in self.blobs.listing():
+            if blob.modified >= cutoff:
+                continue
+            old.append(blob.sha)
+            if len(old) == BLOB_CHUNK:
+                await self._remove_unreferenced(old, cutoff)
+                old = []
+        if old:
+            await self._remove_unreferenced(old, cutoff)
         return int(cancelled or 0), len(expired)
 
     async def _remove_unreferenced(self, shas: Sequence[str], cutoff: float) -> int:
@@ -371,5 +394,5 @@ class BatchStore:
                     select(BatchRequest.blob_sha).where(BatchRequest.blob_sha.in_(chunk)).distinct()
                 )).scalars())
             unused = [sha for sha in chunk if sha not in used]
-            removed += await anyio.to_thread.run_sync(self.blobs.remove_untouched, unused, cutoff)
+            removed += await self.blobs.remove_untouched(unused, cutoff)
         return removed
