@@ -71,3 +71,10 @@ def test_v2_with_a_key_still_validates_its_body(client: TestClient, api_key: str
     assert r.status_code == 400 and r.json()["detail"]["code"] == "invalid_input"
     r = client.post(V2, json={"data": []}, headers={"Authorization": f"Bearer {api_key}"})
     assert r.status_code in (200, 400)
+
+
+def test_a_key_that_is_not_valid_unicode_is_401_not_500(client: TestClient) -> None:
+    for path in (V2, STREAM_V2):
+        r = client.post(path, content=json.dumps({"api_key": LONE, "data": []}),
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code == 401, r.text

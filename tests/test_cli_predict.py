@@ -134,3 +134,16 @@ def test_annotate_draws_boxes_in_the_frame_of_the_decoded_picture(tmp_path: Path
     assert (x1, x2) == (200, 401) and y2 == 481, "the box drawn at 2x the reported coordinates, label above it"
     assert y1 < 300, "the label sits above the box"
     assert annotated(tmp_path / "missing.png", item) is None
+
+
+def test_save_into_the_images_own_folder_keeps_the_original(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sight.cli.annotate import save_annotated
+
+    for suffix in (".png", ".jpg"):
+        source = tmp_path / f"photo{suffix}"
+        Image.new("RGB", (8, 8), "white").save(source)
+        before = source.read_bytes()
+        written = save_annotated(Image.new("RGB", (8, 8), "red"), source, tmp_path, "photo")
+        assert written == tmp_path / f"photo.annotated{suffix}" and source.read_bytes() == before

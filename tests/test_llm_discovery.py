@@ -79,7 +79,9 @@ async def test_no_ollama_is_llm_unavailable_at_once_saying_what_to_set() -> None
         with pytest.raises(LLMUnavailableError) as caught:
             await llm.analyze(JPEG, "q", Grounding())
         elapsed = time.monotonic() - start
-    assert elapsed < 1.0, f"two probes of a closed port took {elapsed:.2f}s"
+    # A refused connection answers at once: milliseconds. The bound is generous for a busy machine; a probe
+    # that waited out its timeouts instead would not meet it.
+    assert elapsed < 3.0, f"two probes of a closed port took {elapsed:.2f}s"
     assert status.state == "unavailable" and status.backend is None and status.model is None
     message = caught.value.message
     assert "no Ollama at http://127.0.0.1:" in message
@@ -245,7 +247,7 @@ def test_server_with_no_llm_settings_finds_ollama_and_every_report_agrees(tmp_pa
             llm = client.get("/v1/models", headers=auth).json()["llm"]
             assert llm == {"backend": "ollama", "base_url": f"{ollama.url}/v1", "model": "qwen2.5vl:3b",
                            "state": "ready", "reason": None}
-            assert client.get("/readyz").json()["checks"]["llm"] == llm
+            assert client.get("/readyz").json()["checks"]["llm"] == "ready"  # no key: the state alone
             files = [("files", ("label.png", image_bytes("serial-label.png")))]
             r = client.post("/api/v1/inference/predict/batch", headers=auth, files=files,
                             data={"query": "serial?", "metadata": json.dumps({"is_ocr": True, "is_llm": True})})

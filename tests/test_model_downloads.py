@@ -175,8 +175,32 @@ def test_item_reports_model_not_found_with_what_to_do_when_the_download_fails(
         assert items[0]["error"]["code"] == "model_not_found"
         assert "sight models pull yolo11n" in items[0]["error"]["message"]
         assert items[1]["status"] == "done"  # its sibling is untouched
-        state = client.get("/readyz").json()["checks"]["states"]["yolo11n:1"]
-        assert state["state"] == "failed" and "HTTP 404" in state["reason"]
+        assert client.get("/readyz").json()["checks"]["states"]["yolo11n:1"] == {"state": "failed"}
+        (model,) = [m for m in client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["models"]
+                    if m["name"] == "yolo11n"]
+        assert model["state"]["state"] == "failed" and "HTTP 404" in model["state"]["reason"]
+
+
+def test_credentials_in_a_model_url_never_reach_clients_or_logs(
+    tmp_path: Path, files_server: ModelFileServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    files_server.modes["/other.onnx"] = "404"
+    pinned = files_server.source("other.onnx")
+    url, _, fragment = pinned.partition("#")
+    secret_url = url.replace("http://", "http://mirror-user:s3cr3t@") + "?token=T0K#" + fragment
+    settings = _settings(tmp_path)
+    settings.yolo = YoloSettings(models={"remote": secret_url}, default_model="remote")
+    app = create_app(settings)
+    with TestClient(app) as client:
+        key, _ = client.portal.call(app.state.services.keys.create_key, "team")
+        auth = {"Authorization": f"Bearer {key}"}
+        body = {"data": [{"image_base64": base64.b64encode(image_bytes("coffee.png")).decode(), "is_yolo": True}]}
+        seen = [client.post(V2, json=body, headers=auth).text, client.get("/v1/models", headers=auth).text,
+                client.get("/readyz").text, client.get("/v1/models/remote", headers=auth).text]
+    assert "model_not_found" in seen[0] and "/other.onnx" in seen[0]
+    # Sight's own log lines (httpx logs every URL at INFO: `sight serve` keeps it at WARNING).
+    for text in [*seen, *(r.getMessage() for r in caplog.records if r.name.startswith("sight"))]:
+        assert "s3cr3t" not in text and "T0K" not in text and "mirror-user" not in text, text
 
 
 def test_failure_is_remembered_for_retry_seconds_then_retried(tmp_path: Path, files_server: ModelFileServer) -> None:

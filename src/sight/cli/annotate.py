@@ -61,10 +61,12 @@ def _ink(color: str) -> str:
 
 def save_annotated(picture: Image, source: Path, folder: Path, stem: str) -> Path:
     """Write ``picture`` into ``folder`` as JPEG when its source was one, else PNG; returns the file written."""
-    if source.suffix.lower() in (".jpg", ".jpeg"):
-        target = folder / f"{stem}.jpg"
+    jpeg = source.suffix.lower() in (".jpg", ".jpeg")
+    target = folder / f"{stem}{'.jpg' if jpeg else '.png'}"
+    if target.resolve() == source.resolve():  # --save into the images' own folder: keep the original
+        target = target.with_name(f"{stem}.annotated{target.suffix}")
+    if jpeg:
         picture.save(target, quality=95)
     else:
-        target = folder / f"{stem}.png"
         picture.save(target)
     return target

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from sight.core.catalog import ModelEntry
+from sight.engines.downloads import redact
 from sight.engines.registry import EngineRegistry
 from sight.schemas import LLMPublic, ModelList, ModelPublic, ModelState
 
@@ -34,13 +35,23 @@ def model_state(engines: EngineRegistry, entry: ModelEntry) -> ModelState:
     return ModelState(state="failed", reason=file.reason)
 
 
+def shown_source(text: str | None) -> str | None:
+    """A model's source as clients may see it: URLs without credentials or query (the pin stays)."""
+    if not text or text.startswith("<"):
+        return None
+    body, _, fragment = text.partition("#")
+    return redact(body) + (f"#{fragment}" if fragment.startswith("sha256=") else "")
+
+
 def model_public(engines: EngineRegistry, entry: ModelEntry) -> ModelPublic:
-    source = entry.source if entry.source and not entry.source.startswith("<") else None
+    source = shown_source(entry.source)
     return ModelPublic(name=entry.name, version=str(entry.version), task=entry.task,
                        aliases=engines.catalog.aliases_of(entry), loaded=engines.is_loaded(entry),
                        state=model_state(engines, entry), source=source, shadow_of=entry.shadow_of)
 
 
 def model_list(engines: EngineRegistry) -> ModelList:
-    llm = LLMPublic.model_validate(asdict(engines.llm_status()))
+    status = asdict(engines.llm_status())
+    status["base_url"] = status["base_url"] and redact(status["base_url"])
+    llm = LLMPublic.model_validate(status)
     return ModelList(models=[model_public(engines, m) for m in engines.catalog.all_models()], llm=llm)

@@ -77,12 +77,12 @@ class ModelSource:
         body, _, fragment = text.partition("#")
         sha = parse_qs(fragment).get("sha256", [None])[0]
         if sha is not None and not SHA256.match(sha.lower()):
-            raise InvalidInputError(f"model source {body}: sha256 must be 64 hex digits")
+            raise InvalidInputError(f"model source {redact(body)}: sha256 must be 64 hex digits")
         sha = sha.lower() if sha else None
         if body.startswith(("http://", "https://")):
             if sha is None:
                 raise InvalidInputError(
-                    f"model URL {body} must be pinned by its hash: append #sha256=<64 hex digits> "
+                    f"model URL {redact(body)} must be pinned by its hash: append #sha256=<64 hex digits> "
                     "(sha256sum FILE prints it)")
             official = official_for_url(body)
             exact = official if official is not None and official.sha256 == sha else None
@@ -99,9 +99,10 @@ class ModelSource:
         return cls("path", body, sha)
 
     def __str__(self) -> str:
+        """For messages and logs: a URL without its userinfo, query and fragment (they may hold credentials)."""
         if self.kind == "hf":
             return f"hf://{self.repo}{'@' + self.revision if self.revision else ''}/{self.location}"
-        return self.location
+        return redact(self.location) if self.kind == "http" else self.location
 
 
 @dataclass(slots=True)
@@ -193,6 +194,8 @@ class ModelFiles:
             d = self._downloads.get(key)
             fresh_failure = d is not None and d.failed_at is not None and (
                 time.monotonic() - d.failed_at < self.settings.retry_seconds)
+            if d is not None and d.future.done() and d.future.exception() is None:
+                return d.future  # it finished since the check above: the file is here
             if d is None or (d.future.done() and not fresh_failure):
                 d = self._downloads[key] = _Download(concurrent.futures.Future())
                 d.future.set_running_or_notify_cancel()  # a waiter's cancellation never cancels the download
@@ -250,7 +253,7 @@ class ModelFiles:
         assert target is not None and source.sha256 is not None
         s = self.settings
         deadline = time.monotonic() + s.download_timeout
-        log.info("model %s: downloading %s%s", name, source.location,
+        log.info("model %s: downloading %s%s", name, source,
                  f" ({source.size / 1e6:.1f} MB)" if source.size else "")
         if (note := license_line(source)) is not None:
             log.warning("model %s: %s", name, note)
@@ -270,7 +273,9 @@ class ModelFiles:
                 if source.size is not None and offered is not None and offered != source.size:
                     raise DownloadError(f"the server offers {offered} bytes; the pinned file has {source.size}")
                 d.total = limit = source.size or offered
-                for chunk in r.iter_bytes(CHUNK):
+                # Whatever each read brings (not fixed 1 MiB chunks): a server that trickles bytes meets the
+                # deadline below on its next read instead of holding the download forever.
+                for chunk in r.iter_bytes():
                     digest.update(chunk)
                     out.write(chunk)
                     d.done += len(chunk)
@@ -280,7 +285,10 @@ class ModelFiles:
                         raise DownloadError(f"not finished within {s.download_timeout:.0f}s "
                                             f"({d.done} of {d.total or '?'} bytes)")
                     for listener in list(d.listeners):
-                        listener(d.done, d.total)
+                        try:
+                            listener(d.done, d.total)
+                        except Exception:  # a waiter's progress display must not fail everyone's download
+                            log.exception("model %s: a progress listener failed", name)
                     if d.total and d.done / d.total >= next_log:
                         log.info("model %s: %d%% of %.1f MB", name, 100 * d.done // d.total, d.total / 1e6)
                         next_log += 0.1
@@ -368,6 +376,18 @@ def _failed(exc: Exception) -> concurrent.futures.Future[Path]:
     future: concurrent.futures.Future[Path] = concurrent.futures.Future()
     future.set_exception(exc)
     return future
+
+
+def redact(text: str) -> str:
+    """A URL (or a model source string) without userinfo, query and fragment: safe to show and log."""
+    if not text.startswith(("http://", "https://")):
+        return text
+    parts = urlsplit(text)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def license_line(source: ModelSource) -> str | None:

@@ -141,6 +141,11 @@ class DiscoveringVisionLLM:
                     status = await self._ollama(self.settings.ollama_url.rstrip("/"))
             except LLMUnavailableError as exc:
                 status = LLMStatus(None, None, None, "unavailable", exc.message)
+            except Exception as exc:  # an odd answer (say, /api/show in another shape) is a status, never a crash
+                log.warning("looking for a vision LLM failed", exc_info=exc)
+                status = LLMStatus(None, None, None, "unavailable",
+                                   f"no vision LLM: the search failed ({type(exc).__name__}); set "
+                                   "SIGHT_LLM__BASE_URL and SIGHT_LLM__MODEL")
             finally:
                 self._probes += 1
                 self._probed_at = self._clock()

@@ -102,6 +102,8 @@ class KeyStore:
 
     async def verify(self, presented: str) -> Principal:
         """The principal for a presented key; every failure reads the same to the caller."""
+        if not presented.isascii():  # keys are ASCII; anything else (a lone surrogate, say) is simply invalid
+            raise AuthenticationError("invalid API key")
         match = KEY_PATTERN.match(presented)
         key_id, secret = match.groups() if match else ("", presented)
         row: tuple[ApiKey, str] | None = None

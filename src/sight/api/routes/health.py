@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sight.api.deps import ServicesDep
 from sight.core.model_states import model_state
-from sight.schemas import Health
+from sight.schemas import Health, ModelState
 from sight.storage.db import ping
 
 router = APIRouter(tags=["operations"])
+
+
+def _progress(state: ModelState) -> dict[str, object]:
+    return state.model_dump(include={"state", "downloaded_bytes", "total_bytes"}, exclude_none=True)
 
 
 @router.get("/healthz", response_model=Health)
@@ -30,8 +32,10 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     checks: dict[str, object] = {
         "models": [m.ref for m in models],
         "loaded": [m.ref for m in models if m.task != "llm" and engines.is_loaded(m)],
-        "states": {m.ref: model_state(engines, m).model_dump(exclude_none=True) for m in models},
-        "llm": asdict(engines.llm_status()),  # optional: never makes the server unready
+        # State names only: this route needs no key, and reasons may name files and hosts (GET /v1/models has
+        # them, for a key holder).
+        "states": {m.ref: _progress(model_state(engines, m)) for m in models},
+        "llm": engines.llm_status().state,  # optional: never makes the server unready
     }
     ok = not services.draining
     try:
