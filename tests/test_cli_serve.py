@@ -126,6 +126,7 @@ def test_serve_banner_tells_the_truth_and_pull_downloads_before_serving(tmp_path
         assert "OCR        rapidocr" in banner and "loads on first use" in banner
         assert "LLM        none" in banner and "SIGHT_LLM__BASE_URL" in banner
         assert "Database   sqlite+aiosqlite:///" in banner and "/docs" in banner
+        assert f"Console    {server.url}/" in banner
         assert files.hits == [], "nothing is downloaded at start without --pull"
 
         pulled = SightServer(tmp_path, {**env, "SIGHT_MODELS__OFFLINE": "false"}, "--pull")

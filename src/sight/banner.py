@@ -70,6 +70,7 @@ def render(services: Services, key: str | None) -> Table:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     grid.add_row("Sight", f"{__version__} ready on {url}")
+    grid.add_row("Console", f"{url}/  (paste the key below; predict, batches, models)")
     grid.add_row("API docs", f"{url}/docs  (OpenAPI: {url}/openapi.json)")
     default = settings.yolo.default_model
     detectors = [m for m in engines.catalog.all_models() if m.task == "detect"]
