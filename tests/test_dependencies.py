@@ -23,10 +23,20 @@ def _top_level_modules(dist: metadata.Distribution) -> set[str]:
             continue
         if len(parts) == 1 and (file.suffix == ".py" or file.suffix in (".so", ".pyd")):
             found.add(parts[0].split(".")[0])
+        elif len(parts) == 2 and parts[1] == "__init__.py" and _declares_namespace(dist, file):
+            continue  # a pkgutil / pkg_resources namespace package (opencensus + opencensus-context): shared by design
         elif len(parts) == 2 and parts[1] == "__init__.py" or len(parts) == 2 and re.match(
                 r"__init__\..*\.(so|pyd)$", parts[1]):
             found.add(parts[0])
     return found
+
+
+def _declares_namespace(dist: metadata.Distribution, file: metadata.PackagePath) -> bool:
+    try:
+        text = Path(str(dist.locate_file(file))).read_text(errors="replace")
+    except OSError:
+        return False
+    return "extend_path(__path__" in text or "declare_namespace(" in text
 
 
 def test_no_module_is_written_by_two_distributions() -> None:

@@ -173,37 +173,40 @@ class ClientSettings(BaseModel):
     api_key: SecretStr | None = None
 
 
-class ModelsSettings(BaseModel):
-    """Fetching model files that are not here yet (the default detector, URL and Hugging Face sources)."""
+class DeploymentSettings(BaseModel):
+    """How one Ray Serve deployment runs: its replicas' resources and autoscaling."""
 
-    offline: bool = Field(False, description="Never download: a model file that is not here is an error.")
-    wait_timeout: float = Field(300.0, description="Seconds an item waits for its model's download.")
-    download_timeout: float = Field(1800.0, description="Seconds one download may take in all.")
-    connect_timeout: float = 10.0
-    read_timeout: float = Field(60.0, description="Seconds without a byte before a download fails.")
-    max_redirects: int = 5
-    max_download_bytes: int = Field(4 * 1024 * MiB, description="Largest file from a URL of unknown size.")
-    retry_seconds: float = Field(30.0, description="A failed download is retried by the next item after this.")
-    hf_endpoint: str | None = Field(None, description="Hugging Face endpoint or mirror (default: the Hub).")
-    hf_cache_dir: Path | None = Field(None, description="Hugging Face cache folder (default: huggingface_hub's).")
+    num_cpus: float = Field(1.0, description="CPUs each replica holds (fractional allowed).")
+    num_gpus: float = Field(0.0, description="GPUs each replica holds (fractional allowed, e.g. 0.5).")
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 2.0
+    max_ongoing_requests: int = Field(8, description="Requests one replica takes at once.")
+    max_queued_requests: int = Field(-1, description="Requests a caller queues for the deployment before it "
+                                     "answers 503 overloaded (-1: no bound).")
 
-
-class RegistrySettings(BaseModel):
-    path: Path | None = Field(None, description="TOML file declaring models and deployments.")
-    eager: bool = Field(False, description="Load every local model at start instead of on first use.")
-    shadow_concurrency: int = Field(2, description="Shadow model runs at once (they never delay answers).")
-
-
-class RateLimitSettings(BaseModel):
-    images_per_minute: int | None = Field(None, description="Per-team quota in images; unset: no limit.")
-    storage_uri: str = Field("async+memory://", description="limits storage, e.g. async+redis://host:6379")
+    def ray_options(self) -> dict[str, object]:
+        """These settings as ``serve.deployment(...)`` options."""
+        return {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "autoscaling_config": {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                                   "target_ongoing_requests": self.target_ongoing_requests},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
 
 
-class ClientSettings(BaseModel):
-    """Where the CLI's client commands (``sight batches ...``) send requests."""
+class EngineSettings(BaseModel):
+    """Where models run: ``local`` (in this process) or ``ray`` (Ray Serve deployments; ``pip install
+    'sight[ray]'``). ``SIGHT_ENGINE__KIND=ray``, ``SIGHT_ENGINE__DETECTOR__NUM_GPUS=0.5``."""
 
-    url: str = "http://127.0.0.1:8000"
-    api_key: SecretStr | None = None
+    kind: str = Field("local", pattern="^(local|ray)$", description="`local` or `ray`.")
+    address: str = Field("auto", description="Ray cluster to join (`auto`: the local one, started if none runs).")
+    app_name: str = Field("sight", description="The Serve application's name.")
+    detector: DeploymentSettings = DeploymentSettings()
+    ocr: DeploymentSettings = DeploymentSettings()
+    api: DeploymentSettings = DeploymentSettings(num_cpus=0.5, max_ongoing_requests=64)
+    retries: int = Field(2, description="Times a call is retried on another replica when its replica dies.")
 
 
 class Settings(BaseSettings):
@@ -225,6 +228,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     client: ClientSettings = ClientSettings()
+    engine: EngineSettings = EngineSettings()
     data_dir: Path = Path("./sight-data")
     database_url: str = "sqlite+aiosqlite:///./sight.db"
     bootstrap_team: str = "default"

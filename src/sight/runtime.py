@@ -23,6 +23,8 @@ from sight.core.pixel_budget import PixelBudget, trim_heap, tune_heap
 from sight.core.predict import MultiPredictor
 from sight.core.ratelimit import TeamRateLimiter
 from sight.core.shadow import ShadowRunner
+from sight.engines.local_runtime import LocalRuntime
+from sight.engines.model_runtime import ModelRuntime
 from sight.engines.registry import EngineHub, EngineRegistry
 from sight.errors import SightError
 from sight.jobs.blobs import BlobStore, open_blob_store
@@ -88,9 +90,11 @@ async def open_services(
                          settings.server.retry_after, on_idle=trim_heap)
     try:
         await migrate(db)
-        await anyio.to_thread.run_sync(preload, hub.current, settings.registry.eager)
+        runtime = model_runtime(settings, metrics)
+        if not runtime.remote:  # on Ray the deployments load their own models
+            await anyio.to_thread.run_sync(preload, hub.current, settings.registry.eager)
         await hub.current.probe_llm()  # a local Ollama, if there is one (about a second at most when there is not)
-        pipeline = Pipeline(settings, hub, fetcher, metrics, shadows, pixels)
+        pipeline = Pipeline(settings, hub, fetcher, metrics, shadows, pixels, runtime)
         blobs = open_blob_store(settings)
         services = Services(
             settings=settings, db=db, keys=KeyStore(db), hub=hub, shadows=shadows, fetcher=fetcher, metrics=metrics,
@@ -111,6 +115,15 @@ async def open_services(
         await fetcher.aclose()
         await hub.aclose()
         await db.dispose()
+
+
+def model_runtime(settings: Settings, metrics: Metrics) -> ModelRuntime:
+    """Where models run (``SIGHT_ENGINE__KIND``): in this process, or on Ray Serve deployments."""
+    if settings.engine.kind == "ray":
+        from sight.engines.ray_runtime import RayRuntime
+
+        return RayRuntime(settings)
+    return LocalRuntime(settings, metrics)
 
 
 def preload(engines: EngineRegistry, everything: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -20,6 +21,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     pull: Annotated[bool, typer.Option("--pull", help="Download every declared model that is not here yet "
                                        "(the default detector included) before serving, with progress.")] = False,
+    engine: Annotated[str | None, typer.Option(help="Where models run: local (this process) or ray (Ray Serve "
+                                               "deployments on the cluster at SIGHT_ENGINE__ADDRESS; needs "
+                                               "pip install 'sight[ray]').")] = None,
 ) -> None:
     """Start the server; on first start create a team and an API key and print the key once."""
     import uvicorn
@@ -33,28 +37,72 @@ def serve(
         settings.server.host = host
     if port:
         settings.server.port = port
+    if engine:
+        settings.engine = settings.engine.model_copy(update={"kind": engine})
+    if settings.engine.kind not in ("local", "ray"):
+        raise typer.BadParameter(f"--engine is local or ray, not {settings.engine.kind!r}")
     if pull:
         for name, source in remote_detectors(settings):
             download(name, source, settings)
 
-    async def first_key(store: KeyStore) -> str | None:
-        if await store.has_teams():
-            return None
-        key, _info = await store.create_key(settings.bootstrap_team, name="first-start", is_admin=True)
-        return key
-
-    key = with_keys(settings, first_key)
-    if key:
-        console.print(f"Created team [bold]{settings.bootstrap_team}[/bold] and its first API key (in the block "
-                      "below once the server is ready).")
     configure_logging(settings.server.log_level)
+    if settings.engine.kind == "ray":
+
+        async def first_key(store: KeyStore) -> str | None:
+            if await store.has_teams():
+                return None
+            key, _info = await store.create_key(settings.bootstrap_team, name="first-start", is_admin=True)
+            return key
+
+        serve_on_ray(settings, with_keys(settings, first_key))
+        return
+    # The first key is made once the server is ready, and shown in its start block: a start that fails
+    # before then leaves no key that nobody saw.
     uvicorn.run(
-        create_app(settings, on_ready=printer(key, console)),
+        create_app(settings, on_ready=printer(settings.bootstrap_team, console)),
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
         timeout_graceful_shutdown=30,
     )
+
+
+def serve_on_ray(settings: Settings, key: str | None = None) -> None:
+    """Join the Ray cluster at ``engine.address`` (``auto`` with none running: start one here), run the Serve
+    application (a deployment per model, the API as the ingress on host:port) and wait for Ctrl-C."""
+    import signal
+    import threading
+
+    try:
+        import ray
+        from ray import serve
+    except ImportError as exc:
+        raise typer.BadParameter("--engine ray needs Ray: pip install 'sight[ray]'") from exc
+    from sight.serve_app import build
+
+    try:
+        ray.init(address=settings.engine.address)
+    except ConnectionError:
+        if settings.engine.address != "auto":
+            raise
+        ray.init()  # no cluster running: start a single-node one in this process
+    # Replicas run in other processes and directories: give them absolute paths.
+    settings.data_dir = settings.data_dir.resolve()
+    if settings.database_url.startswith("sqlite") and ":///./" in settings.database_url:
+        head, _, path = settings.database_url.partition(":///")
+        settings.database_url = f"{head}:///{Path(path).resolve()}"
+    serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
+    serve.run(build(settings), name=settings.engine.app_name, route_prefix="/")
+    console.print(f"Sight on Ray Serve at http://{settings.server.host}:{settings.server.port} "
+                  f"(application {settings.engine.app_name!r}); Ctrl-C stops it")
+    if key:
+        console.print(f"API key (shown once): {key}", soft_wrap=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    serve.delete(settings.engine.app_name)
+    ray.shutdown()
 
 
 def configure_logging(level: str) -> None:
@@ -68,6 +116,8 @@ def configure_logging(level: str) -> None:
     logger = logging.getLogger("sight")
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
+    # httpx logs each request's full URL at INFO, which can hold a model mirror's credentials: never shown.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _dump_tasks() -> None:

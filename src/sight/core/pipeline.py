@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -23,14 +23,15 @@ from sight.core.metrics import Metrics
 from sight.core.pixel_budget import Lease, PixelBudget
 from sight.core.shadow import ShadowRunner
 from sight.engines.base import Box as Box2
-from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM, WideDetector
+from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
+from sight.engines.local_runtime import LocalRuntime
+from sight.engines.model_runtime import ModelRuntime, Picture
 from sight.engines.registry import EngineHub, EngineRegistry
 from sight.errors import (
     EngineUnavailableError,
     ImageTooLargeError,
     InvalidImageError,
     SightError,
-    StageTimeoutError,
 )
 from sight.schemas import (
     BatchResult,
@@ -89,8 +90,9 @@ class Pipeline:
     """The execution core shared by every API family."""
 
     def __init__(self, settings: Settings, hub: EngineHub, fetcher: ImageFetcher, metrics: Metrics,
-                 shadows: ShadowRunner, pixels: PixelBudget | None = None):
+                 shadows: ShadowRunner, pixels: PixelBudget | None = None, runtime: ModelRuntime | None = None):
         self.settings = settings
+        self.runtime: ModelRuntime = runtime or LocalRuntime(settings, metrics)
         self.hub = hub
         self.fetcher = fetcher
         self.metrics = metrics
@@ -143,7 +145,11 @@ class Pipeline:
         """Fetch or read, then decode off the event loop, at reduced scale when ``min_side`` allows, holding
         the decode's pixels from the budget; the caller releases the lease when done with the picture.
         ``bounded``: past the budget's queue bound, refuse (``OverloadedError``) rather than wait."""
-        data = await self._load(source, timings)
+        return await self._decode(await self._load(source, timings), timings, min_side, bounded=bounded)
+
+    async def _decode(
+        self, data: bytes, timings: dict[str, float], min_side: int | None, *, bounded: bool
+    ) -> tuple[Image.Image, tuple[int, int], Lease]:
         with self._timed("decode", timings):
             pending = await anyio.to_thread.run_sync(open_image, data, self.settings.images, min_side)
             try:
@@ -173,22 +179,26 @@ class Pipeline:
         opts = item.options
         lease: Lease | None = None
         try:
-            image, (width, height), lease = await self.load_scaled(item.image, timings,
-                                                                   self._min_side(engines, opts), bounded=bounded)
+            min_side = self._min_side(engines, opts)
+            data = await self._load(item.image, timings)
+            image, (width, height), lease = await self._decode(data, timings, min_side, bounded=bounded)
+            # A remote runtime decodes the bytes as uploaded next to its model; a local one needs only pixels.
+            picture = Picture(image, data, min_side) if self.runtime.remote else Picture(image)
+            del data
             result.image = ImageSize(width=width, height=height)
             grounding = Grounding()
             if opts.is_yolo:
                 try:
                     with self._timed("yolo", timings):
-                        result.yolo, found = await self._detect(engines, image, opts, request_id, (width, height),
-                                                                alone)
+                        result.yolo, found = await self._detect(engines, picture, opts, request_id,
+                                                                (width, height), alone)
                     grounding.detections.extend(found)
                 except SightError as exc:
                     errors.append(exc)
             if opts.is_ocr:
                 try:
                     with self._timed("ocr", timings):
-                        result.ocr = await self._read_text(engines, image)
+                        result.ocr = ocr_result(await self.read_text(engines, image, picture))
                     grounding = Grounding(grounding.detections, result.ocr.text)
                 except SightError as exc:
                     errors.append(exc)
@@ -217,66 +227,23 @@ class Pipeline:
 
     async def detect(
         self, engines: EngineRegistry, image: Image.Image, ref: str | None, options: DetectOptions,
-        request_id: str | None = None, alone: bool = False,
+        request_id: str | None = None, alone: bool = False, *, picture: Picture | None = None,
     ) -> tuple[ModelEntry, list[Detection]]:
-        """Run a detector (and, in the background, its shadows) on ``image``. ``alone`` (the caller has no
-        other image in flight): on a CPU with every run slot free, the run takes them all and uses every
-        core, for the lowest latency; otherwise it takes one slot, one core, for the most images/s."""
+        """Run a detector (and, in the background, its shadows) on ``image`` (or ``picture``, which also
+        carries its encoded bytes), through the runtime. ``alone``: the caller has no other image in flight
+        (see ``LocalRuntime.detect``)."""
         entry = engines.detector_entry(ref, request_id)
-        await engines.provision(entry)  # a model still to download: wait for it (models.wait_timeout)
-        timeout = self.settings.yolo.timeout
-        depth = self.metrics.queue_depth.labels(entry.ref)
-        depth.inc()
-        queued = True
-
-        def started() -> None:
-            nonlocal queued
-            queued = False
-            depth.dec()
-            self.metrics.batch_size.labels(entry.ref).observe(1)
-
-        try:
-            with anyio.fail_after(timeout):
-                detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
-                batcher = engines.batcher(entry, self.metrics.batch_size.labels(entry.ref).observe)
-                if batcher is not None:
-                    found = await batcher.detect(image, options)
-                else:
-                    can_run_wide = alone and isinstance(detector, WideDetector) and detector.can_run_wide
-
-                    def run(wide: bool) -> list[Detection]:
-                        if wide:
-                            return cast(WideDetector, detector).detect(image, options, wide=True)
-                        return detector.detect(image, options)
-
-                    found = await engines.run_slots(entry).call(run, wide_ok=can_run_wide, started=started)
-        except TimeoutError as exc:
-            raise StageTimeoutError(f"detection did not finish within {timeout}s") from exc
-        finally:
-            if queued:
-                depth.dec()
+        picture = picture or Picture(image)
+        found = await self.runtime.detect(engines, entry, picture, options, alone=alone)
         for shadow in engines.catalog.shadows.get(entry.ref, []):
-            self.shadows.spawn(entry.ref, shadow.ref, partial(self._shadow_detect, engines, shadow, image, options),
-                               found)
+            self.shadows.spawn(entry.ref, shadow.ref,
+                               partial(self.runtime.shadow_detect, engines, shadow, picture, options), found)
         return entry, found
 
-    async def _shadow_detect(self, engines: EngineRegistry, entry: ModelEntry, image: Image.Image,
-                             options: DetectOptions) -> list[Detection]:
-        detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
-        async with engines.limiter(f"shadow:{entry.ref}", 1):  # never queued ahead of answers
-            return await anyio.to_thread.run_sync(detector.detect, image, options)
-
-    async def read_text(self, engines: EngineRegistry, image: Image.Image) -> OcrText:
+    async def read_text(self, engines: EngineRegistry, image: Image.Image, picture: Picture | None = None) -> OcrText:
         if not self.settings.ocr.enabled:
             raise EngineUnavailableError("OCR is disabled on this server")
-        timeout = self.settings.ocr.timeout
-        try:
-            with anyio.fail_after(timeout):
-                engine = await anyio.to_thread.run_sync(engines.ocr)
-                async with engines.ocr_limiter():
-                    return await anyio.to_thread.run_sync(engine.read, image, abandon_on_cancel=True)
-        except TimeoutError as exc:
-            raise StageTimeoutError(f"OCR did not finish within {timeout}s") from exc
+        return await self.runtime.read_text(engines, picture or Picture(image))
 
     async def analyze(
         self, engines: EngineRegistry, image: Image.Image, query: str | None, grounding: Grounding,
@@ -303,24 +270,22 @@ class Pipeline:
         needs = [self.settings.llm.max_image_side] if opts.is_llm else []
         if opts.is_yolo:
             try:
-                detector = engines.loaded_detector(engines.detector_entry(opts.yolo_model))
+                side = self.runtime.input_side(engines, engines.detector_entry(opts.yolo_model))
             except SightError:
                 return None  # the detect stage reports the error
             # Not loaded yet: assume a large input rather than load on the event loop.
-            needs.append(max(getattr(detector, "imgsz", (1280,))))
+            needs.append(1280 if side is None else side)
         return max(needs)
 
     async def _detect(
-        self, engines: EngineRegistry, image: Image.Image, opts: ItemOptions, request_id: str | None,
+        self, engines: EngineRegistry, picture: Picture, opts: ItemOptions, request_id: str | None,
         original: tuple[int, int], alone: bool,
     ) -> tuple[YoloResult, list[Detection]]:
         options = DetectOptions(conf=opts.conf, iou=opts.iou, classes=opts.classes)
-        entry, found = await self.detect(engines, image, opts.yolo_model, options, request_id, alone)
+        image = picture.image
+        entry, found = await self.detect(engines, image, opts.yolo_model, options, request_id, alone, picture=picture)
         found = rescale(found, original[0] / image.width, original[1] / image.height)
         return yolo_result(entry, found), found
-
-    async def _read_text(self, engines: EngineRegistry, image: Image.Image) -> OcrResult:
-        return ocr_result(await self.read_text(engines, image))
 
     async def _analyze(
         self, engines: EngineRegistry, image: Image.Image, query: str | None, grounding: Grounding,
@@ -345,7 +310,9 @@ class Pipeline:
                                                timings_ms=dict.fromkeys(STAGES, 0.0), error=shutting_down))
                     return
                 await queue.put(StreamProcessing(index=item.index, filename=item.filename))
-                await queue.put(await self.run_item(item, query, request_id, alone=len(items) == 1, bounded=True))
+                # Admitted requests' items wait for decode budget: the queue bound refuses whole requests, at
+                # admission (Pixels.check), never an item of a request already under way.
+                await queue.put(await self.run_item(item, query, request_id, alone=len(items) == 1))
 
         tasks = [asyncio.create_task(one(item)) for item in items]
         try:

@@ -1,0 +1,150 @@
+"""Models on a Ray cluster: the pipeline's calls go to Ray Serve deployments (see ``sight.serve_app``).
+
+Only encoded bytes cross the network: an item's upload as it came (decoded again next to the model, at the
+same ``min_side``, so the pixels are the ones the local runtime would see), or a lossless PNG where only a
+decoded picture is at hand. Ray is imported here only, and only when ``SIGHT_ENGINE__KIND=ray``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from sight.engines.model_runtime import Picture
+from sight.errors import EngineUnavailableError, OverloadedError, SightError, StageTimeoutError
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
+    from sight.config import Settings
+    from sight.core.catalog import ModelEntry
+    from sight.engines.base import Detection, DetectOptions, OcrText
+    from sight.engines.registry import EngineRegistry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OCR_DEPLOYMENT = "ocr"
+
+
+def detector_deployment(entry: ModelEntry) -> str:
+    """The Serve deployment that holds ``entry``'s detector."""
+    return f"detect-{entry.name}-v{entry.version}"
+
+
+def import_serve() -> Any:
+    try:
+        from ray import serve
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise EngineUnavailableError("SIGHT_ENGINE__KIND=ray needs Ray: pip install 'sight[ray]'") from exc
+    return serve
+
+
+def encode(picture: Picture) -> tuple[bytes, int | None]:
+    """What to send for ``picture``: its bytes as uploaded, else a lossless PNG of its pixels. Blocking."""
+    if picture.data is not None:
+        return picture.data, picture.min_side
+    out = io.BytesIO()
+    picture.image.save(out, format="PNG", compress_level=1)
+    return out.getvalue(), None
+
+
+class RayRuntime:
+    """A ``ModelRuntime`` over the deployments of the Serve application ``settings.engine.app_name``."""
+
+    remote = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._serve = import_serve()
+        self._handles: dict[str, DeploymentHandle] = {}
+        self._sides: dict[str, int | None] = {}  # detector ref -> its input's long side, once asked
+        self._deployed: set[str] = set()  # deployments seen in the application (refreshed on a miss)
+
+    def handle(self, deployment: str) -> DeploymentHandle:
+        if deployment not in self._handles:
+            self._handles[deployment] = self._serve.get_deployment_handle(deployment, app_name=self.app_name())
+        return self._handles[deployment]
+
+    async def _deployment(self, name: str, what: str) -> DeploymentHandle:
+        """The handle of deployment ``name``; ``EngineUnavailableError`` at once if the application has none
+        (a call to a missing deployment would wait for replicas that never come)."""
+        if name not in self._deployed:
+            app = self.app_name()
+            status = await anyio.to_thread.run_sync(self._serve.status)
+            application = status.applications.get(app)
+            self._deployed = set(application.deployments) if application is not None else set()
+            if name not in self._deployed:
+                raise EngineUnavailableError(f"{what} is not deployed in the Ray Serve application {app!r}: "
+                                             "declare it and deploy the application again")
+        return self.handle(name)
+
+    def app_name(self) -> str:
+        """The application whose deployments run the models: inside Serve (the API as the ingress) the one
+        this replica belongs to, whatever it was deployed as (`serve run` names it ``default``); elsewhere
+        ``engine.app_name``."""
+        from ray.serve.exceptions import RayServeException
+
+        try:
+            return str(self._serve.get_replica_context().app_name)
+        except RayServeException:
+            return self.settings.engine.app_name
+
+    async def detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
+                     options: DetectOptions, *, alone: bool = False) -> list[Detection]:
+        data, min_side = await anyio.to_thread.run_sync(encode, picture)
+        handle = await self._deployment(detector_deployment(entry), f"model {entry.ref}")
+        found: list[Detection] = await self._call(
+            lambda: handle.remote(data, min_side, options), self.settings.yolo.timeout, "detection")
+        if entry.ref not in self._sides:  # once per model: later items decode no larger than it needs
+            self._sides[entry.ref] = await self._call(lambda: handle.input_side.remote(), 30.0, "detection")
+        return found
+
+    def input_side(self, engines: EngineRegistry, entry: ModelEntry) -> int | None:
+        return self._sides.get(entry.ref)
+
+    async def shadow_detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
+                            options: DetectOptions) -> list[Detection]:
+        return await self.detect(engines, entry, picture, options)
+
+    async def read_text(self, engines: EngineRegistry, picture: Picture) -> OcrText:
+        data, _min_side = await anyio.to_thread.run_sync(encode, picture)
+        handle = await self._deployment(OCR_DEPLOYMENT, "OCR")
+        text: OcrText = await self._call(lambda: handle.remote(data), self.settings.ocr.timeout, "OCR")
+        return text
+
+    async def _call(self, send: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
+        """Send, retrying (at most ``engine.retries`` times) when the replica died under the call: Serve
+        routes the retry to a live replica. Ray's errors become Sight's here, at the edge."""
+        from ray import exceptions as ray_errors
+        from ray.serve import exceptions as serve_errors
+
+        attempts = self.settings.engine.retries + 1
+        try:
+            with anyio.fail_after(seconds):
+                for attempt in range(1, attempts + 1):
+                    try:
+                        return await send()
+                    except serve_errors.BackPressureError as exc:
+                        raise OverloadedError(f"{what} is at capacity; retry later",
+                                              self.settings.server.retry_after) from exc
+                    except ray_errors.RayTaskError as exc:
+                        cause = exc.cause
+                        if isinstance(cause, SightError):
+                            raise cause from None
+                        raise SightError(f"{what} failed on the cluster") from exc
+                    except (ray_errors.RayActorError, ray_errors.ActorUnavailableError,
+                            serve_errors.ReplicaUnavailableError) as exc:
+                        if attempt == attempts:
+                            raise EngineUnavailableError(f"{what}: replicas kept failing ({attempts} tries)") from exc
+                        log.warning("%s: replica lost (%s); retrying, %d of %d", what, type(exc).__name__,
+                                    attempt + 1, attempts)
+                    except serve_errors.DeploymentUnavailableError as exc:
+                        raise EngineUnavailableError(f"{what}: no such deployment on the cluster") from exc
+        except TimeoutError as exc:
+            raise StageTimeoutError(f"{what} did not finish within {seconds}s") from exc
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,112 @@
+"""Sight as a Ray Serve application: each detector and OCR its own deployment, the HTTP API the ingress.
+
+Run it with ``sight serve --engine ray``, ``serve run sight.serve_app:app``, ``serve deploy
+deploy/serve-config.yaml`` or a KubeRay RayService (``deploy/rayservice.yaml``). Settings come from the
+environment as everywhere else (``SIGHT_ENGINE__DETECTOR__NUM_GPUS=0.5``, ...); the deployments get them
+from the builder, so every replica runs on the settings the application was built with.
+
+A deployment holds one model, takes encoded bytes (never decoded arrays) and decodes next to the model::
+
+    handle = serve.get_deployment_handle("detect-yolo11n-v1", app_name="sight")
+    detections = await handle.remote(jpeg_bytes, None, DetectOptions())
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from sight.config import DeploymentSettings, Settings
+from sight.core.images import open_image
+from sight.engines.ray_runtime import OCR_DEPLOYMENT, detector_deployment, import_serve
+from sight.engines.registry import EngineRegistry
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from ray.serve import Application
+
+    from sight.engines.base import Detection, DetectOptions, OcrText
+
+INGRESS_DEPLOYMENT = "api"
+
+
+class SightDetector:
+    """One detector: decodes the bytes it is sent as the API would have, and detects."""
+
+    def __init__(self, settings: Settings, ref: str) -> None:
+        self.settings = settings
+        self.engines = EngineRegistry(settings)
+        self.entry = self.engines.catalog.model(ref, task="detect")
+
+    def _decode(self, data: bytes, min_side: int | None) -> Image.Image:
+        return open_image(data, self.settings.images, min_side).decode()
+
+    async def __call__(self, data: bytes, min_side: int | None, options: DetectOptions) -> list[Detection]:
+        image = await anyio.to_thread.run_sync(self._decode, data, min_side)
+        await self.engines.provision(self.entry)  # downloads (once) on the replica's node, not the API's
+        detector = await anyio.to_thread.run_sync(self.engines.detector_for, self.entry)
+        return await anyio.to_thread.run_sync(detector.detect, image, options)
+
+    async def input_side(self) -> int | None:
+        """The long side of the model's input (the API decodes no larger for detection alone)."""
+        detector = await anyio.to_thread.run_sync(self.engines.detector_for, self.entry)
+        imgsz = getattr(detector, "imgsz", None)
+        return max(imgsz) if imgsz else None
+
+
+class SightOcr:
+    """OCR: decodes the bytes it is sent (full size) and reads the text."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engines = EngineRegistry(settings)
+
+    async def __call__(self, data: bytes) -> OcrText:
+        image = await anyio.to_thread.run_sync(lambda: open_image(data, self.settings.images, None).decode())
+        engine = await anyio.to_thread.run_sync(self.engines.ocr)
+        return await anyio.to_thread.run_sync(engine.read, image)
+
+
+class SightApi:
+    """The HTTP API (``create_app``), its models reached through the runtime by deployment name. The
+    handles it is bound with only put the model deployments into the application's graph. ``build`` makes
+    it Serve's ingress (``serve.ingress()``), so that importing this module does not import Ray."""
+
+    def __init__(self, settings: Settings, models: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from sight.api.app import create_app
+
+        return create_app(self.settings)
+
+
+def _options(group: DeploymentSettings, name: str) -> dict[str, Any]:
+    return {"name": name, **group.ray_options()}
+
+
+def build(settings: Settings) -> Application:
+    """The application for ``settings``: a deployment per declared detector, OCR (unless disabled), the API."""
+    serve = import_serve()
+    settings = settings.model_copy(update={"engine": settings.engine.model_copy(update={"kind": "ray"})})
+    catalog = EngineRegistry(settings).catalog
+    engine = settings.engine
+    models: dict[str, Any] = {}
+    for entry in catalog.all_models():
+        if entry.task == "detect" and entry.source and not entry.source.startswith("<"):
+            name = detector_deployment(entry)
+            models[name] = serve.deployment(**_options(engine.detector, name))(SightDetector).bind(settings, entry.ref)
+    if settings.ocr.enabled:
+        models[OCR_DEPLOYMENT] = serve.deployment(**_options(engine.ocr, OCR_DEPLOYMENT))(SightOcr).bind(settings)
+    api = serve.deployment(**_options(engine.api, INGRESS_DEPLOYMENT))(serve.ingress()(SightApi))
+    return api.bind(settings, models)
+
+
+def app(args: dict[str, str] | None = None) -> Application:
+    """The application builder ``serve run sight.serve_app:app`` and serve configs name. ``args`` may set
+    ``app_name`` (the name the application is deployed under, default ``sight``)."""
+    settings = Settings()
+    if args and args.get("app_name"):
+        settings.engine.app_name = args["app_name"]
+    return build(settings)

@@ -1,0 +1,377 @@
+"""The Ray engine on a real two-node Ray cluster (loopback): same results as the local engine, replicas on
+both nodes, a replica killed mid-stream loses no item, an overloaded deployment answers 503.
+
+One cluster and one Serve application for the module; every wait is on an event (a response, Serve's
+status), bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from sight.api.app import create_app
+from sight.config import DeploymentSettings, EngineSettings, ModelsSettings, ServerSettings, Settings, YoloSettings
+from tests.conftest import IMAGES, ROOT, nudenet_path
+from tests.servers import LiveServer
+
+# Ray is imported by the tests that use it, not when pytest collects this module: the rest of the suite runs
+# without it in the process.
+ray: Any = None
+serve: Any = None
+
+
+def _import_ray() -> Any:
+    """Import Ray (skipping without ``sight[ray]``); its own pydantic deprecations are not ours."""
+    global ray, serve
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ray = pytest.importorskip("ray", reason="pip install 'sight[ray]'")
+        from ray import serve as ray_serve
+        from ray.cluster_utils import Cluster
+        from ray.serve._private import build_app  # noqa: F401  (the config test's)
+    serve = ray_serve
+    return Cluster
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
+STREAM = "/api/v1/inference/predict/stream/v2"
+DETECTOR = "detect-nudenet-v1"
+APP = "sight"
+
+
+def _settings(tmp: Path, **engine: Any) -> Settings:
+    return Settings(
+        _env_file=None,
+        database_url=f"sqlite+aiosqlite:///{tmp / 'sight.db'}",
+        data_dir=tmp / "data",
+        server=ServerSettings(max_files=64, item_concurrency=4),
+        yolo=YoloSettings(models={"nudenet": nudenet_path()}, default_model="nudenet"),
+        models=ModelsSettings(offline=True),
+        engine=EngineSettings(**engine),
+    )
+
+
+def _b64(name: str) -> str:
+    return base64.b64encode((IMAGES / name).read_bytes()).decode()
+
+
+def _create_key(settings: Settings) -> str:
+    from sight.cli.keys import with_keys
+
+    async def create(store: Any) -> str:
+        key, _info = await store.create_key("team-ray", name="ray")
+        return str(key)
+
+    return with_keys(settings, create)
+
+
+class RayServed:
+    def __init__(self, settings: Settings, url: str, key: str, cluster: Any = None) -> None:
+        self.settings, self.url, self.key, self.cluster = settings, url, key, cluster
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServed]:
+    """Two nodes (2 logical CPUs each), Sight's application on them: two detector replicas, OCR, the API."""
+    from sight.serve_app import build
+
+    Cluster = _import_ray()  # noqa: N806
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
+    try:
+        tmp = tmp_path_factory.mktemp("ray")
+        tiny = DeploymentSettings(num_cpus=0.25, min_replicas=1, max_replicas=1, max_ongoing_requests=16)
+        settings = _settings(tmp, kind="ray", app_name=APP, retries=3, ocr=tiny, api=tiny,
+                             # 2 at once per replica, 4 items at once per stream: both replicas are needed
+                             detector=DeploymentSettings(num_cpus=0.5, min_replicas=2, max_replicas=2,
+                                                         max_ongoing_requests=2))
+        key = _create_key(settings)
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build(settings), name=APP, route_prefix="/")  # returns once every deployment is running
+        yield RayServed(settings, f"http://127.0.0.1:{port}", key, cluster)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _replicas(deployment: str) -> list[dict[str, Any]]:
+    """The live replica actors of ``deployment`` (name, node) from the cluster's actor table."""
+    from ray._private import state
+
+    wanted = f"ServeReplica:{APP}:{deployment}"
+    return [a for a in state.actors().values() if a["ActorClassName"] == wanted and a["State"] == "ALIVE"]
+
+
+def _stream(url: str, key: str, data: list[dict[str, Any]], on_line: Any = None) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    with httpx.stream("POST", url + STREAM, json={"api_key": key, "data": data}, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        for raw in r.iter_lines():
+            lines.append(json.loads(raw))
+            if on_line is not None:
+                on_line(lines[-1])
+    return lines
+
+
+def _finals(lines: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    finals = [x for x in lines if x["status"] in {"done", "error"}]
+    by_index = {x["index"]: x for x in finals}
+    assert len(by_index) == len(finals), "an item ended more than once"
+    return by_index
+
+
+def test_ray_engine_results_equal_local_engine(served: RayServed, tmp_path: Path) -> None:
+    data = [{"image_base64": _b64(name), "filename": name, "is_yolo": True}
+            for name in ("astronaut.png", "bus.jpg", "rocket.jpg", "coffee.png")]
+    data.append({"image_base64": _b64("serial-label.png"), "filename": "label.png", "is_ocr": True})
+    _stream(served.url, served.key, data[:1])  # the API learns the detector's input size (as a local load does)
+    remote = _finals(_stream(served.url, served.key, data))
+
+    local_settings = _settings(tmp_path)
+    local_key = _create_key(local_settings)
+    with TestClient(create_app(local_settings)) as client:
+        r = client.post(STREAM, json={"api_key": local_key, "data": data})
+    local = _finals([json.loads(x) for x in r.text.splitlines()])
+
+    assert sorted(remote) == sorted(local) == list(range(len(data)))
+    for i in local:
+        assert remote[i]["status"] == local[i]["status"] == "done", (remote[i], local[i])
+        assert remote[i]["result"]["yolo"] == local[i]["result"]["yolo"]
+        assert remote[i]["result"]["ocr"] == local[i]["result"]["ocr"]
+        assert remote[i]["result"]["image"] == local[i]["result"]["image"]
+    assert remote[0]["result"]["yolo"]["detections"][0]["name"] == "FACE_FEMALE"
+    assert "SN-4X7Q-2291-B" in remote[4]["result"]["ocr"]["text"]
+
+
+def test_ray_engine_detector_replicas_on_both_nodes_serve_a_stream(served: RayServed) -> None:
+    replicas = _replicas(DETECTOR)
+    assert len(replicas) == 2
+    assert len({a["Address"]["NodeID"] for a in replicas}) == 2, "Serve spreads replicas over the nodes"
+    log_dir = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    before = _calls_per_replica(log_dir)
+    data = [{"image_base64": _b64("astronaut.png" if i % 2 else "rocket.jpg"), "is_yolo": True} for i in range(40)]
+    lines = _stream(served.url, served.key, data)
+    finals = _finals(lines)
+    assert sorted(finals) == list(range(40))
+    assert all(x["status"] == "done" for x in finals.values())
+    assert lines[-1]["status"] == "complete"
+    after = _calls_per_replica(log_dir)
+    served_by = {name for name, n in after.items() if n > before.get(name, 0)}
+    assert len(served_by) == 2, f"both replicas served items: {after} (before: {before})"
+
+
+def _calls_per_replica(log_dir: Path) -> dict[str, int]:
+    """Detector calls each replica logged (Serve writes one access line per call, per replica file)."""
+    return {p.name: p.read_text().count("CALL __call__ OK")
+            for p in log_dir.glob(f"replica_{APP}_{DETECTOR}_*.log")}
+
+
+def test_ray_engine_replica_killed_mid_stream_loses_no_item(served: RayServed) -> None:
+    victim = _replicas(DETECTOR)[0]
+    handle = ray.get_actor(victim["Name"], namespace="serve")
+    killed: list[int] = []
+
+    def kill_after_a_few(line: dict[str, Any]) -> None:
+        if line["status"] in {"done", "error"} and not killed:
+            killed.append(line["index"])
+            ray.kill(handle, no_restart=True)
+
+    data = [{"image_base64": _b64("bus.jpg"), "is_yolo": True} for _ in range(40)]
+    lines = _stream(served.url, served.key, data, on_line=kill_after_a_few)
+    assert killed, "the replica was killed while the stream ran"
+    finals = _finals(lines)
+    assert sorted(finals) == list(range(40)), "every item ends in exactly one final state"
+    assert lines[-1]["status"] == "complete" and sum(x["status"] == "complete" for x in lines) == 1
+    # Retries are bounded (engine.retries) and land on the live replica: no item fails for the kill.
+    assert all(x["status"] == "done" for x in finals.values()), [x for x in finals.values() if x["status"] != "done"]
+    _wait_running(DETECTOR)  # Serve replaces the replica: later tests see two again
+
+
+def test_ray_engine_worker_node_removed_mid_stream_loses_no_item(served: RayServed) -> None:
+    """A whole worker node goes (its raylet and every actor on it) while a stream runs: the calls on its
+    detector replica fail over to the head's (bounded retries), every item ends once, the stream completes.
+    A node like it is added back after, and Serve brings the detector to two replicas again."""
+    import time
+
+    from ray._private import state
+
+    cluster = served.cluster
+    head = cluster.head_node.node_id
+    (worker,) = [n for n in cluster.worker_nodes if n.node_id != head]
+    on_worker = [a for a in _replicas(DETECTOR) if a["Address"]["NodeID"] == worker.node_id]
+    assert on_worker, "a detector replica runs on the worker node"
+    ingress = [a for a in state.actors().values() if a["State"] == "ALIVE"
+               and a["ActorClassName"] == f"ServeReplica:{APP}:api"]
+    if any(a["Address"]["NodeID"] == worker.node_id for a in ingress):
+        pytest.skip("the API replica landed on the worker node: removing it would end the stream's connection")
+    removed: list[float] = []
+
+    def remove_after_a_few(line: dict[str, Any]) -> None:
+        if line["status"] in {"done", "error"} and not removed:
+            removed.append(time.monotonic())
+            cluster.remove_node(worker)
+
+    data = [{"image_base64": _b64("bus.jpg"), "is_yolo": True} for _ in range(24)]
+    try:
+        lines = _stream(served.url, served.key, data, on_line=remove_after_a_few)
+    finally:
+        if removed:
+            cluster.add_node(num_cpus=2)
+    assert removed, "the node was removed while the stream ran"
+    assert not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == worker.node_id), "the node is gone"
+    finals = _finals(lines)
+    assert sorted(finals) == list(range(24)), "every item ends in exactly one final state"
+    assert lines[-1]["status"] == "complete" and sum(x["status"] == "complete" for x in lines) == 1
+    assert all(x["status"] == "done" for x in finals.values()), [x for x in finals.values() if x["status"] != "done"]
+    _wait_running(DETECTOR)
+
+
+def _wait_running(deployment: str, rounds: int = 600) -> None:
+    import time
+
+    for _ in range(rounds):  # bounded polling of Serve's status: the controller reconciles within seconds
+        status = serve.status().applications[APP].deployments[deployment]
+        if status.status == "HEALTHY" and len(_replicas(deployment)) == 2:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{deployment} did not recover: {serve.status()}")
+
+
+def test_ray_engine_overloaded_deployment_answers_503_with_retry_after(served: RayServed, tmp_path: Path) -> None:
+    """A deployment that queues at most one request (Serve's max_queued_requests): the rest are refused
+    at once with Serve's BackPressureError, which Sight answers as 503 overloaded with Retry-After."""
+    from sight.engines.ray_runtime import detector_deployment
+    from sight.engines.registry import EngineRegistry
+    from sight.serve_app import SightDetector
+
+    tight = DeploymentSettings(num_cpus=0.25, max_ongoing_requests=1, max_queued_requests=1)
+    settings = _settings(tmp_path, kind="ray", app_name="tight", detector=tight)
+    ref = "nudenet:1"
+    entry = EngineRegistry(settings).catalog.model(ref, task="detect")
+    dep = serve.deployment(name=detector_deployment(entry), **tight.ray_options())(SightDetector)
+    serve.run(dep.bind(settings, ref), name="tight", route_prefix=None)
+    key = _create_key(settings)
+    try:
+        with LiveServer(create_app(settings)) as live:
+            body = {"data": [_b64("bus.jpg")]}
+
+            def call(_: int) -> httpx.Response:
+                return httpx.post(f"{live.url}/v1/detect/latest", json=body, timeout=60,
+                                  headers={"Authorization": f"Bearer {key}"})
+
+            with ThreadPoolExecutor(12) as pool:
+                answers = list(pool.map(call, range(12)))
+    finally:
+        serve.delete("tight")
+    codes = sorted(r.status_code for r in answers)
+    assert 503 in codes and 200 in codes, codes
+    refused = next(r for r in answers if r.status_code == 503)
+    assert refused.headers["Retry-After"] == str(settings.server.retry_after)
+    assert refused.json()["detail"]["code"] == "overloaded"
+
+
+def test_ray_engine_model_without_deployment_fails_its_items_at_once(served: RayServed, tmp_path: Path) -> None:
+    """A detector declared after the application was built has no deployment: its items fail with
+    engine_unavailable at once (a call would wait for replicas that never come), their siblings run."""
+    settings = _settings(tmp_path, kind="ray", app_name=APP)
+    settings.yolo.models["later"] = nudenet_path()
+    key = _create_key(settings)
+    data = [{"image_base64": _b64("astronaut.png"), "is_yolo": True, "yolo_model": "later"},
+            {"image_base64": _b64("astronaut.png"), "is_yolo": True}]
+    with TestClient(create_app(settings)) as client:
+        r = client.post(STREAM, json={"api_key": key, "data": data})
+    finals = _finals([json.loads(x) for x in r.text.splitlines()])
+    assert finals[0]["error"]["code"] == "engine_unavailable", finals[0]
+    assert "not deployed" in finals[0]["error"]["message"]
+    assert finals[1]["status"] == "done"
+
+
+def test_ray_engine_serve_config_matches_the_application(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/serve-config.yaml validates as a Serve config, names exactly the application's deployments
+    (built by its import_path from its env_vars), and deploy/rayservice.yaml embeds the same application."""
+    _import_ray()
+    from ray.serve._private.build_app import build_app
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((ROOT / "deploy" / "serve-config.yaml").read_text())
+    ServeDeploySchema.model_validate(config)
+    (application,) = config["applications"]
+    for name, value in application["runtime_env"]["env_vars"].items():
+        monkeypatch.setenv(name, value)
+    module, _, attr = application["import_path"].partition(":")
+    builder = getattr(__import__(module, fromlist=[attr]), attr)
+    built = build_app(builder(application["args"]), name=application["name"])
+    assert {d.name for d in built.deployments} == {d["name"] for d in application["deployments"]}
+    assert built.ingress_deployment_name == "api"
+
+    service = yaml.safe_load((ROOT / "deploy" / "rayservice.yaml").read_text())
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(embedded)
+    (kube_app,) = embedded["applications"]
+    assert kube_app["deployments"] == application["deployments"]
+    assert {k: v for k, v in kube_app.items() if k != "runtime_env"} == \
+        {k: v for k, v in application.items() if k != "runtime_env"}
+
+
+def test_app_and_serve_app_import_no_ray_until_the_ray_engine_runs() -> None:
+    code = ("import sys; from sight.api.app import create_app; import sight.serve_app, sight.engines.ray_runtime; "
+            "create_app(); assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+@pytest.mark.anyio
+async def test_ray_runtime_retries_a_lost_replica_a_bounded_number_of_times(tmp_path: Path) -> None:
+    """A call whose replica dies is sent again at most ``engine.retries`` times, then the item fails with
+    engine_unavailable; back-pressure is never retried (it is the caller's 503)."""
+    _import_ray()
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import BackPressureError
+
+    from sight.engines.ray_runtime import RayRuntime
+    from sight.errors import EngineUnavailableError, OverloadedError
+
+    runtime = RayRuntime(_settings(tmp_path, kind="ray", retries=2))
+    sent: list[int] = []
+
+    async def dies() -> None:
+        sent.append(1)
+        raise ActorDiedError()
+
+    with pytest.raises(EngineUnavailableError, match="3 tries"):
+        await runtime._call(dies, 10, "detection")
+    assert len(sent) == 3
+
+    async def refused() -> None:
+        sent.append(1)
+        raise BackPressureError(num_queued_requests=1, max_queued_requests=1)
+
+    sent.clear()
+    with pytest.raises(OverloadedError) as refusal:
+        await runtime._call(refused, 10, "detection")
+    assert len(sent) == 1 and refusal.value.retry_after == runtime.settings.server.retry_after
