@@ -238,7 +238,7 @@ def test_server_with_no_llm_settings_finds_ollama_and_every_report_agrees(tmp_pa
             llm=LLMSettings(ollama_url=ollama.url, discover_interval=0),
         )
         out = io.StringIO()
-        app = create_app(settings, on_ready=printer("sk-test", Console(file=out, width=300)))
+        app = create_app(settings, on_ready=printer(None, Console(file=out, width=300)))
         with TestClient(app) as client:
             banner = out.getvalue()
             assert f"LLM        ollama qwen2.5vl:3b at {ollama.url}/v1" in banner

@@ -103,13 +103,18 @@ def render(services: Services, key: str | None) -> Table:
     return grid
 
 
-def printer(key: str | None, console: Console | None = None) -> Callable[[Services], Awaitable[None]]:
-    """The ``on_ready`` hook of ``create_app`` that prints the banner."""
+def printer(first_team: str | None, console: Console | None = None) -> Callable[[Services], Awaitable[None]]:
+    """The ``on_ready`` hook of ``create_app`` that prints the banner; with ``first_team`` and no team yet, it
+    first creates that team and its admin key, shown in the banner only."""
     out = console or Console()
     if not out.is_terminal:  # a log file or a pipe: one line per row, however long, so it greps well
         out = Console(file=out.file, width=400, color_system=None)
 
     async def on_ready(services: Services) -> None:
+        key = None
+        if first_team and not await services.keys.has_teams():
+            key, _info = await services.keys.create_key(first_team, name="first-start", is_admin=True)
+            out.print(f"Created team [bold]{escape(first_team)}[/bold] and its first API key.")
         out.print(render(services, key))
 
     return on_ready

@@ -8,8 +8,11 @@ touches it, which is what keeps an add in flight (blobs written, rows not yet co
 concurrent sweep.
 
 >>> blobs = open_blob_store(settings)    # SIGHT_BLOBS__URL: file://PATH (the default) or s3://BUCKET/PREFIX
->>> sha = await blobs.put(data)          # the same bytes are one blob, however often they are stored
->>> assert await blobs.get(sha) == data
+>>> async def round_trip(data: bytes) -> bool:
+...     sha = await blobs.put(data)      # the same bytes are one blob, however often they are stored
+...     return await blobs.get(sha) == data and sha == await blobs.put(data)
+>>> asyncio.run(round_trip(b"an image"))
+True
 """
 
 from __future__ import annotations
