@@ -180,6 +180,7 @@ def test_ab_split_is_weighted_and_pinned_per_request_id(rclient: TestClient) -> 
     seen = [version(f"req-{i}") for i in range(24)]
     assert set(seen) == {"1", "2"}
     assert 4 <= seen.count("1") <= 20
+    assert rclient.get("/v1/models/faces", headers=auth).json()["splits"] == {"ab": {"1": 0.5, "2": 0.5}}
 
 
 def test_shadow_agreement_is_recorded_not_returned(rclient: TestClient) -> None:

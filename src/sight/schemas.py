@@ -372,6 +372,8 @@ class ModelDetail(BaseModel):
     name: str
     serves: str | None = Field(None, description="The version the bare name (and `latest`) serves; null: none.")
     serves_why: str = Field(description="Why that version: an explicit alias, or the highest that is no shadow.")
+    splits: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="A/B splits: alias -> {version: share of traffic}, shares summing to 1.")
     versions: list[ModelPublic]
     shadows: list[ShadowAgreement]
 

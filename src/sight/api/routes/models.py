@@ -62,6 +62,8 @@ async def get_model(name: str, _principal: PrincipalDep, services: ServicesDep) 
     serves, why = versions.serving()
     return ModelDetail(
         name=name, serves=None if serves is None else str(serves), serves_why=why,
+        splits={alias: {str(v): round(w / sum(split.weights.values()), 4) for v, w in sorted(split.weights.items())}
+                for alias, split in versions.splits.items()},
         versions=[model_public(engines, m) for m in sorted(versions.by_version.values(), key=lambda m: m.version)],
         shadows=[ShadowAgreement.model_validate(s) for s in services.shadows.for_model(name)],
     )

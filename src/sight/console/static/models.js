@@ -73,6 +73,8 @@ async function showDetail(name) {
   $("model-detail").replaceChildren(
     heading,
     h("p", {}, "Serves ", d.serves ? h("strong", {}, `version ${d.serves}`) : "nothing", `: ${d.serves_why}`),
+    ...Object.entries(d.splits || {}).map(([alias, shares]) => h("p", { class: "split" }, `A/B split "${alias}": `,
+      Object.entries(shares).map(([v, share]) => `v${v} ${fmtPct(share)}`).join(", "))),
     h("h4", {}, "Versions"),
     h("ul", {}, d.versions.map((v) => h("li", {}, `v${v.version} `, stateOf(v.state),
       v.aliases.length ? ` aliases: ${v.aliases.join(", ")}` : "", v.source ? h("small", { class: "muted" }, ` ${v.source}`) : ""))),
