@@ -199,6 +199,12 @@ M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 # per image (yolo11n at 640 makes a 9.5 MB allocation per run: at 8 MiB that cost 2,300 page faults and
 # about 6 % more CPU per image, at 10 MiB and above none).
 MMAP_THRESHOLD = 12 * 1024 * 1024
+M_TRIM_THRESHOLD = -1
+# Setting the mmap threshold by hand also freezes glibc's trim threshold at 128 KiB: every free at the top of
+# the heap would then hand pages back, and the next image fault them in again (measured: 3 CPU ms per image,
+# 4 % of throughput, bench/predict_throughput.py). Bursts are handed back by malloc_trim when the budget goes
+# idle instead, which this threshold does not limit.
+TRIM_THRESHOLD = 256 * 1024 * 1024
 
 
 def tune_heap(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -209,4 +215,4 @@ def tune_heap(threshold: int = MMAP_THRESHOLD) -> bool:
     that keep the memory after the burst. Returns whether the setting took."""
     if (libc := _libc()) is None:
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
