@@ -302,3 +302,19 @@ def test_url_detector_in_settings_serves_items_after_one_download(tmp_path: Path
 def test_official_module_names_one_place_for_urls() -> None:
     assert official.official_for_url(OFFICIAL["yolo11s"].source) is OFFICIAL["yolo11s"]
     assert official.official_for_url("https://example.com/yolo11s.onnx") is None
+
+
+def test_eager_start_loads_local_models_and_leaves_downloads_to_first_use(
+    tmp_path: Path, files_server: ModelFileServer,
+) -> None:
+    settings = _settings(tmp_path)
+    settings.yolo = YoloSettings(models={"local": str(YOLO11N_UNTRAINED), "remote": files_server.source("other.onnx")},
+                                 default_model="local")
+    settings.registry.eager = True
+    app = create_app(settings)
+    with TestClient(app) as client:  # starts: nothing downloaded, nothing waited for
+        key, _ = client.portal.call(app.state.services.keys.create_key, "team")
+        states = {m["name"]: m["state"]["state"]
+                  for m in client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["models"]}
+    assert states["local"] == "ready" and states["remote"] == "not_downloaded"
+    assert files_server.hits == []
