@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
 from tests.conftest import IMAGES
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = 60.0, poll: float = 0.01) -> T:
+    """Wait for a state, not for a time: return ``check()``'s first truthy answer, asking every ``poll``
+    seconds; fail, saying ``what`` never came, after ``timeout`` (generous: a bound, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if found := check():
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
+        time.sleep(poll)
 
 
 def key_parts(key: str) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from sight.config import BlobSettings, ImageSettings, JobsSettings, Settings
 from sight.engines.registry import EngineRegistry
 from sight.jobs.blobs import open_blob_store
 from sight.schemas import BatchRequestIn
-from tests.helpers import image_bytes, key_parts
+from tests.helpers import image_bytes, key_parts, wait_until
 from tests.servers import FakeLLMServer
 
 FAST_JOBS = JobsSettings(run_in_server=False, backoff_seconds=0.01, heartbeat_seconds=0.2, poll_seconds=0.05,
@@ -258,20 +258,10 @@ def test_cancel_interrupts_an_in_flight_llm_call(
         runner = client.app.state.services.runner  # type: ignore[attr-defined]
         bid = api.create()["batch_id"]
         api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_llm=True, query="q")] * 3)
-        for _ in range(1000):  # until the first call reaches the LLM (bounded)
-            if llm.requests:
-                break
-            time.sleep(0.01)
-        else:
-            raise AssertionError("the runner never called the LLM")
+        wait_until(lambda: llm.requests, "the runner's first LLM call")
         state = api.post(f"/v1/batches/{bid}:cancel").json()["state"]
         assert state["num_cancelled"] == 3 and state["num_pending"] == 0
-        for _ in range(1000):  # until the runner lets go of the request (bounded)
-            if runner.in_flight == 0:
-                break
-            time.sleep(0.01)
-        else:
-            raise AssertionError("the cancel did not interrupt the in-flight request")
+        wait_until(lambda: runner.in_flight == 0, "the cancel interrupting the in-flight request")
         assert not llm.gate.is_set(), "the call ended while the LLM still held its answer: the cancel ended it"
         llm.gate.set()
         _drain(client)

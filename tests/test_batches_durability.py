@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, wait_until
 from tests.processes import SightProcess, SightServer, sight_env
 
 REQUESTS = 200
@@ -68,22 +68,18 @@ class Client:
         return self.http.get(f"/v1/batches/{bid}").json()  # type: ignore[no-any-return]
 
     def wait_progress(self, bid: str, more_than: int, timeout: float = 60) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done = self.state(bid)["state"]["num_success"]
-            if done > more_than:
-                return int(done)
-            time.sleep(0.05)
-        raise AssertionError(f"no progress past {more_than}")
+        def done() -> int:
+            n = int(self.state(bid)["state"]["num_success"])
+            return n if n > more_than else 0
+
+        return wait_until(done, f"progress past {more_than}", timeout, poll=0.05)
 
     def wait_ended(self, bid: str, timeout: float = 150) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ended() -> dict[str, Any] | None:
             batch = self.state(bid)
-            if batch["status"] == "ended":
-                return batch
-            time.sleep(0.2)
-        raise AssertionError(f"batch did not end: {self.state(bid)}")
+            return batch if batch["status"] == "ended" else None
+
+        return wait_until(ended, f"batch {bid} ending", timeout, poll=0.2)
 
     def all_results(self, bid: str) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []

@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from sight.api.app import create_app
 from sight.config import DeploymentSettings, EngineSettings, ModelsSettings, ServerSettings, Settings, YoloSettings
 from tests.conftest import IMAGES, ROOT, nudenet_path
+from tests.helpers import wait_until
 from tests.servers import LiveServer
 
 # Ray is imported by the tests that use it, not when pytest collects this module: the rest of the suite runs
@@ -256,14 +257,11 @@ def test_ray_engine_worker_node_removed_mid_stream_loses_no_item(served: RayServ
 
 
 def _wait_running(deployment: str, rounds: int = 600, replicas: int = 2) -> None:
-    import time
-
-    for _ in range(rounds):  # bounded polling of Serve's status: the controller reconciles within seconds
+    def running() -> bool:
         status = serve.status().applications[APP].deployments[deployment]
-        if status.status == "HEALTHY" and len(_replicas(deployment)) == replicas:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{deployment} did not recover: {serve.status()}")
+        return status.status == "HEALTHY" and len(_replicas(deployment)) == replicas
+
+    wait_until(running, f"{deployment} back to {replicas} healthy replicas", timeout=rounds * 0.05, poll=0.05)
 
 
 def test_ray_engine_overloaded_deployment_answers_503_with_retry_after(served: RayServed, tmp_path: Path) -> None:

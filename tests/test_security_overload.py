@@ -6,7 +6,6 @@ import base64
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from fastapi.testclient import TestClient
 from sight.api.app import create_app
 from sight.config import ServerSettings, Settings
 from sight.engines.registry import EngineRegistry
-from tests.helpers import image_bytes, v1_request
+from tests.helpers import image_bytes, v1_request, wait_until
 from tests.processes import SightServer, sight_env
 from tests.servers import FakeLLMServer, LiveServer
 
@@ -40,9 +39,7 @@ def test_past_the_queue_bound_requests_get_503_with_retry_after(
         worker = threading.Thread(target=lambda: first.update(
             httpx.post(live.url + BATCH + "/v2", json=body, timeout=30).json()))
         worker.start()
-        deadline = time.monotonic() + 10
-        while not llm.requests and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: llm.requests, "the first request's LLM call")
         refused = httpx.post(live.url + BATCH + "/v2", json={**body, "data": body["data"][:1]}, timeout=30)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "3"
         assert worker.is_alive(), "refused at once, not queued behind the first request (still held at the LLM)"

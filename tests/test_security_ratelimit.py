@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +12,7 @@ from fastapi.testclient import TestClient
 from sight.api.app import create_app
 from sight.config import RateLimitSettings, Settings
 from sight.engines.registry import EngineRegistry
-from tests.helpers import image_bytes, v1_request
+from tests.helpers import image_bytes, v1_request, wait_until
 from tests.processes import free_port
 
 BATCH = "/api/v1/inference/predict/batch"
@@ -28,12 +27,8 @@ def redis_url() -> Iterator[str]:
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
-            if ping.stdout.strip() == "PONG":
-                break
-            time.sleep(0.05)
+        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                          text=True).stdout.strip() == "PONG", "redis answering", 20, 0.05)
         yield f"async+redis://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -11,7 +11,7 @@ import httpx
 from sight.api.app import create_app
 from sight.config import ServerSettings, Settings
 from sight.engines.registry import EngineRegistry
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, wait_until
 from tests.servers import FakeLLMServer, LiveServer
 
 STREAM = "/api/v1/inference/predict/stream"
@@ -90,9 +90,7 @@ def test_client_disconnect_cancels_pending_work(
             lines = r.iter_lines()  # keep the iterator: dropping it closes the connection at once
             first = json.loads(next(lines))
             assert first["status"] == "processing"
-            deadline = time.monotonic() + 5
-            while not llm.requests and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: llm.requests, "the first item's LLM call")
             assert len(llm.requests) == 1, "the first item's LLM call is in flight"
         # The client is gone. Without cancellation the next items would call the LLM every second.
         time.sleep(3.0)
