@@ -1,4 +1,5 @@
-"""Batch images in the blob store, a folder or an S3 bucket: written only for accepted requests, removed once no
+"""Batch images and large batch results in the blob store, a folder or an S3 bucket: images written only for
+accepted requests, results above ``inline_result_bytes`` written before their row commits; both removed once no
 request references them.
 
 Blob ages are set in the past (``os.utime`` on a file, the loopback S3 server's own record of an object);
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +24,8 @@ from sight.api.app import create_app
 from sight.config import BlobSettings, JobsSettings, Settings
 from sight.engines.registry import EngineRegistry
 from sight.jobs.blobs import BlobStore, FileBlobStore, blob_key, open_blob_store
+from sight.jobs.runner import Runner
+from sight.jobs.store import result_bytes
 from tests.helpers import image_bytes
 
 JOBS = JobsSettings(run_in_server=False, backoff_seconds=0.01, heartbeat_seconds=0.2, poll_seconds=0.05)
@@ -230,3 +234,157 @@ def test_sweep_removes_old_leftovers_of_crashed_writes(client: TestClient, blobs
         os.utime(shard / name, (past, past))
     _sweep(client)
     assert [p.name for p in shard.iterdir()] == [".tmp-in-flight"]
+
+
+# -- results -------------------------------------------------------------------------------------------------
+
+
+def _ocr(name: str, request_id: str) -> dict[str, Any]:
+    vp = {"image_base64": base64.b64encode(image_bytes(name)).decode(), "is_ocr": True}
+    return {"batch_request_id": request_id, "batch_request": {"vision_predict": vp}}
+
+
+def _drain(client: TestClient, inline_result_bytes: int = JOBS.inline_result_bytes) -> None:
+    """Work until idle, with a runner that keeps results up to ``inline_result_bytes`` in the database."""
+    services = client.app.state.services  # type: ignore[attr-defined]
+    jobs = JOBS.model_copy(update={"inline_result_bytes": inline_result_bytes})
+    client.portal.call(Runner(services.queue, services.batches, services.pipeline, services.blobs, jobs).run_until_idle)
+
+
+def _rows(client: TestClient, batch_id: str) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
+    """Each request's stored (result, result_sha)."""
+    from sqlalchemy import select
+
+    from sight.storage.tables import Batch, BatchRequest
+
+    async def read() -> dict[str, tuple[dict[str, Any] | None, str | None]]:
+        async with client.app.state.services.db.connect() as conn:  # type: ignore[attr-defined]
+            rows = await conn.execute(
+                select(BatchRequest.request_id, BatchRequest.result, BatchRequest.result_sha)
+                .join(Batch, Batch.seq == BatchRequest.batch_seq).where(Batch.id == batch_id))
+            return {rid: (result, sha) for rid, result, sha in rows}
+
+    return client.portal.call(read)
+
+
+def _results(team: Team, batch_id: str) -> dict[str, dict[str, Any]]:
+    r = team.client.get(f"/v1/batches/{batch_id}/results", headers=team.headers)
+    assert r.status_code == 200, r.text
+    return {entry["batch_request_id"]: entry for entry in r.json()["results"]}
+
+
+def _untimed(entry: dict[str, Any]) -> dict[str, Any]:
+    """A result entry without the timings, which every run measures anew."""
+    predicted = entry["batch_result"]["response"]["vision_predict"]
+    return {**entry, "batch_result": {"response": {"vision_predict": {**predicted, "timings_ms": None}}}}
+
+
+@both_stores
+def test_results_over_the_threshold_go_to_the_blob_store_and_read_back_as_inline_ones(
+    client: TestClient, blobs: BlobStore
+) -> None:
+    team = Team(client, "a")
+    inline, split = team.create(), team.create()
+    requests = [_req("coffee.png", "photo"), _ocr("page.png", "page")]
+    assert team.add(inline, requests).status_code == 200
+    _drain(client)  # the default threshold: these results are small enough to stay in the database
+    rows = _rows(client, inline)
+    assert all(result is not None and sha is None for result, sha in rows.values()), rows
+    sizes = {rid: len(result_bytes(result)) for rid, (result, _sha) in rows.items() if result is not None}
+    assert 3 * sizes["photo"] < sizes["page"], sizes
+
+    assert team.add(split, requests).status_code == 200
+    _drain(client, inline_result_bytes=(sizes["photo"] + sizes["page"]) // 2)  # far from both (timings vary)
+    rows = _rows(client, split)
+    assert rows["photo"][0] is not None and rows["photo"][1] is None, "under the threshold a result stays inline"
+    result, sha = rows["page"]
+    assert result is None and sha is not None, "over it the row keeps only the blob's name"
+    assert client.portal.call(blobs.exists, sha)
+
+    first, second = _results(team, inline), _results(team, split)
+    assert second["page"]["batch_result"]["response"]["vision_predict"] == json.loads(
+        client.portal.call(blobs.get, sha)), "the stored result, as stored"
+    assert {rid: _untimed(e) for rid, e in second.items()} == {rid: _untimed(e) for rid, e in first.items()}
+    assert second["page"]["batch_result"]["response"]["vision_predict"]["ocr"]["lines"]
+
+
+@both_stores
+def test_a_missing_result_blob_is_an_error_entry_not_a_failed_page(client: TestClient, blobs: BlobStore) -> None:
+    team = Team(client, "a")
+    bid = team.create()
+    assert team.add(bid, [_req("astronaut.png", "kept"), _req("coffee.png", "lost")]).status_code == 200
+    _drain(client, inline_result_bytes=0)  # every result to the blob store
+    rows = _rows(client, bid)
+    assert rows["kept"][1] and rows["lost"][1] and rows["kept"][1] != rows["lost"][1]
+    client.portal.call(blobs.delete, rows["lost"][1])
+
+    results = _results(team, bid)
+    assert results["kept"]["batch_result"]["response"]["vision_predict"]["yolo"]["detections"]
+    assert results["lost"]["error"] == {"code": "not_found", "message": "the stored result of this request is gone"}
+    assert results["lost"]["batch_result"] is None and results["lost"]["error_message"]
+
+
+@both_stores
+def test_sweep_keeps_result_blobs_while_any_row_names_them_as_result_or_image(
+    client: TestClient, blobs: BlobStore, age: Age
+) -> None:
+    a, b = Team(client, "a"), Team(client, "b")
+    results = a.create()
+    assert a.add(results, [_req("coffee.png", "x")]).status_code == 200
+    _drain(client, inline_result_bytes=0)
+    (_result, sha), = _rows(client, results).values()
+    assert sha is not None
+    # Team b stores the very same bytes as an image: one blob, named by a result and by an image.
+    images = b.create()
+    shared = base64.b64encode(client.portal.call(blobs.get, sha)).decode()
+    r = b.add(images, [{"batch_request": {"vision_predict": {"image_base64": shared, "is_yolo": True}}}])
+    assert r.status_code == 200
+    # A completion that stored its result and then crashed (or lost its lease) before its commit.
+    orphan = client.portal.call(blobs.put, result_bytes({"status": "done", "crashed": True}))
+    age(sha, orphan, _sha(image_bytes("coffee.png")))
+
+    _sweep(client)
+    names = _names(client, blobs)
+    assert sha in names and orphan not in names, "a referenced result stays, an orphaned one goes"
+    assert _results(a, results)["x"]["batch_result"]
+
+    client.portal.call(_expire, client, results)
+    _sweep(client)
+    names = _names(client, blobs)
+    assert _sha(image_bytes("coffee.png")) not in names, "the purged batch's image goes"
+    assert sha in names, "team b's image is the same blob"
+
+    client.portal.call(_expire, client, images)
+    _sweep(client)
+    assert sha not in _names(client, blobs), "no row names it any more: it goes with the last batch"
+
+
+@both_stores
+def test_purging_a_batch_removes_its_result_blobs(client: TestClient, blobs: BlobStore, age: Age) -> None:
+    team = Team(client, "a")
+    bid = team.create()
+    assert team.add(bid, [_req("astronaut.png", "x"), _ocr("serial-label.png", "y")]).status_code == 200
+    _drain(client, inline_result_bytes=0)
+    shas = {sha for _result, sha in _rows(client, bid).values() if sha}
+    assert len(shas) == 2 and shas <= _names(client, blobs)
+    _sweep(client)  # the first sweep of a process lists the whole store; later ones only purge, within the grace
+    age(*shas, _sha(image_bytes("astronaut.png")), _sha(image_bytes("serial-label.png")))
+
+    client.portal.call(_expire, client, bid)
+    _sweep(client)
+    assert _names(client, blobs) == set(), "results and images of the purged batch are gone"
+    assert _rows(client, bid) == {"x": (None, None), "y": (None, None)}
+
+
+def test_sweep_lists_the_whole_store_once_per_grace_period(client: TestClient, blobs: BlobStore, age: Age) -> None:
+    store = client.app.state.services.batches  # type: ignore[attr-defined]
+    started = datetime.now(UTC)
+    store.clock = lambda: started
+    _sweep(client)
+    orphan = _put(client, blobs, "astronaut.png")  # an add that crashed after storing its image
+    age(orphan)
+    _sweep(client)
+    assert orphan in _names(client, blobs), "not listed again within the grace period"
+    store.clock = lambda: started + timedelta(seconds=store.settings.jobs.blob_grace_seconds)
+    _sweep(client)
+    assert orphan not in _names(client, blobs), "listed once the grace period has passed"

@@ -116,11 +116,15 @@ class JobsSettings(BaseModel):
     blob_grace_seconds: float = Field(
         3600.0, description="A stored image no request references is removed once untouched this long "
         "(longer than any add of requests takes: an add in flight is never swept).")
+    inline_result_bytes: int = Field(
+        64 * 1024, ge=0, description="A batch result whose compact JSON is larger goes to the blob store "
+        "(SIGHT_BLOBS__URL) and its row keeps only the reference; smaller ones stay in the database.")
     max_requests_per_call: int = 1000
 
 
 class BlobSettings(BaseModel):
-    """Where batch images live (``SIGHT_BLOBS__URL``): a folder, or a bucket of any S3-compatible store."""
+    """Where batch images and large batch results live (``SIGHT_BLOBS__URL``): a folder, or a bucket of any
+    S3-compatible store."""
 
     url: str | None = Field(None, description="file://PATH or s3://BUCKET/PREFIX (AWS S3, MinIO, R2, GCS "
                             "interop; needs pip install 'sight[s3]'). Unset: file://<data_dir>/blobs.")

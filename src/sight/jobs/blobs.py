@@ -1,11 +1,12 @@
-"""Content-addressed image bytes: each distinct image is stored once, named by its SHA-256, in a folder
-(``file://``, here) or in a bucket of any S3-compatible store (``s3://``, :mod:`sight.jobs.s3_blobs`).
+"""Content-addressed bytes of batch images and large batch results (``SIGHT_JOBS__INLINE_RESULT_BYTES``): each
+distinct content is stored once, named by its SHA-256, in a folder (``file://``, here) or in a bucket of any
+S3-compatible store (``s3://``, :mod:`sight.jobs.s3_blobs`).
 
-A blob may be shared by many requests, across batches and teams, so a store never decides alone what to
-delete: the sweep (``BatchStore.sweep``) lists blobs untouched since a cutoff, asks the database which of them
-no request references, and has the store remove those still untouched. Storing an image that is already here
-touches it, which is what keeps an add in flight (blobs written, rows not yet committed) safe from a
-concurrent sweep.
+A blob may be shared by many requests, across batches and teams (an image and a result of the same bytes are
+one blob), so a store never decides alone what to delete: the sweep (``BatchStore.sweep``) lists blobs
+untouched since a cutoff, asks the database which of them no request references, and has the store remove
+those still untouched. Storing content that is already here touches it, which is what keeps an add or a
+completion in flight (blobs written, rows not yet committed) safe from a concurrent sweep.
 
 >>> blobs = open_blob_store(settings)    # SIGHT_BLOBS__URL: file://PATH (the default) or s3://BUCKET/PREFIX
 >>> async def round_trip(data: bytes) -> bool:
@@ -66,7 +67,7 @@ class BlobInfo:
 
 
 class BlobStore(Protocol):
-    """Where batch images live, by content. Every method may run in many processes at once."""
+    """Where batch images and large results live, by content. Every method may run in many processes at once."""
 
     async def put(self, data: bytes) -> str:
         """Store ``data`` unless it is there already, and return its SHA-256. Either way the blob counts as

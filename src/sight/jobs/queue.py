@@ -95,26 +95,28 @@ class JobQueue:
 
     async def _finish(
         self, s: AsyncSession, row: BatchRequest, state: str, result: dict[str, Any] | None,
-        error: dict[str, Any] | None,
+        error: dict[str, Any] | None, result_sha: str | None = None,
     ) -> None:
         # The batch row's counter orders results; its lock is held to commit, so commit order = result order.
         counter = (await s.execute(
             update(Batch).where(Batch.seq == row.batch_seq).values(result_counter=Batch.result_counter + 1)
             .returning(Batch.result_counter)
         )).scalar_one()
-        row.state, row.result, row.error = state, result, error
+        row.state, row.result, row.result_sha, row.error = state, result, result_sha, error
         row.result_seq, row.finished_at = counter, self.clock()
         row.lease_owner, row.lease_expires_at = None, None
 
     async def complete(
-        self, worker: str, seq: int, state: str, result: dict[str, Any] | None, error: dict[str, Any] | None
+        self, worker: str, seq: int, state: str, result: dict[str, Any] | None, error: dict[str, Any] | None,
+        *, result_sha: str | None = None,
     ) -> bool:
-        """Record the final outcome; ``False`` if ``worker`` no longer holds the request."""
+        """Record the final outcome; ``False`` if ``worker`` no longer holds the request. A large result is
+        already in the blob store: ``result_sha`` names it and ``result`` is None."""
         async with self._sessions() as s, s.begin():
             row = await self._held(s, worker, seq)
             if row is None:
                 return False
-            await self._finish(s, row, state, result, error)
+            await self._finish(s, row, state, result, error, result_sha)
             return True
 
     async def retry(self, worker: str, seq: int, error: dict[str, Any], delay: float) -> bool:

@@ -26,7 +26,7 @@ from sight.core.pipeline import ImageInput, Pipeline, WorkItem
 from sight.errors import SightError
 from sight.jobs.blobs import BlobStore
 from sight.jobs.queue import Claimed, JobQueue
-from sight.jobs.store import BatchStore
+from sight.jobs.store import BatchStore, result_bytes
 from sight.schemas import ItemOptions
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,18 @@ class Runner:
 
     async def _record(self, job: Claimed, state: str, result: dict[str, Any] | None,
                       error: dict[str, Any] | None) -> None:
+        result_sha = None
+        if result is not None:
+            data = await anyio.to_thread.run_sync(result_bytes, result)
+            if len(data) > self.settings.inline_result_bytes:
+                # Stored before the row commits, so a committed row never names a missing blob. A crash or a
+                # refused completion in between leaves a blob no row references, for the sweep to remove.
+                result, result_sha = None, await self.blobs.put(data)
         # A cancel (batch cancelled, lease lost, shutdown) may arrive while the outcome is being written: the
         # short write is shielded, so a transaction is never abandoned half-way holding row locks. The queue
         # itself refuses the write if this worker no longer holds the request.
         with anyio.CancelScope(shield=True):
-            await self.queue.complete(self.worker, job.seq, state, result, error)
+            await self.queue.complete(self.worker, job.seq, state, result, error, result_sha=result_sha)
 
     async def _guarded(self, job: Claimed) -> None:
         try:

@@ -1,8 +1,8 @@
 """Blobs in a bucket of any S3-compatible store (AWS S3, MinIO, Cloudflare R2, GCS's XML interop), through
 obstore (``pip install 'sight[s3]'``; only ``open_blob_store`` imports this module, and only for ``s3://``).
 
-Same layout and contract as the file store: ``PREFIX/ab/ab12...``, one object per distinct image, and the
-object's LastModified is the time the sweep's grace period counts from.
+Same layout and contract as the file store: ``PREFIX/ab/ab12...``, one object per distinct image or result, and
+the object's LastModified is the time the sweep's grace period counts from.
 
 S3 has no utime: LastModified changes only when the object is written. So the touch that protects an add in
 flight is a write of the same bytes, which ``put`` has in hand: a blob written within ``refresh_after``
@@ -13,8 +13,9 @@ and obstore's copy sends no metadata directive.
 The sweep removes a blob with a HEAD (still older than the cutoff?) and then a DELETE: two requests, where
 the file store renames the file away first and checks after. An add that stores this very image between the
 two (an orphan no request referenced for the whole grace period, stored again within one round trip) loses
-it, and its request fails with ``not_found``. That is the race this backend accepts: S3 has no delete
-conditional on LastModified, and an ETag condition cannot tell a re-upload of the same bytes apart.
+it, and its request fails with ``not_found`` (a completion storing the same result bytes: that result reads
+as gone). That is the race this backend accepts: S3 has no delete conditional on LastModified, and an ETag
+condition cannot tell a re-upload of the same bytes apart.
 
 Transient failures (5xx, dropped connections, timeouts) are retried by obstore itself, with exponential
 backoff, at most ``retries`` times and never past ``retry_timeout``; what still fails then propagates as

@@ -1,6 +1,7 @@
 """Batches as the API sees them: create, list, add requests, page requests and results, cancel, expire.
 
-Every method takes the caller's ``team_id``; another team's batch is simply not found.
+Every method takes the caller's ``team_id``; another team's batch is simply not found. Images, and results
+larger than ``SIGHT_JOBS__INLINE_RESULT_BYTES``, live in the blob store; rows name them by SHA-256.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -46,8 +47,10 @@ from sight.storage.tables import Batch, BatchRequest
 
 OPEN_STATES = ("pending", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
-BLOB_CHUNK = 500  # blob names per reference lookup (well under any database's bound-parameter limit)
+BLOB_CHUNK = 400  # blob names per reference lookup, asked of two columns (800 bound parameters: fine anywhere)
 BLOB_PUTS = 8  # images of one add stored at once (an object store answers each in a round trip or two)
+BLOB_GETS = 16  # stored results of one page of results fetched at once
+RESULT_GONE = "the stored result of this request is gone"
 
 
 def now() -> datetime:
@@ -69,6 +72,11 @@ def body_hash(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def result_bytes(result: dict[str, Any]) -> bytes:
+    """A result as compact JSON: its size decides where it is kept, and these are the bytes of its blob."""
+    return json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 @dataclass(frozen=True, slots=True)
 class Counts:
     total: int = 0
@@ -87,6 +95,7 @@ class BatchStore:
         self.blobs = blobs
         self._ocr_name = ocr_name  # the catalog's name for the OCR model (a registry file may rename it)
         self.clock: Callable[[], datetime] = now  # what "now" is: tests move it forward instead of sleeping
+        self._next_listing: datetime | None = None  # when this process's sweep next lists the whole blob store
 
     # -- batches ---------------------------------------------------------------------------------------
 
@@ -297,19 +306,41 @@ class BatchStore:
                 .order_by(BatchRequest.result_seq).limit(limit + 1)
             )).scalars())
             still_running = batch.cancel_time is None and (await self._counts(s, batch.seq)).pending > 0
-        page = [self._result_entry(r) for r in rows[:limit]]
+        stored = await self._stored_results(rows[:limit])
+        page = [self._result_entry(r, stored) for r in rows[:limit]]
         last = rows[min(len(rows), limit) - 1].result_seq if rows else after
         more = len(rows) > limit or still_running
         return BatchResultList(results=page,
                                pagination_token=paging.encode("results", batch.seq, last or 0) if more else None)
 
+    async def _stored_results(self, rows: Sequence[BatchRequest]) -> dict[str, dict[str, Any] | None]:
+        """The page's results kept in the blob store, by name, a few fetched at once (None: the blob is gone)."""
+        found: dict[str, dict[str, Any] | None] = {}
+        limiter = anyio.CapacityLimiter(BLOB_GETS)
+
+        async def get(sha: str) -> None:
+            async with limiter:
+                try:
+                    data = await self.blobs.get(sha)
+                except NotFoundError:
+                    found[sha] = None
+                    return
+                found[sha] = await anyio.to_thread.run_sync(json.loads, data)
+
+        async with anyio.create_task_group() as tg:
+            for sha in {r.result_sha for r in rows if r.state == "succeeded" and r.result_sha}:
+                tg.start_soon(get, sha)
+        return found
+
     @staticmethod
-    def _result_entry(r: BatchRequest) -> BatchResultEntry:
-        if r.state == "succeeded" and r.result is not None:
+    def _result_entry(r: BatchRequest, stored: dict[str, dict[str, Any] | None]) -> BatchResultEntry:
+        result = stored.get(r.result_sha) if r.result_sha else r.result
+        if r.state == "succeeded" and result is not None:
             return BatchResultEntry.model_validate(
-                {"batch_request_id": r.request_id, "batch_result": {"response": {"vision_predict": r.result}}}
+                {"batch_request_id": r.request_id, "batch_result": {"response": {"vision_predict": result}}}
             )
-        error = ErrorInfo.model_validate(r.error or {"code": "internal", "message": "failed"})
+        gone = NotFoundError(RESULT_GONE).to_dict() if r.state == "succeeded" and r.result_sha else None
+        error = ErrorInfo.model_validate(gone or r.error or {"code": "internal", "message": "failed"})
         return BatchResultEntry(batch_request_id=r.request_id, error_message=error.message, error=error)
 
     # -- cancel and expiry -----------------------------------------------------------------------------
@@ -336,8 +367,12 @@ class BatchStore:
 
     async def sweep(self) -> tuple[int, int]:
         """Cancel work past its processing deadline; purge expired batches' payloads, results and blobs;
-        remove blobs no request references (a crashed or refused add's). Returns (requests cancelled,
-        batches purged)."""
+        remove blobs no request references (a crashed or refused add's, a completion's that crashed or lost
+        its lease before its commit). Returns (requests cancelled, batches purged).
+
+        Those last blobs no row names, so only a listing of the whole store finds them, and none may go before
+        the grace period anyway: each process lists at most once per ``blob_grace_seconds`` (first at its
+        first sweep), and such a blob goes within about twice the grace period of its last touch."""
         at = self.clock()
         async with self._sessions() as s, s.begin():
             late = select(Batch.seq).where(Batch.deadline_at <= at)
@@ -353,13 +388,15 @@ class BatchStore:
             )).scalars())
             shas: list[str] = []
             if expired:
-                shas = [sha for sha in (await s.execute(
-                    select(BatchRequest.blob_sha).where(BatchRequest.batch_seq.in_(expired),
-                                                        BatchRequest.blob_sha.is_not(None))
-                )).scalars() if sha]
+                named = (await s.execute(
+                    select(BatchRequest.blob_sha, BatchRequest.result_sha).where(
+                        BatchRequest.batch_seq.in_(expired),
+                        or_(BatchRequest.blob_sha.is_not(None), BatchRequest.result_sha.is_not(None)))
+                )).all()
+                shas = [sha for row in named for sha in row if sha]
                 await s.execute(
                     update(BatchRequest).where(BatchRequest.batch_seq.in_(expired))
-                    .values(payload=None, result=None, blob_sha=None, lease_owner=None)
+                    .values(payload=None, result=None, blob_sha=None, result_sha=None, lease_owner=None)
                 )
                 await s.execute(
                     update(BatchRequest)
@@ -372,7 +409,13 @@ class BatchStore:
         cutoff = time.time() - self.settings.jobs.blob_grace_seconds
         if shas:
             await self._remove_unreferenced(shas, cutoff)
-        old: list[str] = []  # then every old blob (a crashed or refused add's), a chunk at a time
+        if self._next_listing is None or at >= self._next_listing:
+            await self._remove_orphans(cutoff)
+            self._next_listing = at + timedelta(seconds=self.settings.jobs.blob_grace_seconds)
+        return int(cancelled or 0), len(expired)
+
+    async def _remove_orphans(self, cutoff: float) -> None:
+        old: list[str] = []  # every blob untouched since the cutoff, a chunk at a time
         async for blob in self.blobs.listing():
             if blob.modified >= cutoff:
                 continue
@@ -382,16 +425,16 @@ class BatchStore:
                 old = []
         if old:
             await self._remove_unreferenced(old, cutoff)
-        return int(cancelled or 0), len(expired)
 
     async def _remove_unreferenced(self, shas: Sequence[str], cutoff: float) -> int:
         candidates = sorted(set(shas))
         removed = 0
         for start in range(0, len(candidates), BLOB_CHUNK):
             chunk = candidates[start:start + BLOB_CHUNK]
-            async with self._reads() as s:
+            async with self._reads() as s:  # an image and a result of the same bytes are the same blob
                 used = set((await s.execute(
-                    select(BatchRequest.blob_sha).where(BatchRequest.blob_sha.in_(chunk)).distinct()
+                    select(BatchRequest.blob_sha).where(BatchRequest.blob_sha.in_(chunk))
+                    .union(select(BatchRequest.result_sha).where(BatchRequest.result_sha.in_(chunk)))
                 )).scalars())
             unused = [sha for sha in chunk if sha not in used]
             removed += await self.blobs.remove_untouched(unused, cutoff)

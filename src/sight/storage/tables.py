@@ -85,6 +85,7 @@ class BatchRequest(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result_seq: Mapped[int | None] = mapped_column(BigInteger)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result_sha: Mapped[str | None] = mapped_column(String(64))  # a large result, in the blob store instead
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (
@@ -93,4 +94,5 @@ class BatchRequest(Base):
         Index("ix_batch_requests_results", "batch_seq", "result_seq"),
         Index("ix_batch_requests_batch_state", "batch_seq", "state"),
         Index("ix_batch_requests_blob_sha", "blob_sha"),  # the blob sweep asks which blobs are still used
+        Index("ix_batch_requests_result_sha", "result_sha"),
     )
