@@ -10,12 +10,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import nudenet_path
+from tests.helpers import wait_until
 
 KEY_RE = re.compile(r"sk-sight-key_[a-z0-9]{12}-[A-Za-z0-9_\-]+")
 SIGHT = [sys.executable, "-m", "sight"]
@@ -73,17 +73,19 @@ class SightServer(SightProcess):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(["serve", "--port", str(self.port), *args], workdir, env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                if self.proc.poll() is not None:
-                    raise AssertionError("sight serve exited early:\n" + self.output()) from None
-                time.sleep(0.1)
-        self.stop()
-        raise AssertionError("sight serve did not come up:\n" + self.output())
+        try:  # start-up has no event to wait on from outside the process: ask /healthz until it answers
+            wait_until(self._healthy, "sight serve answering /healthz", timeout=60, poll=0.1)
+        except AssertionError as exc:
+            self.stop()
+            raise AssertionError(f"{exc}:\n{self.output()}") from None
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            if self.proc.poll() is not None:
+                raise AssertionError("sight serve exited early") from None
+            return False
 
     def first_key(self) -> str | None:
         match = KEY_RE.search(self.output())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import select
 import socket
 import threading
 import time
@@ -16,7 +17,8 @@ from urllib.parse import parse_qs, urlparse
 
 import uvicorn
 
-MAX_SLEEP = 10.0  # no handler ever sleeps longer, so a test can never hang on a server
+MAX_SLEEP = 10.0  # no handler ever stays slow longer, so a test can never hang on a server
+GATE_TIMEOUT = 60.0  # a gate the test never opens: the held answer fails (504), after half the per-test timeout
 
 
 class _Quiet(BaseHTTPRequestHandler):
@@ -34,6 +36,26 @@ class _Quiet(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
+
+    def _hold(self, seconds: float, gate: threading.Event | None = None) -> str:
+        """Hold the answer: until ``gate`` opens ("released"), the client hangs up ("hangup", as a client whose
+        own timeout ran out does), or ``seconds`` pass ("timeout")."""
+        deadline = time.monotonic() + seconds
+        watch = [self.connection]  # the request is read in full: the client can only send its hang-up now
+        while not (gate is not None and gate.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            # Without a gate only the socket can end the hold; with one, look at the gate again every 50 ms.
+            readable, _, _ = select.select(watch, [], [], left if gate is None else min(left, 0.05))
+            if readable:
+                try:
+                    if not self.connection.recv(1, socket.MSG_PEEK):
+                        return "hangup"
+                except OSError:
+                    return "hangup"
+                watch = []  # a pipelined request, not a hang-up: wait on the gate and the clock alone
+        return "released"
 
 
 class _Server(ThreadingHTTPServer):
@@ -107,10 +129,18 @@ class _LLMHandler(_Quiet):
         with owner.lock:
             owner.requests.append({"body": body, "headers": dict(self.headers)})
             mode = owner.mode_for(body)
-        if mode == "slow":
-            time.sleep(min(owner.delay, MAX_SLEEP))
-        elif mode == "gate":  # hold the answer until the test opens the gate (bounded all the same)
-            owner.gate.wait(MAX_SLEEP)
+            gate = owner.gate
+        if mode in {"slow", "gate"}:
+            # slow: an upstream that answers after ``delay``, or never, to a client whose timeout is shorter.
+            # gate: the answer waits for the test (``gate.set()``); a gate never opened fails the call.
+            held = self._hold(min(owner.delay, MAX_SLEEP)) if mode == "slow" else self._hold(GATE_TIMEOUT, gate)
+            with owner.lock:
+                owner.held.append(held)
+            if held == "hangup":
+                return
+            if mode == "gate" and held == "timeout":
+                self._send(504, b'{"error": {"message": "the test never opened the gate"}}')
+                return
         elif mode == "429":
             self._send(429, b'{"error": {"message": "rate limited"}}', headers={"Retry-After": "0"})
             return
@@ -132,7 +162,12 @@ class _LLMHandler(_Quiet):
 
 class FakeLLMServer(_Background):
     """Speaks OpenAI chat completions and model listing (``models``); records what it receives (``hits``: every
-    method and path; ``requests``: chat completions); can be slow, 429, 500 or malformed."""
+    method and path; ``requests``: chat completions); can be slow, held at a gate, 429, 500 or malformed.
+    ``held`` says how each slow or gated answer ended: "released", "hangup" (the client went away) or "timeout".
+
+    >>> llm.mode = "gate"     # chat completions wait ...
+    >>> llm.gate.set()        # ... until the test lets them answer
+    """
 
     handler = _LLMHandler
 
@@ -141,8 +176,11 @@ class FakeLLMServer(_Background):
         self.reset()
 
     def reset(self) -> None:
+        if gate := getattr(self, "gate", None):
+            gate.set()  # a call an earlier test left held answers now, not at GATE_TIMEOUT
         self.requests: list[dict[str, Any]] = []
         self.hits: list[str] = []
+        self.held: list[str] = []
         self.models = ["fake-vl"]
         self.mode = "ok"
         self.delay = 0.0
@@ -252,8 +290,8 @@ class _ImageHandler(_Quiet):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        if url.path.startswith("/slow/"):
-            time.sleep(min(float(query.get("s", ["1"])[0]), MAX_SLEEP))
+        if url.path.startswith("/slow/") and self._hold(min(float(query.get("s", ["1"])[0]), MAX_SLEEP)) == "hangup":
+            return  # the client gave up first (its fetch deadline): nobody is left to answer
         name = url.path.rsplit("/", 1)[-1]
         path = owner.root / name
         if not name or not path.is_file():
@@ -263,7 +301,8 @@ class _ImageHandler(_Quiet):
 
 
 class ImageServer(_Background):
-    """Serves files of a folder; ``/redirect?to=URL`` redirects, ``/slow/NAME?s=1`` waits first."""
+    """Serves files of a folder; ``/redirect?to=URL`` redirects, ``/slow/NAME?s=1`` answers after ``s`` seconds
+    (or not at all, if the client hangs up first)."""
 
     handler = _ImageHandler
 
@@ -274,13 +313,27 @@ class ImageServer(_Background):
         self.hits: list[str] = []
 
 
+class _UvicornServer(uvicorn.Server):
+    """uvicorn, saying when its start-up is over (listening, or failed: then ``started`` stays False)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        finally:
+            self.ready.set()
+
+
 class LiveServer:
     """Serves an app with uvicorn on a free loopback port in a background thread."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(self.config)
+        self.server = _UvicornServer(self.config)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def _run(self) -> None:
@@ -289,16 +342,14 @@ class LiveServer:
         try:
             self.loop.run_until_complete(self.server.serve())
         finally:
+            self.server.ready.set()  # it failed before its start-up: __enter__ stops waiting and says so
             self.loop.close()
 
     def __enter__(self) -> LiveServer:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+        if not self.server.ready.wait(60) or not self.server.started:
+            raise RuntimeError("uvicorn did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -322,17 +322,19 @@ def test_paging_is_stable_while_results_arrive(
         bid = api.create()["batch_id"]
         ids = api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)] * 40)
         seen: list[str] = []
-        token = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+
+        def next_page(token: str | None) -> dict[str, Any] | None:
             page = api.results(bid, limit=4, pagination_token=token)
+            return page if page["results"] or page["pagination_token"] is None else None  # None: none new yet
+
+        token = None
+        while True:
+            page = wait_until(partial(next_page, token), "more results to page through", poll=0.02)
             if len(page["results"]) == 4:
                 assert api.results(bid, limit=4, pagination_token=token) == page, "a full page reads the same"
             seen.extend(r["batch_request_id"] for r in page["results"])
             if page["pagination_token"] is None:
                 break
-            if not page["results"]:
-                time.sleep(0.02)
             token = page["pagination_token"]
         assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
         listed: list[str] = []
@@ -424,12 +426,16 @@ def test_only_the_lease_holder_can_complete(client: TestClient) -> None:
 
 
 class _HeldHeartbeat:
-    """The real queue, whose heartbeat answers only when released: work gets claimed meanwhile."""
+    """The real queue, whose heartbeat answers only when released: work gets claimed meanwhile. ``claimed`` and
+    ``completed`` are set once the runner has claimed work and recorded an outcome."""
 
     def __init__(self, inner: Any) -> None:
         self.inner, self.settings = inner, inner.settings
         self.release = asyncio.Event()
         self.waiting = asyncio.Event()
+        self.answered = asyncio.Event()
+        self.claimed = asyncio.Event()
+        self.completed = asyncio.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -438,7 +444,43 @@ class _HeldHeartbeat:
         held = await self.inner.heartbeat(worker, seqs)
         self.waiting.set()
         await self.release.wait()
+        self.answered.set()  # the runner judges this answer before any other task runs again
         return held  # type: ignore[no-any-return]
+
+    async def claim(self, *args: Any, **kwargs: Any) -> list[Any]:
+        jobs = await self.inner.claim(*args, **kwargs)
+        if jobs:
+            self.claimed.set()
+        return jobs  # type: ignore[no-any-return]
+
+    async def complete(self, *args: Any, **kwargs: Any) -> bool:
+        done = await self.inner.complete(*args, **kwargs)
+        self.completed.set()
+        return done  # type: ignore[no-any-return]
+
+
+class _BlobsAfterHeartbeat:
+    """The real blob store, whose reads wait for the held heartbeat's answer: the claimed work is still under
+    way when that stale answer is judged."""
+
+    def __init__(self, inner: Any, queue: _HeldHeartbeat) -> None:
+        self.inner, self.queue = inner, queue
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def get(self, *args: Any, **kwargs: Any) -> bytes:
+        await self.queue.answered.wait()
+        return await self.inner.get(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+async def _until(event: asyncio.Event, what: str) -> None:
+    """Wait for ``event``; fail, saying ``what`` never came, after a generous bound."""
+    try:
+        async with asyncio.timeout(60):
+            await event.wait()
+    except TimeoutError:
+        raise AssertionError(f"{what} did not happen within 60s") from None
 
 
 async def _states(services: Any) -> list[str]:
@@ -459,7 +501,8 @@ def test_a_heartbeat_never_cancels_work_claimed_while_it_was_in_flight(client: T
 
     async def scenario() -> None:
         queue = _HeldHeartbeat(services.queue)
-        runner = Runner(queue, services.batches, services.pipeline, services.blobs,  # type: ignore[arg-type]
+        runner = Runner(queue, services.batches, services.pipeline,  # type: ignore[arg-type]
+                        _BlobsAfterHeartbeat(services.blobs, queue),  # type: ignore[arg-type]
                         services.settings.jobs.model_copy(update={"heartbeat_seconds": 0.01}))
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))
@@ -468,19 +511,11 @@ def test_a_heartbeat_never_cancels_work_claimed_while_it_was_in_flight(client: T
         team = (await services.keys.verify(api.headers["Authorization"][7:])).team_id
         await services.batches.add_requests(team, bid, reqs)
         runner.wake()
-        for _ in range(500):  # until the runner claimed it
-            if await _states(services) == ["running"]:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the runner never claimed the request")
+        await _until(queue.claimed, "the runner claiming the request")
+        assert await _states(services) == ["running"]
         queue.release.set()  # the stale answer (without the new request) arrives now
-        for _ in range(1000):
-            if (await services.batches.get(team, bid)).status == "ended":
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the batch never ended")
+        await _until(queue.completed, "the runner recording the request's outcome")
+        assert (await services.batches.get(team, bid)).status == "ended"
         stop.set()
         await task
 

@@ -6,8 +6,8 @@ import base64
 import subprocess
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from sight.api.app import create_app
 from sight.config import FetchSettings, RegistrySettings, Settings
 from sight.engines.registry import EngineRegistry
 from tests.conftest import YOLO11N_UNTRAINED, nudenet_path
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, wait_until
 from tests.processes import SIGHT, sight_env
 from tests.servers import ImageServer, LiveServer
 
@@ -325,18 +325,21 @@ def test_reload_under_load_fails_nothing(reg_settings: Settings, registry_file: 
         auth = {"Authorization": f"Bearer {key}"}
         body = {"input": {"image_base64": _b64("astronaut.png")}, "predictions": [{"model_name": "faces"}]}
         failures: list[str] = []
-        versions: set[str] = set()
+        served: list[str] = []  # the version that answered each request, in order
         stop = threading.Event()
 
         def load() -> None:
             with httpx.Client(base_url=live.url, headers=auth, timeout=60) as http:
-                for _ in range(200):
+                for _ in range(2000):
                     if stop.is_set():
                         return
                     pred = http.post("/v1/predict", json=body).json()["predictions"][0]
                     if pred["status"] != "Success":
                         failures.append(str(pred))
-                    versions.add(pred["model_version"])
+                    served.append(pred["model_version"])
+
+        def answered_by(version: str, since: int) -> bool:
+            return served[since:].count(version) >= 3
 
         threads = [threading.Thread(target=load) for _ in range(3)]
         for t in threads:
@@ -349,13 +352,16 @@ def test_reload_under_load_fails_nothing(reg_settings: Settings, registry_file: 
                 toml = (toml.replace('aliases = ["stable"]', 'aliases = ["stable", "latest"]') if i % 2
                         else toml.replace('aliases = ["candidate"]', 'aliases = ["candidate", "latest"]'))
                 registry_file.write_text(toml)
+                before = len(served)
                 assert http.post("/v1/models:reload").status_code == 200
-                time.sleep(0.3)
+                # The next round reloads under load again only once requests are answered by this round's pin.
+                pinned = "1" if i % 2 else "2"
+                wait_until(partial(answered_by, pinned, before), f"requests answered by version {pinned}")
         stop.set()
         for t in threads:
             t.join(timeout=60)
         assert failures == []
-        assert versions == {"1", "2"}, "requests moved between versions as the file changed"
+        assert set(served) == {"1", "2"}, "requests moved between versions as the file changed"
 
 
 def test_models_cli_list_and_pull_without_the_extra(tmp_path: Path, registry_file: Path) -> None:

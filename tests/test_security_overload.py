@@ -71,7 +71,7 @@ def test_readyz_reports_503_while_draining(client: TestClient, app) -> None:  # 
 
 
 def test_sigterm_during_a_stream_ends_it_with_a_final_line(tmp_path: Path, llm: FakeLLMServer) -> None:
-    llm.mode, llm.delay = "slow", 1.0
+    llm.mode = "gate"  # item 0's LLM call is held until the server has begun to drain
     env = sight_env(tmp_path, SIGHT_LLM__BASE_URL=llm.url, SIGHT_LLM__MODEL="fake-vl",
                     SIGHT_SERVER__ITEM_CONCURRENCY="1")
     server = SightServer(tmp_path, env)
@@ -85,6 +85,9 @@ def test_sigterm_during_a_stream_ends_it_with_a_final_line(tmp_path: Path, llm: 
                 lines.append(json.loads(raw))
                 if len(lines) == 1:
                     server.proc.send_signal(signal.SIGTERM)
+                    # Sight marks itself draining in the signal handler, before uvicorn logs its shutdown.
+                    wait_until(lambda: "Shutting down" in server.output(), "uvicorn shutting down", timeout=30)
+                    llm.gate.set()
         assert server.proc.wait(timeout=30) in (0, -signal.SIGTERM), "exits by itself (uvicorn re-raises SIGTERM)"
     finally:
         server.stop()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 from fastapi.testclient import TestClient
 
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, wait_until
 from tests.processes import SightServer, sight_env
 
 BATCH = "/api/v1/inference/predict/batch"
@@ -53,7 +52,9 @@ def test_aborted_and_oversized_uploads_leave_no_temp_files(tmp_path: Path) -> No
                 sock.sendall((f"POST {BATCH} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
                               f"boundary={boundary}\r\nContent-Length: {15 * 1024 * 1024}\r\n\r\n").encode())
                 sock.sendall(head + b"\xff" * (4 * 1024 * 1024))
-                time.sleep(0.3)
+                # Hang up only once the upload has gone past the spool: the server holds a temp file for it.
+                wait_until(lambda: _open_temp_files(server.proc.pid, tmpdir), "the upload spooled to a temp file")
+            wait_until(lambda: not _open_temp_files(server.proc.pid, tmpdir), "the aborted upload's temp file closed")
         # Over the cap: refused from Content-Length before the body is read.
         r = httpx.post(server.url + BATCH, data={"api_key": key, "metadata": ["{}"]},
                        files=[("files", ("huge.jpg", b"\0" * (21 * 1024 * 1024)))], timeout=60)
@@ -62,10 +63,7 @@ def test_aborted_and_oversized_uploads_leave_no_temp_files(tmp_path: Path) -> No
         ok = httpx.post(server.url + BATCH, data={"api_key": key, "metadata": ['{"is_yolo": true}']},
                         files=[("files", ("a.png", image_bytes("astronaut.png")))], timeout=60)
         assert ok.status_code == 200
-        deadline = time.monotonic() + 10
-        while _open_temp_files(server.proc.pid, tmpdir) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _open_temp_files(server.proc.pid, tmpdir) == []
+        wait_until(lambda: not _open_temp_files(server.proc.pid, tmpdir), "the server closing every temp file")
         # onnxruntime writes a 51-byte ".ses" marker into TMPDIR at import; nothing else may be there.
         assert [p.name for p in tmpdir.iterdir() if p.name != ".ses"] == []
     finally:
