@@ -12,6 +12,9 @@ machine both share the same cores (the Ray side also pays for the proxy, the API
 replicas as separate processes), so the ratio is the cost of the Ray engine, not what it scales to: that
 needs more machines. Rounds alternate local and Ray; read the median ratios.
 
+CPU: at the largest client count, CPU milliseconds per image spent by each process on the machine (from
+/proc), local engine and Ray engine: what the Ray engine costs that the local one does not, and where.
+
 Overhead: per image, sequential, one client: the detector in this process (decode + detect, as a replica
 runs it), the same through a ``DeploymentHandle`` (Ray's routing, pickling the bytes, the replica's actor
 call), and through the whole HTTP path; the difference is the overhead of each layer.
@@ -92,6 +95,36 @@ class Client:
         return requests * PER_REQUEST / (time.perf_counter() - start)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+ROLES = [("ServeReplica:sight:api", "API replica (HTTP, pipeline)"), ("ServeReplica:sight:detect", "detector replicas"),
+         ("ProxyActor", "Serve proxy"), ("ServeController", "Serve controller"), ("gcs_server", "Ray GCS"),
+         ("raylet", "raylet"), ("ray_throughput.py", "bench clients"), ("-m sight", "local server (sight serve)")]
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of every process on the machine, with its role."""
+    found: dict[int, tuple[str, float]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        role = next((label for key, label in ROLES if key in command),
+                    "other Ray processes" if "ray" in command else "other")
+        found[int(proc.name)] = (role, (int(fields[11]) + int(fields[12])) / TICK)
+    return found
+
+
+def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> Counter[str]:
+    spent: Counter[str] = Counter()
+    for pid, (role, seconds) in after.items():
+        spent[role] += seconds - before.get(pid, (role, 0.0))[1]
+    return spent
+
+
 def start_ray_app(settings: Any, num_cpus: int) -> str:
     import ray
     from ray import serve
@@ -131,7 +164,7 @@ def overhead(settings: Any, http: Client, n: int) -> None:
     in_process = timed(lambda i: asyncio.run(local(blobs[i % 2], 640, options)))
     detect_only_engines = EngineRegistry(settings)
     detector = detect_only_engines.detector_for(entry)
-    image = local._decode(blobs[0], 640)
+    image = local._decode(blobs[0], 640).image
     detect_only = timed(lambda i: detector.detect(image, options))
     via_handle = timed(lambda i: handle.remote(blobs[i % 2], 640, options).result())
     via_http = timed(lambda i: http.batch(i, per_request=1))
@@ -172,6 +205,18 @@ def compare(args: argparse.Namespace, workdir: Path) -> None:
         print("\nmedian ratio, Ray engine images/s to the local engine's:")
         for clients, rows in ratios.items():
             print(f"  {clients} client(s): {statistics.median(rows):.2f}   ({', '.join(f'{r:.2f}' for r in rows)})")
+        clients = max(args.clients)
+        print(f"\nCPU ms per image by process, {clients} clients, {args.images} images each side:")
+        for side, client in (("local", local_client), ("ray", ray_client)):
+            client.batch(0)
+            before = cpu_by_process()
+            rate = client.measure(args.images, clients)
+            spent = cpu_spent(before, cpu_by_process())
+            total = sum(spent.values())
+            n = max(clients, args.images // PER_REQUEST) * PER_REQUEST + PER_REQUEST  # with measure's warm-up
+            parts = ", ".join(f"{role} {seconds * 1000 / n:.1f}" for role, seconds in spent.most_common()
+                              if seconds * 1000 / n >= 0.5)
+            print(f"  {side}: {rate:.1f} img/s, {total * 1000 / n:.1f} CPU ms/image: {parts}", flush=True)
         proc.terminate()
         proc.wait(timeout=60)
         overhead(settings, ray_client, args.overhead_images)

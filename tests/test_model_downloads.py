@@ -121,6 +121,8 @@ def test_default_detector_downloads_once_for_concurrent_items_and_serves_them(
         assert files_server.started.wait(30)
         state = client.get("/readyz").json()["checks"]["states"]["yolo11n:1"]
         assert state["state"] == "downloading" and state["total_bytes"] == len(UNTRAINED)
+        # Items wait for the model before decoding: none holds decoded pixels while the download runs.
+        assert app.state.services.pipeline.pixels.in_use == 0
         files_server.gate.set()
         post.join(60)
         items = answer["r"].json()["result"]["items"]  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ status), bounded.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import subprocess
 import sys
@@ -146,10 +147,24 @@ def _finals(lines: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     return by_index
 
 
+def _rotated_png() -> str:
+    """astronaut.png cut to 512x384, with EXIF orientation 6 (shown turned a quarter: 384x512): a PNG's size
+    as shown is known only once decoded."""
+    from PIL import Image
+
+    with Image.open(IMAGES / "astronaut.png") as image:
+        exif = image.getexif()
+        exif[0x0112] = 6
+        out = io.BytesIO()
+        image.crop((0, 0, 512, 384)).save(out, format="PNG", exif=exif)
+    return base64.b64encode(out.getvalue()).decode()
+
+
 def test_ray_engine_results_equal_local_engine(served: RayServed, tmp_path: Path) -> None:
     data = [{"image_base64": _b64(name), "filename": name, "is_yolo": True}
             for name in ("astronaut.png", "bus.jpg", "rocket.jpg", "coffee.png")]
     data.append({"image_base64": _b64("serial-label.png"), "filename": "label.png", "is_ocr": True})
+    data.append({"image_base64": _rotated_png(), "filename": "turned.png", "is_yolo": True, "is_ocr": True})
     _stream(served.url, served.key, data[:1])  # the API learns the detector's input size (as a local load does)
     remote = _finals(_stream(served.url, served.key, data))
 
@@ -167,6 +182,36 @@ def test_ray_engine_results_equal_local_engine(served: RayServed, tmp_path: Path
         assert remote[i]["result"]["image"] == local[i]["result"]["image"]
     assert remote[0]["result"]["yolo"]["detections"][0]["name"] == "FACE_FEMALE"
     assert "SN-4X7Q-2291-B" in remote[4]["result"]["ocr"]["text"]
+    assert remote[5]["result"]["image"] == {"width": 384, "height": 512}
+
+
+def test_ray_engine_api_decodes_no_pixels_for_the_model_stages(served: RayServed, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection and OCR items: the API (in this process) checks each header and sends the bytes as
+    uploaded; only the replicas decode. A JPEG whose header is sound but whose pixels are cut off fails on
+    the replica with invalid_image, and its siblings are done."""
+    from sight.core.images import PendingDecode
+
+    decoded: list[int] = []
+    decode = PendingDecode.decode
+    monkeypatch.setattr(PendingDecode, "decode", lambda self: decoded.append(1) or decode(self))
+    settings = _settings(tmp_path, kind="ray", app_name=APP)
+    key = _create_key(settings)
+    jpeg = (IMAGES / "bus.jpg").read_bytes()
+    data = [{"image_base64": _rotated_png(), "is_yolo": True},
+            {"image_base64": base64.b64encode(jpeg[: len(jpeg) // 3]).decode(), "is_yolo": True},
+            {"image_base64": _b64("serial-label.png"), "is_ocr": True},
+            {"image_base64": _b64("bus.jpg"), "is_yolo": True, "is_ocr": True}]
+    with TestClient(create_app(settings)) as client:
+        r = client.post(STREAM, json={"api_key": key, "data": data})
+    finals = _finals([json.loads(x) for x in r.text.splitlines()])
+    assert decoded == [], "the API decoded pixels no stage of its own needed"
+    assert finals[0]["status"] == "done" and finals[0]["result"]["yolo"]["detections"], finals[0]
+    assert finals[0]["result"]["image"] == {"width": 384, "height": 512}
+    assert finals[1]["status"] == "error" and finals[1]["error"]["code"] == "invalid_image", finals[1]
+    assert "SN-4X7Q-2291-B" in finals[2]["result"]["ocr"]["text"]
+    assert finals[3]["status"] == "done" and finals[3]["result"]["yolo"]["detections"], finals[3]
+    assert finals[3]["result"]["ocr"]["text"], finals[3]
 
 
 def test_ray_engine_detector_replicas_on_both_nodes_serve_a_stream(served: RayServed) -> None:
@@ -307,10 +352,21 @@ def test_ray_engine_model_without_deployment_fails_its_items_at_once(served: Ray
             {"image_base64": _b64("astronaut.png"), "is_yolo": True}]
     with TestClient(create_app(settings)) as client:
         r = client.post(STREAM, json={"api_key": key, "data": data})
+        models = {m["name"]: m for m in client.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+                  .json()["models"]}
+        ready = client.get("/readyz").json()["checks"]
     finals = _finals([json.loads(x) for x in r.text.splitlines()])
     assert finals[0]["error"]["code"] == "engine_unavailable", finals[0]
     assert "not deployed" in finals[0]["error"]["message"]
     assert finals[1]["status"] == "done"
+    # States come from the cluster: running deployments are ready, the model without one says so.
+    assert models["nudenet"]["state"]["state"] == "ready" and models["nudenet"]["loaded"], models["nudenet"]
+    assert "replica(s)" in models["nudenet"]["state"]["reason"]
+    assert models["rapidocr"]["state"]["state"] == "ready", models["rapidocr"]
+    assert models["later"]["state"]["state"] == "unavailable" and not models["later"]["loaded"]
+    assert "no deployment 'detect-later-v1'" in models["later"]["state"]["reason"]
+    assert ready["states"]["nudenet:1"] == {"state": "ready"} and ready["states"]["later:1"] == {"state": "unavailable"}
+    assert set(ready["loaded"]) == {"nudenet:1", "rapidocr:1"}
 
 
 def test_ray_engine_serve_config_matches_the_application(monkeypatch: pytest.MonkeyPatch) -> None:

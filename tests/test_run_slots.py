@@ -9,11 +9,12 @@ import base64
 import io
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from PIL import Image
@@ -23,10 +24,11 @@ from sight.config import Settings
 from sight.core.catalog import ModelEntry
 from sight.engines.base import Detection, DetectOptions, Detector
 from sight.engines.cpus import RunSlots, usable_cpus
+from sight.engines.model_runtime import Picture
 from sight.engines.onnx_yolo import OnnxYoloDetector
 from sight.engines.registry import EngineRegistry
 from tests.conftest import nudenet_path
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, wait_until
 from tests.servers import LiveServer
 
 V2 = "/api/v1/inference/predict/batch/v2"
@@ -34,14 +36,18 @@ CORES = usable_cpus()
 
 
 class CountingDetector:
-    """A real detector that records how many cores its own and its siblings' runs hold at once."""
+    """A real detector that records how many cores its own and its siblings' runs hold at once. ``meet``: the
+    first ``meet.parties`` runs wait for each other, so they must overlap (a pool that ran them one at a time
+    breaks the barrier). ``gate``: every run waits for it to open, so it stays under way while the test acts."""
 
     def __init__(self, inner: OnnxYoloDetector, name: str, shared: dict[str, int], lock: threading.Lock, *,
-                 providers: list[str] | None = None, wide_cores: int = 0) -> None:
+                 providers: list[str] | None = None, wide_cores: int = 0, meet: threading.Barrier | None = None,
+                 gate: threading.Event | None = None) -> None:
         self.inner, self.name, self.version = inner, name, "1"
         self.shared, self.lock = shared, lock
         self.providers = providers or inner.providers
         self.wide_cores = wide_cores
+        self.meet, self.gate = meet, gate
         if wide_cores:
             self.can_run_wide = True
 
@@ -51,8 +57,13 @@ class CountingDetector:
             self.shared["now"] += cores
             self.shared["peak"] = max(self.shared["peak"], self.shared["now"])
             self.shared["wide"] += wide
+            self.shared["runs"] += 1
+            meet = self.meet if self.meet and self.shared["runs"] <= self.meet.parties else None
         try:
-            time.sleep(0.05)  # widen the window in which runs could overlap
+            if meet:
+                meet.wait()  # raises BrokenBarrierError (the image fails) if the others never come
+            if self.gate is not None and not self.gate.wait(60):
+                raise TimeoutError("the test never opened the gate")
             return self.inner.detect(image, options, wide=wide)
         finally:
             with self.lock:
@@ -70,7 +81,7 @@ def _entry(registry: EngineRegistry, name: str) -> ModelEntry:
 
 
 def _counter() -> dict[str, int]:
-    return {"now": 0, "peak": 0, "wide": 0}
+    return {"now": 0, "peak": 0, "wide": 0, "runs": 0}
 
 
 def test_cpu_detectors_share_one_pool_sized_by_cores_and_threads(settings: Settings,
@@ -144,15 +155,19 @@ async def test_an_idle_pool_grants_every_slot_and_a_busy_one_grants_one() -> Non
 @pytest.mark.anyio
 async def test_contended_slots_are_never_overdrawn_and_served_in_order() -> None:
     slots = RunSlots(3)
-    held, peak, order = 0, 0, []
+    held, peak, order, asked = 0, 0, [], 0
+    everyone_asked = asyncio.Event()  # the first holders keep their slots until all 20 queue behind them
 
     async def run(i: int, wide_ok: bool) -> None:
-        nonlocal held, peak
+        nonlocal held, peak, asked
+        asked += 1
+        if asked == 20:
+            everyone_asked.set()  # the holders wake only after this run's acquire below has queued it
         taken = await slots.acquire(wide_ok=wide_ok)
         held += taken
         peak = max(peak, held)
         order.append(i)
-        await asyncio.sleep(0.01)
+        await everyone_asked.wait()
         held -= taken
         slots.release(taken)
 
@@ -165,8 +180,14 @@ async def test_contended_slots_are_never_overdrawn_and_served_in_order() -> None
 async def test_a_cancelled_waiter_leaks_no_slot() -> None:
     slots = RunSlots(2)
     taken = await slots.acquire(wide_ok=True)  # holds both
-    waiter = asyncio.create_task(slots.acquire(wide_ok=True))
-    await asyncio.sleep(0.01)
+    asking = asyncio.Event()
+
+    async def ask() -> int:
+        asking.set()  # this test runs again only once the acquire below has queued
+        return await slots.acquire(wide_ok=True)
+
+    waiter = asyncio.create_task(ask())
+    await asking.wait()
     assert slots.waiting == 1
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -179,20 +200,23 @@ async def test_a_cancelled_waiter_leaks_no_slot() -> None:
 @pytest.mark.anyio
 async def test_call_runs_in_a_thread_and_holds_its_slots_past_a_cancelled_caller() -> None:
     slots = RunSlots(2)
-    gate = threading.Event()
+    running, gate = threading.Event(), threading.Event()
     assert await slots.call(lambda wide: threading.current_thread() is not threading.main_thread() and wide,
                             wide_ok=True)
-    caller = asyncio.create_task(slots.call(lambda _wide: gate.wait(10)))
-    await asyncio.sleep(0.05)
+
+    def held(_wide: bool) -> bool:
+        running.set()
+        return gate.wait(60)
+
+    caller = asyncio.create_task(slots.call(held))
+    assert await anyio.to_thread.run_sync(running.wait, 60), "the run never started in its thread"
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert slots.free == 1, "the thread still runs, so its slot is still taken"
     gate.set()
-    for _ in range(200):
-        if slots.free == 2:
-            break
-        await asyncio.sleep(0.01)
+    # The slot comes back on this loop once the thread has returned: wait for it off the loop.
+    await anyio.to_thread.run_sync(partial(wait_until, lambda: slots.free == 2, "the slot given back"))
     assert slots.free == 2
 
 
@@ -224,7 +248,8 @@ def test_concurrent_requests_for_two_models_never_exceed_the_slots(
     settings: Settings, nudenet_detector: OnnxYoloDetector, slots: int
 ) -> None:
     shared, lock = _counter(), threading.Lock()
-    detectors = {name: CountingDetector(nudenet_detector, name, shared, lock) for name in ("a", "b")}
+    meet = threading.Barrier(slots, timeout=60)  # the first runs fill every slot at once
+    detectors = {name: CountingDetector(nudenet_detector, name, shared, lock, meet=meet) for name in ("a", "b")}
     _serve(_with(settings, concurrency=slots), detectors, [("a", 3), ("b", 3)] * 3)
     assert shared["peak"] == slots, f"{shared['peak']} session runs overlapped with {slots} slot(s)"
 
@@ -253,24 +278,34 @@ def test_a_cancelled_run_holds_its_slot_until_the_session_returns(settings: Sett
                                                                    nudenet_detector: OnnxYoloDetector) -> None:
     """A client that goes away cancels its items, but the session run already under way cannot be stopped:
     its slot stays taken until it returns, or the next run would oversubscribe the cores."""
-    shared, lock = _counter(), threading.Lock()
+    shared, lock, gate = _counter(), threading.Lock(), threading.Event()
     cfg = _with(settings, concurrency=1)
-    app = create_app(cfg, engines=EngineRegistry(cfg, detectors={"a": CountingDetector(nudenet_detector, "a",
-                                                                                         shared, lock)}))
-    face = Image.open(io.BytesIO(image_bytes("astronaut.png"))).convert("RGB")
+    registry = EngineRegistry(cfg, detectors={"a": CountingDetector(nudenet_detector, "a", shared, lock, gate=gate)})
+    app = create_app(cfg, engines=registry)
+    face = Picture(Image.open(io.BytesIO(image_bytes("astronaut.png"))).convert("RGB"))
 
-    async def cancel_one_then_run_another() -> None:
-        pipeline = app.state.services.pipeline
-        engines = pipeline.hub.current
-        first = asyncio.create_task(pipeline.detect(engines, face, "a", DetectOptions()))
-        for _ in range(2000):  # until the first run is under way (10 s at most)
-            if shared["now"]:
-                break
-            await asyncio.sleep(0.005)
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
-        await pipeline.detect(engines, face, "a", DetectOptions())
+    async def start() -> asyncio.Task[Any]:
+        pipeline = app.state.services.pipeline  # the app's services exist once its lifespan has started
+        return asyncio.create_task(pipeline.detect(pipeline.hub.current, face, "a", DetectOptions()))
+
+    async def cancel(task: asyncio.Task[Any]) -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def finish(task: asyncio.Task[Any]) -> Any:
+        return await task
+
+    async def waiting() -> int:
+        return registry.run_slots(registry.detector_entry("a")).waiting
 
     with LiveServer(app) as live:
-        live.call(cancel_one_then_run_another)
+        try:
+            first = live.call(start)
+            wait_until(lambda: shared["now"], "the first run under way")
+            live.call(cancel, first)  # its caller is gone; its session run is still held at the gate
+            second = live.call(start)
+            wait_until(lambda: live.call(waiting) == 1, "the second run waiting for the slot")
+        finally:
+            gate.set()
+        live.call(finish, second)
     assert shared["peak"] == 1, "a cancelled run gave its slot back while still running"

@@ -8,22 +8,25 @@ from the builder, so every replica runs on the settings the application was buil
 A deployment holds one model, takes encoded bytes (never decoded arrays) and decodes next to the model::
 
     handle = serve.get_deployment_handle("detect-yolo11n-v1", app_name="sight")
-    detections = await handle.remote(jpeg_bytes, None, DetectOptions())
+    seen = await handle.remote(jpeg_bytes, None, DetectOptions())   # Seen(detections, original size)
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from sight.config import DeploymentSettings, Settings
 from sight.core.images import open_image
+from sight.core.metrics import Metrics
+from sight.engines.local_runtime import LocalRuntime
+from sight.engines.model_runtime import Picture, Seen
 from sight.engines.ray_runtime import OCR_DEPLOYMENT, detector_deployment, import_serve
 from sight.engines.registry import EngineRegistry
 
 if TYPE_CHECKING:
-    from PIL import Image
     from ray.serve import Application
 
     from sight.engines.base import Detection, DetectOptions, OcrText
@@ -32,40 +35,63 @@ INGRESS_DEPLOYMENT = "api"
 
 
 class SightDetector:
-    """One detector: decodes the bytes it is sent as the API would have, and detects."""
+    """One detector: decodes the bytes it is sent as the API would have, and detects through the local
+    runtime, so a replica has what ``sight serve`` has in process: run slots over its CPUs and, when
+    ``SIGHT_YOLO__BATCH_MAX_SIZE`` > 1 on a GPU, the gatherer batching concurrent calls into one session run
+    (give the deployment ``max_ongoing_requests`` of at least that size, or batches cannot fill)."""
 
     def __init__(self, settings: Settings, ref: str) -> None:
-        self.settings = settings
-        self.engines = EngineRegistry(settings)
+        self.settings = replica_settings(settings)
+        self.engines = EngineRegistry(self.settings)
         self.entry = self.engines.catalog.model(ref, task="detect")
+        self.runtime = LocalRuntime(self.settings, Metrics())
+        file = self.engines.file_state(self.entry)
+        if file is None or file.state == "present":
+            # Loaded as the replica starts, so Serve reports it running only once it can answer (a file still
+            # to download waits for the first call, on this node).
+            self.engines.detector_for(self.entry)
 
-    def _decode(self, data: bytes, min_side: int | None) -> Image.Image:
-        return open_image(data, self.settings.images, min_side).decode()
+    def _decode(self, data: bytes, min_side: int | None) -> Picture:
+        pending = open_image(data, self.settings.images, min_side)
+        return Picture(pending.decode(), min_side=min_side, original=pending.original)
 
-    async def __call__(self, data: bytes, min_side: int | None, options: DetectOptions) -> list[Detection]:
-        image = await anyio.to_thread.run_sync(self._decode, data, min_side)
-        await self.engines.provision(self.entry)  # downloads (once) on the replica's node, not the API's
-        detector = await anyio.to_thread.run_sync(self.engines.detector_for, self.entry)
-        return await anyio.to_thread.run_sync(detector.detect, image, options)
+    async def __call__(self, data: bytes, min_side: int | None, options: DetectOptions) -> Seen[list[Detection]]:
+        """Detections in the original's pixels and its size (the API may not have decoded the image)."""
+        picture = await anyio.to_thread.run_sync(self._decode, data, min_side)
+        return await self.runtime.detect(self.engines, self.entry, picture, options)
 
     async def input_side(self) -> int | None:
         """The long side of the model's input (the API decodes no larger for detection alone)."""
-        detector = await anyio.to_thread.run_sync(self.engines.detector_for, self.entry)
-        imgsz = getattr(detector, "imgsz", None)
-        return max(imgsz) if imgsz else None
+        await self.engines.provision(self.entry)  # downloads (once) on the replica's node, not the API's
+        await anyio.to_thread.run_sync(self.engines.detector_for, self.entry)
+        return self.runtime.input_side(self.engines, self.entry)
 
 
 class SightOcr:
     """OCR: decodes the bytes it is sent (full size) and reads the text."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.engines = EngineRegistry(settings)
+        self.settings = replica_settings(settings)
+        self.engines = EngineRegistry(self.settings)
+        self.runtime = LocalRuntime(self.settings, Metrics())
+        self.engines.ocr()  # loaded as the replica starts
 
-    async def __call__(self, data: bytes) -> OcrText:
+    async def __call__(self, data: bytes) -> Seen[OcrText]:
         image = await anyio.to_thread.run_sync(lambda: open_image(data, self.settings.images, None).decode())
-        engine = await anyio.to_thread.run_sync(self.engines.ocr)
-        return await anyio.to_thread.run_sync(engine.read, image)
+        return await self.runtime.read_text(self.engines, Picture(image))
+
+
+def replica_settings(settings: Settings) -> Settings:
+    """``settings`` for a model replica: its run slots sized to the CPUs Ray gave it, not to the node's
+    cores (which other replicas share), and no wide runs over every core of the node."""
+    import ray
+
+    if settings.yolo.concurrency:
+        return settings
+    in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0) if in_actor else 1.0
+    yolo = settings.yolo.model_copy(update={"concurrency": max(1, math.floor(cpus)), "wide_when_idle": False})
+    return settings.model_copy(update={"yolo": yolo})
 
 
 class SightApi:

@@ -78,6 +78,7 @@ def serve_on_ray(settings: Settings, key: str | None = None) -> None:
         from ray import serve
     except ImportError as exc:
         raise typer.BadParameter("--engine ray needs Ray: pip install 'sight[ray]'") from exc
+    from sight.engines.ray_runtime import deployment_health
     from sight.serve_app import build
 
     try:
@@ -91,10 +92,24 @@ def serve_on_ray(settings: Settings, key: str | None = None) -> None:
     if settings.database_url.startswith("sqlite") and ":///./" in settings.database_url:
         head, _, path = settings.database_url.partition(":///")
         settings.database_url = f"{head}:///{Path(path).resolve()}"
+    engine = settings.engine
+    wanted = sum(d.num_cpus * d.min_replicas for d in (engine.api, engine.detector, engine.ocr))
+    wanted += engine.detector.num_cpus * engine.detector.min_replicas * (len(settings.yolo.models) - 1)
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    if wanted > cpus:
+        console.print(f"[yellow]The deployments ask for about {wanted:g} CPUs and the cluster has {cpus:g}:[/yellow] "
+                      "replicas wait until it has more. Lower SIGHT_ENGINE__DETECTOR__NUM_CPUS, "
+                      "SIGHT_ENGINE__OCR__NUM_CPUS and SIGHT_ENGINE__API__NUM_CPUS (fractions are fine), or add nodes.",
+                      soft_wrap=True)
     serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
     serve.run(build(settings), name=settings.engine.app_name, route_prefix="/")
     console.print(f"Sight on Ray Serve at http://{settings.server.host}:{settings.server.port} "
                   f"(application {settings.engine.app_name!r}); Ctrl-C stops it")
+    application = serve.status().applications.get(settings.engine.app_name)
+    for name, deployment in (application.deployments if application else {}).items():
+        health, running = deployment_health(deployment)
+        console.print(f"  {name}: {health}, {running} replica(s) running", soft_wrap=True)
+    console.print("  (serve status shows them, with the states GET /v1/models reports)")
     if key:
         console.print(f"API key (shown once): {key}", soft_wrap=True)
     stop = threading.Event()

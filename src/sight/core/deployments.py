@@ -139,21 +139,21 @@ class Deployments:
     async def _builtin_detect(self, image: Any, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         opts = item_options(options, is_yolo=True)
         engines = self.pipeline.hub.current
-        picture = await self.pipeline.load_image(image_source(image), {})
-        _entry, found = await self.pipeline.detect(
+        picture = await self.pipeline.load_picture(image_source(image), {})
+        _entry, seen = await self.pipeline.detect(
             engines, picture, (options or {}).get("model") or opts.yolo_model,
             DetectOptions(conf=opts.conf, iou=opts.iou, classes=opts.classes))
         return [{"name": d.name, "class": d.class_id, "confidence": d.confidence, "box": asdict(d.box)}
-                for d in found]
+                for d in seen.value]
 
     async def _builtin_ocr(self, image: Any) -> dict[str, Any]:
-        picture = await self.pipeline.load_image(image_source(image), {})
-        return ocr_result(await self.pipeline.read_text(self.pipeline.hub.current, picture)).model_dump()
+        picture = await self.pipeline.load_picture(image_source(image), {})
+        return ocr_result((await self.pipeline.read_text(self.pipeline.hub.current, picture)).value).model_dump()
 
     async def _builtin_analyze(self, image: Any, query: Any = None) -> dict[str, Any]:
         if query is not None and not isinstance(query, str):
             raise InvalidInputError("query must be text")
-        picture = await self.pipeline.load_image(image_source(image), {})
+        picture = await self.pipeline.load_picture(image_source(image), {})
         answer = await self.pipeline.analyze(self.pipeline.hub.current, picture, query, Grounding(), None)
         return {"answer": answer.answer, "model": answer.model}
 

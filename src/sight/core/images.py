@@ -85,6 +85,11 @@ class PendingDecode:
         assert self._original is not None, "known once decoded"
         return self._original
 
+    @property
+    def known_original(self) -> tuple[int, int] | None:
+        """``original`` if the header told it (a JPEG's does), before any decode; else None."""
+        return self._original
+
     def close(self) -> None:
         self._image.close()
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 
 from sight.core.catalog import ModelEntry
 from sight.engines.downloads import redact
+from sight.engines.model_runtime import ModelRuntime
 from sight.engines.registry import EngineRegistry
 from sight.schemas import LLMPublic, ModelList, ModelPublic, ModelState
 
@@ -43,15 +45,27 @@ def shown_source(text: str | None) -> str | None:
     return redact(body) + (f"#{fragment}" if fragment.startswith("sha256=") else "")
 
 
-def model_public(engines: EngineRegistry, entry: ModelEntry) -> ModelPublic:
+async def model_states(runtime: ModelRuntime, engines: EngineRegistry,
+                       entries: Sequence[ModelEntry] | None = None) -> dict[str, ModelState]:
+    """By ref, the state of each of ``entries`` (default: every model): from the runtime for the models that
+    run elsewhere (Ray Serve deployments), from the registry for the rest."""
+    entries = engines.catalog.all_models() if entries is None else entries
+    states = await runtime.states(engines, entries) if runtime.remote else {}
+    return {m.ref: states.get(m.ref) or model_state(engines, m) for m in entries}
+
+
+def model_public(engines: EngineRegistry, entry: ModelEntry, state: ModelState) -> ModelPublic:
     source = shown_source(entry.source)
+    loaded = engines.is_loaded(entry) if entry.task == "llm" else state.state == "ready"
     return ModelPublic(name=entry.name, version=str(entry.version), task=entry.task,
-                       aliases=engines.catalog.aliases_of(entry), loaded=engines.is_loaded(entry),
-                       state=model_state(engines, entry), source=source, shadow_of=entry.shadow_of)
+                       aliases=engines.catalog.aliases_of(entry), loaded=loaded,
+                       state=state, source=source, shadow_of=entry.shadow_of)
 
 
-def model_list(engines: EngineRegistry) -> ModelList:
+async def model_list(runtime: ModelRuntime, engines: EngineRegistry) -> ModelList:
     status = asdict(engines.llm_status())
     status["base_url"] = status["base_url"] and redact(status["base_url"])
     llm = LLMPublic.model_validate(status)
-    return ModelList(models=[model_public(engines, m) for m in engines.catalog.all_models()], llm=llm)
+    states = await model_states(runtime, engines)
+    return ModelList(models=[model_public(engines, m, states[m.ref]) for m in engines.catalog.all_models()],
+                     llm=llm)

@@ -6,11 +6,12 @@ Every stage's failure becomes that item's error; nothing an item does can fail i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,10 +23,9 @@ from sight.core.images import decode_base64, encode_jpeg, open_image
 from sight.core.metrics import Metrics
 from sight.core.pixel_budget import Lease, PixelBudget
 from sight.core.shadow import ShadowRunner
-from sight.engines.base import Box as Box2
 from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
 from sight.engines.local_runtime import LocalRuntime
-from sight.engines.model_runtime import ModelRuntime, Picture
+from sight.engines.model_runtime import ModelRuntime, Picture, Seen
 from sight.engines.registry import EngineHub, EngineRegistry
 from sight.errors import (
     EngineUnavailableError,
@@ -131,21 +131,37 @@ class Pipeline:
                 return await self.fetcher.fetch(source.url)
         raise InvalidImageError("item has no image: give a file, image_url or image_base64")
 
-    async def load_image(self, source: ImageInput, timings: dict[str, float]) -> Image.Image:
-        """Fetch or read, then decode (full size) off the event loop. The pixel budget bounds the decode
-        only: the caller keeps the picture as long as it likes, and an image it holds must not keep another
-        it waits for from decoding."""
-        image, _original, lease = await self.load_scaled(source, timings, None)
+    async def load_picture(self, source: ImageInput, timings: dict[str, float]) -> Picture:
+        """Fetch or read, then decode (full size) off the event loop, or, for a remote runtime, only check
+        the header and keep the bytes (``pixels_of`` decodes them when a stage here needs them). The pixel
+        budget bounds the decode only: the caller keeps the picture as long as it likes, and an image it
+        holds must not keep another it waits for from decoding."""
+        data = await self._load(source, timings)
+        if self.runtime.remote:
+            with self._timed("decode", timings):
+                original = await anyio.to_thread.run_sync(self._check, data)
+            return Picture(data=data, original=original)
+        image, original, lease = await self._decode(data, timings, None, bounded=True)
+        lease.release()
+        return Picture(image, original=original)
+
+    async def pixels_of(self, picture: Picture) -> Image.Image:
+        """``picture``'s pixels: those at hand, else its bytes decoded in full now (lease as ``load_picture``)."""
+        if picture.image is not None:
+            return picture.image
+        assert picture.data is not None
+        image, _original, lease = await self._decode(picture.data, {}, None, bounded=True)
         lease.release()
         return image
 
-    async def load_scaled(
-        self, source: ImageInput, timings: dict[str, float], min_side: int | None, *, bounded: bool = True
-    ) -> tuple[Image.Image, tuple[int, int], Lease]:
-        """Fetch or read, then decode off the event loop, at reduced scale when ``min_side`` allows, holding
-        the decode's pixels from the budget; the caller releases the lease when done with the picture.
-        ``bounded``: past the budget's queue bound, refuse (``OverloadedError``) rather than wait."""
-        return await self._decode(await self._load(source, timings), timings, min_side, bounded=bounded)
+    def _check(self, data: bytes) -> tuple[int, int] | None:
+        """Check ``data``'s header as a decode would, decoding nothing; the original's size if the header
+        tells it (a JPEG's does; other formats may keep their orientation after the pixels). Blocking."""
+        pending = open_image(data, self.settings.images)
+        try:
+            return pending.known_original
+        finally:
+            pending.close()
 
     async def _decode(
         self, data: bytes, timings: dict[str, float], min_side: int | None, *, bounded: bool
@@ -181,30 +197,44 @@ class Pipeline:
         try:
             min_side = self._min_side(engines, opts)
             data = await self._load(item.image, timings)
-            image, (width, height), lease = await self._decode(data, timings, min_side, bounded=bounded)
-            # A remote runtime decodes the bytes as uploaded next to its model; a local one needs only pixels.
-            picture = Picture(image, data, min_side) if self.runtime.remote else Picture(image)
+            if opts.is_yolo and not self.runtime.remote:
+                await self._provision(engines, opts.yolo_model, request_id)
+            if self.runtime.remote and not opts.is_llm:
+                # No stage here needs pixels: the header is checked, the replicas decode next to the models.
+                with self._timed("decode", timings):
+                    original = await anyio.to_thread.run_sync(self._check, data)
+                picture = Picture(data=data, min_side=min_side, original=original)
+            else:
+                image, original, lease = await self._decode(data, timings, min_side, bounded=bounded)
+                # A remote runtime decodes the bytes as uploaded next to its model; a local one needs only pixels.
+                picture = Picture(image, data if self.runtime.remote else None, min_side, original)
             del data
-            result.image = ImageSize(width=width, height=height)
+            if original is not None:
+                result.image = ImageSize(width=original[0], height=original[1])
             grounding = Grounding()
             if opts.is_yolo:
                 try:
                     with self._timed("yolo", timings):
-                        result.yolo, found = await self._detect(engines, picture, opts, request_id,
-                                                                (width, height), alone)
-                    grounding.detections.extend(found)
+                        entry, seen = await self.detect(engines, picture, opts.yolo_model, DetectOptions(
+                            conf=opts.conf, iou=opts.iou, classes=opts.classes), request_id, alone)
+                    result.yolo = yolo_result(entry, seen.value)
+                    result.image = ImageSize(width=seen.original[0], height=seen.original[1])
+                    grounding.detections.extend(seen.value)
                 except SightError as exc:
                     errors.append(exc)
             if opts.is_ocr:
                 try:
                     with self._timed("ocr", timings):
-                        result.ocr = ocr_result(await self.read_text(engines, image, picture))
+                        read = await self.read_text(engines, picture)
+                    result.ocr = ocr_result(read.value)
+                    result.image = ImageSize(width=read.original[0], height=read.original[1])
                     grounding = Grounding(grounding.detections, result.ocr.text)
                 except SightError as exc:
                     errors.append(exc)
             if opts.is_llm:
                 with self._timed("llm", timings):
-                    result.llm = await self._analyze(engines, image, query, grounding, opts.llm_model, request_id)
+                    result.llm = llm_result(await self.analyze(engines, picture, query, grounding, opts.llm_model,
+                                                               request_id))
         except SightError as exc:
             errors.append(exc)
         except asyncio.CancelledError:
@@ -226,29 +256,28 @@ class Pipeline:
         return result
 
     async def detect(
-        self, engines: EngineRegistry, image: Image.Image, ref: str | None, options: DetectOptions,
-        request_id: str | None = None, alone: bool = False, *, picture: Picture | None = None,
-    ) -> tuple[ModelEntry, list[Detection]]:
-        """Run a detector (and, in the background, its shadows) on ``image`` (or ``picture``, which also
-        carries its encoded bytes), through the runtime. ``alone``: the caller has no other image in flight
-        (see ``LocalRuntime.detect``)."""
+        self, engines: EngineRegistry, picture: Picture, ref: str | None, options: DetectOptions,
+        request_id: str | None = None, alone: bool = False,
+    ) -> tuple[ModelEntry, Seen[list[Detection]]]:
+        """Run a detector (and, in the background, its shadows) on ``picture`` through the runtime; boxes in
+        the original's pixels. ``alone``: the caller has no other image in flight (see ``LocalRuntime.detect``)."""
         entry = engines.detector_entry(ref, request_id)
-        picture = picture or Picture(image)
-        found = await self.runtime.detect(engines, entry, picture, options, alone=alone)
+        seen = await self.runtime.detect(engines, entry, picture, options, alone=alone)
         for shadow in engines.catalog.shadows.get(entry.ref, []):
             self.shadows.spawn(entry.ref, shadow.ref,
-                               partial(self.runtime.shadow_detect, engines, shadow, picture, options), found)
-        return entry, found
+                               partial(self.runtime.shadow_detect, engines, shadow, picture, options), seen.value)
+        return entry, seen
 
-    async def read_text(self, engines: EngineRegistry, image: Image.Image, picture: Picture | None = None) -> OcrText:
+    async def read_text(self, engines: EngineRegistry, picture: Picture) -> Seen[OcrText]:
         if not self.settings.ocr.enabled:
             raise EngineUnavailableError("OCR is disabled on this server")
-        return await self.runtime.read_text(engines, picture or Picture(image))
+        return await self.runtime.read_text(engines, picture)
 
     async def analyze(
-        self, engines: EngineRegistry, image: Image.Image, query: str | None, grounding: Grounding,
+        self, engines: EngineRegistry, picture: Picture, query: str | None, grounding: Grounding,
         llm_ref: str | None, request_id: str | None = None,
     ) -> LLMAnswer:
+        image = await self.pixels_of(picture)
         jpeg = await anyio.to_thread.run_sync(encode_jpeg, image, self.settings.llm.max_image_side)
         primary = engines.llm_entry(llm_ref, request_id)
         client, model = engines.llm_client(primary, llm_ref)
@@ -263,6 +292,12 @@ class Pipeline:
                 self.shadows.spawn(primary.ref, shadow.ref, run, answer.answer)
         return answer
 
+    @staticmethod
+    async def _provision(engines: EngineRegistry, ref: str | None, request_id: str | None) -> None:
+        """Wait for a detector's first download before decoding: a waiting item holds no decoded pixels."""
+        with contextlib.suppress(SightError):  # the detect stage reports it
+            await engines.provision(engines.detector_entry(ref, request_id))
+
     def _min_side(self, engines: EngineRegistry, opts: ItemOptions) -> int | None:
         """How small the picture may be decoded: OCR needs every pixel; detection only its input size."""
         if opts.is_ocr or not (opts.is_yolo or opts.is_llm):
@@ -276,22 +311,6 @@ class Pipeline:
             # Not loaded yet: assume a large input rather than load on the event loop.
             needs.append(1280 if side is None else side)
         return max(needs)
-
-    async def _detect(
-        self, engines: EngineRegistry, picture: Picture, opts: ItemOptions, request_id: str | None,
-        original: tuple[int, int], alone: bool,
-    ) -> tuple[YoloResult, list[Detection]]:
-        options = DetectOptions(conf=opts.conf, iou=opts.iou, classes=opts.classes)
-        image = picture.image
-        entry, found = await self.detect(engines, image, opts.yolo_model, options, request_id, alone, picture=picture)
-        found = rescale(found, original[0] / image.width, original[1] / image.height)
-        return yolo_result(entry, found), found
-
-    async def _analyze(
-        self, engines: EngineRegistry, image: Image.Image, query: str | None, grounding: Grounding,
-        model: str | None, request_id: str | None,
-    ) -> LlmResult:
-        return llm_result(await self.analyze(engines, image, query, grounding, model, request_id))
 
     async def events(
         self, items: Sequence[WorkItem], query: str | None, request_id: str | None = None
@@ -356,14 +375,6 @@ class Pipeline:
 def summarize(results: Sequence[ItemResult]) -> Summary:
     done = sum(r.status == "done" for r in results)
     return Summary(total=len(results), done=done, error=len(results) - done)
-
-
-def rescale(found: list[Detection], sx: float, sy: float) -> list[Detection]:
-    """Detections on a reduced-scale decode, mapped to the full-size original's pixels."""
-    if sx == 1 and sy == 1:
-        return found
-    return [replace(d, box=Box2(round(d.box.x1 * sx, 2), round(d.box.y1 * sy, 2), round(d.box.x2 * sx, 2),
-                               round(d.box.y2 * sy, 2))) for d in found]
 
 
 def yolo_result(entry: ModelEntry, found: Sequence[Detection]) -> YoloResult:

@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from PIL import Image
-
 from sight.core.pipeline import ImageInput, Pipeline, ocr_result
 from sight.engines.base import DetectOptions, Grounding
+from sight.engines.model_runtime import Picture
 from sight.engines.registry import EngineRegistry
 from sight.errors import FetchFailedError, InvalidInputError, NotFoundError, SightError
 from sight.schemas import PredictInput, PredictionOut, PredictionSpec
@@ -34,12 +33,12 @@ class MultiPredictor:
     async def predict_all(self, shared: PredictInput | None, specs: Sequence[PredictionSpec], request_id: str
                           ) -> list[PredictionOut]:
         engines = self.pipeline.hub.current
-        images: dict[int, asyncio.Task[Image.Image]] = {}
+        images: dict[int, asyncio.Task[Picture]] = {}
 
-        def image_for(inp: PredictInput) -> asyncio.Task[Image.Image]:
+        def image_for(inp: PredictInput) -> asyncio.Task[Picture]:
             # Each distinct input is fetched and decoded once, however many models read it.
             if id(inp) not in images:
-                images[id(inp)] = asyncio.ensure_future(self.pipeline.load_image(_source(inp), {}))
+                images[id(inp)] = asyncio.ensure_future(self.pipeline.load_picture(_source(inp), {}))
             return images[id(inp)]
 
         async def one(spec: PredictionSpec) -> PredictionOut:
@@ -64,8 +63,8 @@ class MultiPredictor:
             ref = spec.model_name if version is None else f"{spec.model_name}:{version}"
             entry = engines.catalog.model(ref, request_id)
             version = str(entry.version)
-            image = await (image_for(inp) if image_for else self.pipeline.load_image(_source(inp), {}))
-            prediction = await self._run(engines, entry.task, ref, image, inp, request_id, alone)
+            picture = await (image_for(inp) if image_for else self.pipeline.load_picture(_source(inp), {}))
+            prediction = await self._run(engines, entry.task, ref, picture, inp, request_id, alone)
             status, error = "Success", None
         except BAD_REQUEST as exc:
             status, prediction, error = "BadRequest", None, exc.message
@@ -75,15 +74,15 @@ class MultiPredictor:
                              prediction=prediction, error_message=error,
                              duration_ms=round((time.perf_counter() - start) * 1000))
 
-    async def _run(self, engines: EngineRegistry, task: str, ref: str, image: Image.Image, inp: PredictInput,
+    async def _run(self, engines: EngineRegistry, task: str, ref: str, picture: Picture, inp: PredictInput,
                    request_id: str, alone: bool) -> Any:
         if task == "detect":
             options = DetectOptions(conf=inp.conf, iou=inp.iou, classes=inp.classes)
-            _entry, found = await self.pipeline.detect(engines, image, ref, options, request_id, alone)
+            _entry, seen = await self.pipeline.detect(engines, picture, ref, options, request_id, alone)
             return [{"name": d.name, "class": d.class_id, "confidence": d.confidence, "box": asdict(d.box)}
-                    for d in found]
+                    for d in seen.value]
         if task == "ocr":
-            return ocr_result(await self.pipeline.read_text(engines, image)).model_dump()
-        answer = await self.pipeline.analyze(engines, image, inp.query, Grounding(), ref, request_id)
+            return ocr_result((await self.pipeline.read_text(engines, picture)).value).model_dump()
+        answer = await self.pipeline.analyze(engines, picture, inp.query, Grounding(), ref, request_id)
         return {"answer": answer.answer, "model": answer.model,
                 "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens}}

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
+
 from sight.engines.official import LICENSE, LICENSE_NOTE, official_for_url
 from sight.errors import InvalidInputError, ModelNotFoundError, StageTimeoutError
 
@@ -153,15 +155,18 @@ class ModelFiles:
             return self.models_dir / "downloads" / f"{source.sha256 and source.sha256[:16]}-{name}"
         return None
 
-    def local(self, source: ModelSource) -> Path | None:
-        """The file, if it is here already (never downloads)."""
+    def local(self, source: ModelSource, *, verify: bool = True) -> Path | None:
+        """The file, if it is here already (never downloads). A Hugging Face cache entry is checked against its
+        pin the first time (hashing the file: blocking) unless ``verify`` is off."""
         if source.kind == "hf":
-            return self._hf_cached(source)
+            return self._hf_cached(source, verify)
         target = self.target(source)
         return target if target is not None and target.is_file() else None
 
     def state(self, source: ModelSource) -> FileState:
-        path = self.local(source)
+        """Where the file stands. Safe on the event loop: a cached Hugging Face file is not hashed here (its
+        load verifies it)."""
+        path = self.local(source, verify=False)
         if path is not None:
             return FileState("present", path)
         with self._lock:
@@ -218,7 +223,10 @@ class ModelFiles:
     async def aensure(self, name: str, source: ModelSource, wait: float) -> Path:
         """``ensure`` for the event loop: waits up to ``wait`` seconds without holding a thread; a cancelled
         or timed-out waiter leaves the download running for the others."""
-        future = self.fetch(name, source)
+        if source.kind == "hf":  # looking in its cache may hash a file: not on the event loop
+            future = await anyio.to_thread.run_sync(self.fetch, name, source)
+        else:
+            future = self.fetch(name, source)
         if future.done():
             return future.result()
         try:
@@ -315,14 +323,16 @@ class ModelFiles:
             raise DownloadError("hf:// sources need the optional extra: pip install 'sight[hf]'") from exc
         return huggingface_hub
 
-    def _hf_cached(self, source: ModelSource) -> Path | None:
+    def _hf_cached(self, source: ModelSource, verify: bool = True) -> Path | None:
         try:
             hub = self._hf_module()
         except DownloadError:
             return None
         found = hub.try_to_load_from_cache(source.repo, source.location, revision=source.revision,
                                            cache_dir=self.settings.hf_cache_dir)
-        return Path(found) if isinstance(found, str) and self._hf_verified(Path(found), source) else None
+        if not isinstance(found, str):
+            return None
+        return Path(found) if not verify or self._hf_verified(Path(found), source) else None
 
     def _hf_verified(self, path: Path, source: ModelSource) -> bool:
         if source.sha256 is None or path in self._verified:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 import anyio
 
 from sight.engines.base import Detection, DetectOptions, OcrText, WideDetector
-from sight.engines.model_runtime import Picture
+from sight.engines.model_runtime import Picture, Seen, to_original
 from sight.errors import StageTimeoutError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from sight.config import Settings
     from sight.core.catalog import ModelEntry
     from sight.core.metrics import Metrics
     from sight.engines.registry import EngineRegistry
+    from sight.schemas import ModelState
 
 
 class LocalRuntime:
@@ -27,11 +31,17 @@ class LocalRuntime:
         self.metrics = metrics
 
     async def detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
-                     options: DetectOptions, *, alone: bool = False) -> list[Detection]:
+                     options: DetectOptions, *, alone: bool = False) -> Seen[list[Detection]]:
         """``alone`` (the caller has no other image in flight): on a CPU with every run slot free, the run
         takes them all and uses every core, for the lowest latency; otherwise it takes one slot, one core,
         for the most images/s."""
-        image = picture.image
+        image = pixels(picture)
+        original = picture.full_size
+        found = await self._detect(engines, entry, image, options, alone)
+        return Seen(to_original(found, image.size, original), original)
+
+    async def _detect(self, engines: EngineRegistry, entry: ModelEntry, image: Image.Image,
+                      options: DetectOptions, alone: bool) -> list[Detection]:
         await engines.provision(entry)  # a model still to download: wait for it (models.wait_timeout)
         timeout = self.settings.yolo.timeout
         depth = self.metrics.queue_depth.labels(entry.ref)
@@ -66,21 +76,35 @@ class LocalRuntime:
 
     async def shadow_detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
                             options: DetectOptions) -> list[Detection]:
+        image = pixels(picture)
         detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
         async with engines.limiter(f"shadow:{entry.ref}", 1):  # never queued ahead of answers
-            return await anyio.to_thread.run_sync(detector.detect, picture.image, options)
+            found = await anyio.to_thread.run_sync(detector.detect, image, options)
+        return to_original(found, image.size, picture.full_size)
 
     def input_side(self, engines: EngineRegistry, entry: ModelEntry) -> int | None:
         detector = engines.loaded_detector(entry)
         imgsz = getattr(detector, "imgsz", None)
         return max(imgsz) if imgsz else None
 
-    async def read_text(self, engines: EngineRegistry, picture: Picture) -> OcrText:
+    async def read_text(self, engines: EngineRegistry, picture: Picture) -> Seen[OcrText]:
+        image = pixels(picture)
         timeout = self.settings.ocr.timeout
         try:
             with anyio.fail_after(timeout):
                 engine = await anyio.to_thread.run_sync(engines.ocr)
                 async with engines.ocr_limiter():
-                    return await anyio.to_thread.run_sync(engine.read, picture.image, abandon_on_cancel=True)
+                    text = await anyio.to_thread.run_sync(engine.read, image, abandon_on_cancel=True)
+                    return Seen(text, image.size)
         except TimeoutError as exc:
             raise StageTimeoutError(f"OCR did not finish within {timeout}s") from exc
+
+
+    async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
+        return {}  # every model is in this process: the registry knows its state
+
+
+def pixels(picture: Picture) -> Image.Image:
+    """The pixels a local run needs: the pipeline decodes every picture it gives this runtime."""
+    assert picture.image is not None, "the local runtime is given decoded pictures"
+    return picture.image

@@ -7,37 +7,80 @@ call to a Ray Serve deployment. Routes and jobs see neither.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+from sight.engines.base import Box, Detection
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from sight.core.catalog import ModelEntry
-    from sight.engines.base import Detection, DetectOptions, OcrText
+    from sight.engines.base import DetectOptions, OcrText
     from sight.engines.registry import EngineRegistry
+    from sight.schemas import ModelState
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Picture:
-    """A decoded image and, when at hand, the encoded bytes it was decoded from and the ``min_side`` of that
-    decode: decoding ``data`` again at ``min_side`` gives the same pixels (so a remote runtime sends the bytes
-    as uploaded, not the pixels)."""
+    """An image as a runtime gets it.
 
-    image: Image.Image
+    ``image``: its pixels, when this process decoded them (at reduced scale where ``min_side`` allowed).
+    ``data``: the encoded bytes as uploaded, kept for a remote runtime: decoding them at ``min_side`` next
+    to the model gives the same pixels, so this process need not decode at all when no stage of its own
+    needs pixels. ``original``: the full-size oriented original's (width, height), once known.
+    """
+
+    image: Image.Image | None = None
     data: bytes | None = None
     min_side: int | None = None
+    original: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image is None and self.data is None:
+            raise ValueError("a picture needs its pixels or its bytes")
+
+    @property
+    def full_size(self) -> tuple[int, int]:
+        """The original's size: given, else that of the pixels at hand (decoded in full)."""
+        if self.original is not None:
+            return self.original
+        assert self.image is not None, "a picture known by its bytes only has no size until decoded"
+        return self.image.size
+
+
+@dataclass(frozen=True, slots=True)
+class Seen(Generic[T]):
+    """What a runtime found in a picture, in the pixels of the full-size original, and that original's
+    (width, height): a remote runtime may be the first to decode the picture, and so to know its size."""
+
+    value: T
+    original: tuple[int, int]
+
+
+def to_original(found: list[Detection], size: tuple[int, int], original: tuple[int, int]) -> list[Detection]:
+    """Detections on a picture of ``size`` (a reduced-scale decode), in the full-size ``original``'s pixels."""
+    if size == original:
+        return found
+    sx, sy = original[0] / size[0], original[1] / size[1]
+    return [replace(d, box=Box(round(d.box.x1 * sx, 2), round(d.box.y1 * sy, 2), round(d.box.x2 * sx, 2),
+                              round(d.box.y2 * sy, 2))) for d in found]
 
 
 class ModelRuntime(Protocol):
-    """Runs detectors and OCR for the pipeline. Raises ``SightError`` subclasses only."""
+    """Runs detectors and OCR for the pipeline. Raises ``SightError`` subclasses only. Every answer is in the
+    full-size original's pixels, whatever scale the picture was decoded at."""
 
-    #: True when models run out of this process: the pipeline then keeps an item's encoded bytes for it.
+    #: True when models run out of this process: the pipeline then keeps an item's encoded bytes for it, and
+    #: decodes them itself only for a stage of its own (the LLM).
     remote: bool
 
     async def detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
-                     options: DetectOptions, *, alone: bool = False) -> list[Detection]:
-        """Detect with ``entry`` on ``picture``; boxes in ``picture.image``'s pixels."""
+                     options: DetectOptions, *, alone: bool = False) -> Seen[list[Detection]]:
+        """Detect with ``entry`` on ``picture``."""
         ...
 
     async def shadow_detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
@@ -50,5 +93,11 @@ class ModelRuntime(Protocol):
         a picture need not be decoded larger for detection."""
         ...
 
-    async def read_text(self, engines: EngineRegistry, picture: Picture) -> OcrText: ...
+    async def read_text(self, engines: EngineRegistry, picture: Picture) -> Seen[OcrText]:
+        """OCR on ``picture`` (decoded in full: text needs every pixel)."""
+        ...
 
+    async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
+        """By ref, the states of those of ``entries`` (detectors, OCR) that run elsewhere, as that place
+        reports them; the registry answers for the others (``sight.core.model_states``)."""
+        ...

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from sight.engines.model_runtime import Picture
+from sight.engines.model_runtime import Picture, Seen, to_original
 from sight.errors import EngineUnavailableError, OverloadedError, SightError, StageTimeoutError
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sight.core.catalog import ModelEntry
     from sight.engines.base import Detection, DetectOptions, OcrText
     from sight.engines.registry import EngineRegistry
+    from sight.schemas import ModelState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,6 +35,12 @@ OCR_DEPLOYMENT = "ocr"
 def detector_deployment(entry: ModelEntry) -> str:
     """The Serve deployment that holds ``entry``'s detector."""
     return f"detect-{entry.name}-v{entry.version}"
+
+
+def deployment_health(deployment: Any) -> tuple[str, int]:
+    """A deployment's status as ``serve status`` writes it (HEALTHY, UPDATING, ...) and its running replicas."""
+    running = sum(n for state, n in deployment.replica_states.items() if getattr(state, "value", state) == "RUNNING")
+    return str(getattr(deployment.status, "value", deployment.status)), running
 
 
 def import_serve() -> Any:
@@ -48,6 +55,7 @@ def encode(picture: Picture) -> tuple[bytes, int | None]:
     """What to send for ``picture``: its bytes as uploaded, else a lossless PNG of its pixels. Blocking."""
     if picture.data is not None:
         return picture.data, picture.min_side
+    assert picture.image is not None, "a picture has its bytes or its pixels"
     out = io.BytesIO()
     picture.image.save(out, format="PNG", compress_level=1)
     return out.getvalue(), None
@@ -95,27 +103,73 @@ class RayRuntime:
             return self.settings.engine.app_name
 
     async def detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
-                     options: DetectOptions, *, alone: bool = False) -> list[Detection]:
-        data, min_side = await anyio.to_thread.run_sync(encode, picture)
+                     options: DetectOptions, *, alone: bool = False) -> Seen[list[Detection]]:
+        data, min_side = await self._encoded(picture)
         handle = await self._deployment(detector_deployment(entry), f"model {entry.ref}")
-        found: list[Detection] = await self._call(
+        seen: Seen[list[Detection]] = await self._call(
             lambda: handle.remote(data, min_side, options), self.settings.yolo.timeout, "detection")
         if entry.ref not in self._sides:  # once per model: later items decode no larger than it needs
             self._sides[entry.ref] = await self._call(lambda: handle.input_side.remote(), 30.0, "detection")
-        return found
+        if picture.data is None and picture.original not in (None, seen.original):
+            # Sent a PNG of reduced pixels: the replica answered in those.
+            assert picture.original is not None
+            return Seen(to_original(seen.value, seen.original, picture.original), picture.original)
+        return seen
 
     def input_side(self, engines: EngineRegistry, entry: ModelEntry) -> int | None:
         return self._sides.get(entry.ref)
 
     async def shadow_detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
                             options: DetectOptions) -> list[Detection]:
-        return await self.detect(engines, entry, picture, options)
+        return (await self.detect(engines, entry, picture, options)).value
 
-    async def read_text(self, engines: EngineRegistry, picture: Picture) -> OcrText:
-        data, _min_side = await anyio.to_thread.run_sync(encode, picture)
+    async def read_text(self, engines: EngineRegistry, picture: Picture) -> Seen[OcrText]:
+        data, _min_side = await self._encoded(picture)  # OCR pictures are never reduced: no scale to undo
         handle = await self._deployment(OCR_DEPLOYMENT, "OCR")
-        text: OcrText = await self._call(lambda: handle.remote(data), self.settings.ocr.timeout, "OCR")
-        return text
+        seen: Seen[OcrText] = await self._call(lambda: handle.remote(data), self.settings.ocr.timeout, "OCR")
+        return seen
+
+    async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
+        """Each detector's and OCR's deployment as Serve reports it: ready once a replica runs (a replica
+        loads its model as it starts, if the file is on its node; else it downloads it on first use)."""
+        from sight.schemas import ModelState
+
+        app = self.app_name()
+        try:
+            status = await anyio.to_thread.run_sync(self._serve.status)
+        except Exception as exc:  # the cluster is gone or unreachable: every remote model is
+            down = ModelState(state="unavailable", reason=f"Ray Serve did not answer ({type(exc).__name__})")
+            return {entry.ref: down for entry in entries if entry.task in ("detect", "ocr")}
+        application = status.applications.get(app)
+        deployments = application.deployments if application is not None else {}
+        self._deployed = set(deployments)
+        states: dict[str, ModelState] = {}
+        for entry in entries:
+            if entry.task not in ("detect", "ocr") or (entry.task == "ocr" and not self.settings.ocr.enabled):
+                continue
+            name = detector_deployment(entry) if entry.task == "detect" else OCR_DEPLOYMENT
+            deployment = deployments.get(name)
+            if deployment is None:
+                states[entry.ref] = ModelState(state="unavailable", reason=f"no deployment {name!r} in the Ray "
+                                               f"Serve application {app!r}: declare it and deploy again")
+                continue
+            health, running = deployment_health(deployment)
+            if health in ("UNHEALTHY", "DEPLOY_FAILED"):
+                states[entry.ref] = ModelState(state="failed", reason=f"Ray Serve deployment {name!r} is "
+                                               f"{health}: {deployment.message}")
+            elif running:
+                states[entry.ref] = ModelState(state="ready", reason=f"{running} replica(s) of {name!r} running "
+                                               "on Ray Serve")
+            else:
+                states[entry.ref] = ModelState(state="not_loaded", reason=f"replicas of {name!r} starting on "
+                                               "Ray Serve")
+        return states
+
+    @staticmethod
+    async def _encoded(picture: Picture) -> tuple[bytes, int | None]:
+        if picture.data is not None:
+            return picture.data, picture.min_side
+        return await anyio.to_thread.run_sync(encode, picture)
 
     async def _call(self, send: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
         """Send, retrying (at most ``engine.retries`` times) when the replica died under the call: Serve

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sight.api.deps import ServicesDep
-from sight.core.model_states import model_state
+from sight.core.model_states import model_states
 from sight.schemas import Health, ModelState
 from sight.storage.db import ping
 
@@ -29,12 +29,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     """Ready for traffic: database reachable, not draining; with each model's state (as in GET /v1/models)."""
     engines = services.engines
     models = engines.catalog.all_models()
+    states = await model_states(services.pipeline.runtime, engines, models)
     checks: dict[str, object] = {
         "models": [m.ref for m in models],
-        "loaded": [m.ref for m in models if m.task != "llm" and engines.is_loaded(m)],
+        "loaded": [m.ref for m in models if m.task != "llm" and states[m.ref].state == "ready"],
         # State names only: this route needs no key, and reasons may name files and hosts (GET /v1/models has
         # them, for a key holder).
-        "states": {m.ref: _progress(model_state(engines, m)) for m in models},
+        "states": {m.ref: _progress(states[m.ref]) for m in models},
         "llm": engines.llm_status().state,  # optional: never makes the server unready
     }
     ok = not services.draining
