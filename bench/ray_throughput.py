@@ -7,7 +7,8 @@ the Ray overhead goes; and a short placement run on a two-node loopback ``Cluste
 
 Both sides: YOLO only (yolo11n-untrained at 640), 8 JPEG photos per batch request. Ray: the HTTP API is the
 Serve ingress behind Serve's proxy, the detector ``--replicas`` replicas of ``--replica-cpus`` logical CPUs
-each, one run at a time per replica (``--ongoing``); the local engine has one run slot per core. On one
+each, taking ``--ongoing`` calls at once (max_ongoing_requests) and running ``--replica-slots`` of them at a
+time (default: its whole CPUs, at least one); the local engine has one run slot per core. On one
 machine both share the same cores (the Ray side also pays for the proxy, the API replica and the detector
 replicas as separate processes), so the ratio is the cost of the Ray engine, not what it scales to: that
 needs more machines. Rounds alternate local and Ray; read the median ratios.
@@ -44,14 +45,14 @@ PER_REQUEST = 8
 APP = "sight"
 
 
-def settings_for(model: Path, workdir: Path, replicas: int, replica_cpus: float, ongoing: int) -> Any:
+def settings_for(model: Path, workdir: Path, replicas: int, replica_cpus: float, ongoing: int, slots: int = 0) -> Any:
     from sight.config import DeploymentSettings, EngineSettings, ModelsSettings, OcrSettings, Settings, YoloSettings
 
     return Settings(
         _env_file=None,
         database_url=f"sqlite+aiosqlite:///{workdir / 'ray.db'}",
         data_dir=workdir / "ray-data",
-        yolo=YoloSettings(models={"yolo11n": str(model)}, default_model="yolo11n"),
+        yolo=YoloSettings(models={"yolo11n": str(model)}, default_model="yolo11n", concurrency=slots),
         ocr=OcrSettings(enabled=False),
         models=ModelsSettings(offline=True),
         engine=EngineSettings(
@@ -143,6 +144,7 @@ def overhead(settings: Any, http: Client, n: int) -> None:
     import ray
     from ray import serve
 
+    from sight.core.images import open_image
     from sight.engines.base import DetectOptions
     from sight.engines.ray_runtime import detector_deployment
     from sight.engines.registry import EngineRegistry
@@ -164,7 +166,7 @@ def overhead(settings: Any, http: Client, n: int) -> None:
     in_process = timed(lambda i: asyncio.run(local(blobs[i % 2], 640, options)))
     detect_only_engines = EngineRegistry(settings)
     detector = detect_only_engines.detector_for(entry)
-    image = local._decode(blobs[0], 640).image
+    image = open_image(blobs[0], settings.images, 640).decode()
     detect_only = timed(lambda i: detector.detect(image, options))
     via_handle = timed(lambda i: handle.remote(blobs[i % 2], 640, options).result())
     via_http = timed(lambda i: http.batch(i, per_request=1))
@@ -185,7 +187,7 @@ def compare(args: argparse.Namespace, workdir: Path) -> None:
     import ray
     from ray import serve
 
-    settings = settings_for(args.model, workdir, args.replicas, args.replica_cpus, args.ongoing)
+    settings = settings_for(args.model, workdir, args.replicas, args.replica_cpus, args.ongoing, args.replica_slots)
     key = create_key(settings)
     ray_url = start_ray_app(settings, num_cpus=os.cpu_count() or 2)
     proc, url, local_key = spawn_server(args.model, workdir)
@@ -193,7 +195,7 @@ def compare(args: argparse.Namespace, workdir: Path) -> None:
         ray_client, local_client = Client(ray_url, key), Client(url, local_key)
         print(f"model: {args.model.name}   images per measurement: {args.images}   cores: {os.cpu_count()}   "
               f"rounds: {args.rounds}   ray: {args.replicas} detector replica(s) x {args.replica_cpus} CPU, "
-              f"{args.ongoing} run(s) at once each", flush=True)
+              f"{args.ongoing} call(s) and {args.replica_slots or 'auto'} run slot(s) each", flush=True)
         ratios: dict[int, list[float]] = {}
         for round_no in range(1, args.rounds + 1):
             for clients in args.clients:
@@ -290,7 +292,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--replicas", type=int, default=2, help="detector replicas on the one-node cluster")
     parser.add_argument("--replica-cpus", type=float, default=0.5, help="logical CPUs each replica holds")
-    parser.add_argument("--ongoing", type=int, default=2, help="detector runs at once per replica")
+    parser.add_argument("--ongoing", type=int, default=32,
+                        help="calls at once per detector replica (max_ongoing_requests; Sight's default 32)")
+    parser.add_argument("--replica-slots", type=int, default=0,
+                        help="detector runs at once per replica (SIGHT_YOLO__CONCURRENCY; 0: its whole CPUs, min 1)")
     parser.add_argument("--overhead-images", type=int, default=20)
     parser.add_argument("--placement-calls", type=int, default=32)
     parser.add_argument("--no-placement", action="store_true")

@@ -14,13 +14,14 @@ A deployment holds one model, takes encoded bytes (never decoded arrays) and dec
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from sight.config import DeploymentSettings, Settings
-from sight.core.images import open_image
 from sight.core.metrics import Metrics
+from sight.core.pixel_budget import PixelBudget, decode_leased
 from sight.engines.local_runtime import LocalRuntime
 from sight.engines.model_runtime import Picture, Seen
 from sight.engines.ray_runtime import OCR_DEPLOYMENT, detector_deployment, import_serve
@@ -32,33 +33,48 @@ if TYPE_CHECKING:
     from sight.engines.base import Detection, DetectOptions, OcrText
 
 INGRESS_DEPLOYMENT = "api"
+T = TypeVar("T")
 
 
-class SightDetector:
-    """One detector: decodes the bytes it is sent as the API would have, and detects through the local
-    runtime, so a replica has what ``sight serve`` has in process: run slots over its CPUs and, when
-    ``SIGHT_YOLO__BATCH_MAX_SIZE`` > 1 on a GPU, the gatherer batching concurrent calls into one session run
-    (give the deployment ``max_ongoing_requests`` of at least that size, or batches cannot fill)."""
+class _ModelReplica:
+    """What every model replica has: settings sized to it, its engines and the local runtime, and a budget
+    on decoded pixels (calls wait in the replica for its run slots, their pictures decoded)."""
 
-    def __init__(self, settings: Settings, ref: str) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = replica_settings(settings)
         self.engines = EngineRegistry(self.settings)
-        self.entry = self.engines.catalog.model(ref, task="detect")
         self.runtime = LocalRuntime(self.settings, Metrics())
+        images = self.settings.images
+        self.pixels = PixelBudget(images.max_pixels_in_flight, images.pixel_queue, self.settings.server.retry_after)
+
+    async def _run(self, data: bytes, min_side: int | None, use: Callable[[Picture], Awaitable[T]]) -> T:
+        """Decode ``data`` (holding its pixels from the budget) and ``use`` the picture."""
+        image, original, lease = await decode_leased(self.pixels, data, self.settings.images, min_side,
+                                                     bounded=False)
+        try:
+            return await use(Picture(image, min_side=min_side, original=original))
+        finally:
+            lease.release()
+
+
+class SightDetector(_ModelReplica):
+    """One detector: decodes the bytes it is sent as the API would have, and detects through the local
+    runtime, so a replica has what ``sight serve`` has in process: run slots over its CPUs and, when
+    ``SIGHT_YOLO__BATCH_MAX_SIZE`` > 1 on a GPU, the gatherer batching concurrent calls into one session run."""
+
+    def __init__(self, settings: Settings, ref: str) -> None:
+        super().__init__(settings)
+        self.entry = self.engines.catalog.model(ref, task="detect")
         file = self.engines.file_state(self.entry)
         if file is None or file.state == "present":
             # Loaded as the replica starts, so Serve reports it running only once it can answer (a file still
             # to download waits for the first call, on this node).
             self.engines.detector_for(self.entry)
 
-    def _decode(self, data: bytes, min_side: int | None) -> Picture:
-        pending = open_image(data, self.settings.images, min_side)
-        return Picture(pending.decode(), min_side=min_side, original=pending.original)
-
     async def __call__(self, data: bytes, min_side: int | None, options: DetectOptions) -> Seen[list[Detection]]:
         """Detections in the original's pixels and its size (the API may not have decoded the image)."""
-        picture = await anyio.to_thread.run_sync(self._decode, data, min_side)
-        return await self.runtime.detect(self.engines, self.entry, picture, options)
+        return await self._run(data, min_side,
+                               lambda picture: self.runtime.detect(self.engines, self.entry, picture, options))
 
     async def input_side(self) -> int | None:
         """The long side of the model's input (the API decodes no larger for detection alone)."""
@@ -67,18 +83,15 @@ class SightDetector:
         return self.runtime.input_side(self.engines, self.entry)
 
 
-class SightOcr:
+class SightOcr(_ModelReplica):
     """OCR: decodes the bytes it is sent (full size) and reads the text."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = replica_settings(settings)
-        self.engines = EngineRegistry(self.settings)
-        self.runtime = LocalRuntime(self.settings, Metrics())
+        super().__init__(settings)
         self.engines.ocr()  # loaded as the replica starts
 
     async def __call__(self, data: bytes) -> Seen[OcrText]:
-        image = await anyio.to_thread.run_sync(lambda: open_image(data, self.settings.images, None).decode())
-        return await self.runtime.read_text(self.engines, Picture(image))
+        return await self._run(data, None, lambda picture: self.runtime.read_text(self.engines, picture))
 
 
 def replica_settings(settings: Settings) -> Settings:

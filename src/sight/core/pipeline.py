@@ -21,7 +21,7 @@ from sight.config import Settings
 from sight.core.catalog import ModelEntry
 from sight.core.images import decode_base64, encode_jpeg, open_image
 from sight.core.metrics import Metrics
-from sight.core.pixel_budget import Lease, PixelBudget
+from sight.core.pixel_budget import Lease, PixelBudget, decode_leased
 from sight.core.shadow import ShadowRunner
 from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
 from sight.engines.local_runtime import LocalRuntime
@@ -167,19 +167,7 @@ class Pipeline:
         self, data: bytes, timings: dict[str, float], min_side: int | None, *, bounded: bool
     ) -> tuple[Image.Image, tuple[int, int], Lease]:
         with self._timed("decode", timings):
-            pending = await anyio.to_thread.run_sync(open_image, data, self.settings.images, min_side)
-            try:
-                lease = await self.pixels.acquire(pending.pixels, bounded=bounded)
-            except BaseException:
-                pending.close()
-                raise
-            try:
-                image = await anyio.to_thread.run_sync(pending.decode)
-            except BaseException:
-                lease.release()
-                raise
-            lease.shrink(image.width * image.height)  # the full-size decode, if any, is freed by now
-            return image, pending.original, lease
+            return await decode_leased(self.pixels, data, self.settings.images, min_side, bounded=bounded)
 
     async def run_item(self, item: WorkItem, query: str | None, request_id: str | None = None, *,
                        alone: bool = False, bounded: bool = False) -> ItemResult:

@@ -31,10 +31,17 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from functools import cache
+from typing import TYPE_CHECKING
 
 import anyio
 
+from sight.core.images import open_image
 from sight.errors import OverloadedError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from sight.config import ImageSettings
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +223,24 @@ def tune_heap(threshold: int = MMAP_THRESHOLD) -> bool:
     if (libc := _libc()) is None:
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+async def decode_leased(budget: PixelBudget, data: bytes, settings: ImageSettings, min_side: int | None, *,
+                        bounded: bool) -> tuple[Image.Image, tuple[int, int], Lease]:
+    """Check ``data``'s header, wait for its decode's pixels from ``budget``, decode off the event loop (at
+    reduced scale when ``min_side`` allows). Returns the picture, the full-size original's size and the lease,
+    shrunk to the picture kept: the caller releases it when done with the picture. ``bounded``: past the
+    budget's queue bound, refuse (``OverloadedError``) rather than wait."""
+    pending = await anyio.to_thread.run_sync(open_image, data, settings, min_side)
+    try:
+        lease = await budget.acquire(pending.pixels, bounded=bounded)
+    except BaseException:
+        pending.close()
+        raise
+    try:
+        image = await anyio.to_thread.run_sync(pending.decode)
+    except BaseException:
+        lease.release()
+        raise
+    lease.shrink(image.width * image.height)  # the full-size decode, if any, is freed by now
+    return image, pending.original, lease
