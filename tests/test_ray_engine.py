@@ -7,6 +7,7 @@ status), bounded.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -237,27 +238,6 @@ def _calls_per_replica(log_dir: Path) -> dict[str, int]:
             for p in log_dir.glob(f"replica_{APP}_{DETECTOR}_*.log")}
 
 
-def test_ray_engine_replica_killed_mid_stream_loses_no_item(served: RayServed) -> None:
-    victim = _replicas(DETECTOR)[0]
-    handle = ray.get_actor(victim["Name"], namespace="serve")
-    killed: list[int] = []
-
-    def kill_after_a_few(line: dict[str, Any]) -> None:
-        if line["status"] in {"done", "error"} and not killed:
-            killed.append(line["index"])
-            ray.kill(handle, no_restart=True)
-
-    data = [{"image_base64": _b64("bus.jpg"), "is_yolo": True} for _ in range(40)]
-    lines = _stream(served.url, served.key, data, on_line=kill_after_a_few)
-    assert killed, "the replica was killed while the stream ran"
-    finals = _finals(lines)
-    assert sorted(finals) == list(range(40)), "every item ends in exactly one final state"
-    assert lines[-1]["status"] == "complete" and sum(x["status"] == "complete" for x in lines) == 1
-    # Retries are bounded (engine.retries) and land on the live replica: no item fails for the kill.
-    assert all(x["status"] == "done" for x in finals.values()), [x for x in finals.values() if x["status"] != "done"]
-    _wait_running(DETECTOR)  # Serve replaces the replica: later tests see two again
-
-
 def test_ray_engine_worker_node_removed_mid_stream_loses_no_item(served: RayServed, tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """A whole worker node goes (its raylet and every actor on it) while a stream runs: the calls on its
@@ -268,6 +248,7 @@ def test_ray_engine_worker_node_removed_mid_stream_loses_no_item(served: RayServ
     cluster = served.cluster
     head = cluster.head_node.node_id
     (worker,) = [n for n in cluster.worker_nodes if n.node_id != head]
+    # Runs before the replica-kill test, whose replacement replica Serve may place on either node.
     assert any(a["Address"]["NodeID"] == worker.node_id for a in _replicas(DETECTOR)), \
         "a detector replica runs on the worker node"
     settings = _settings(tmp_path, kind="ray", app_name=APP, retries=3)
@@ -299,6 +280,27 @@ def test_ray_engine_worker_node_removed_mid_stream_loses_no_item(served: RayServ
     assert len(retried) <= settings.engine.retries * len(data), retried
     _wait_running(DETECTOR)
     _wait_running("api", replicas=1)
+
+
+def test_ray_engine_replica_killed_mid_stream_loses_no_item(served: RayServed) -> None:
+    victim = _replicas(DETECTOR)[0]
+    handle = ray.get_actor(victim["Name"], namespace="serve")
+    killed: list[int] = []
+
+    def kill_after_a_few(line: dict[str, Any]) -> None:
+        if line["status"] in {"done", "error"} and not killed:
+            killed.append(line["index"])
+            ray.kill(handle, no_restart=True)
+
+    data = [{"image_base64": _b64("bus.jpg"), "is_yolo": True} for _ in range(40)]
+    lines = _stream(served.url, served.key, data, on_line=kill_after_a_few)
+    assert killed, "the replica was killed while the stream ran"
+    finals = _finals(lines)
+    assert sorted(finals) == list(range(40)), "every item ends in exactly one final state"
+    assert lines[-1]["status"] == "complete" and sum(x["status"] == "complete" for x in lines) == 1
+    # Retries are bounded (engine.retries) and land on the live replica: no item fails for the kill.
+    assert all(x["status"] == "done" for x in finals.values()), [x for x in finals.values() if x["status"] != "done"]
+    _wait_running(DETECTOR)  # Serve replaces the replica: later tests see two again
 
 
 def _wait_running(deployment: str, rounds: int = 600, replicas: int = 2) -> None:
@@ -433,3 +435,25 @@ async def test_ray_runtime_retries_a_lost_replica_a_bounded_number_of_times(tmp_
     with pytest.raises(OverloadedError) as refusal:
         await runtime._call(refused, 10, "detection")
     assert len(sent) == 1 and refusal.value.retry_after == runtime.settings.server.retry_after
+
+
+@pytest.mark.anyio
+async def test_detector_replica_gathers_concurrent_calls_into_batches(tmp_path: Path) -> None:
+    """A detector replica runs the local runtime: with batching on (here forced on the CPU, as a GPU replica
+    has it), calls that arrive together share session runs, and each answers in its own original's pixels."""
+    _import_ray()
+    from sight.engines.base import DetectOptions
+    from sight.serve_app import SightDetector
+
+    settings = _settings(tmp_path, kind="ray")
+    settings.yolo = settings.yolo.model_copy(update={"batch_max_size": 4, "batch_max_wait_ms": 500,
+                                                     "batch_on_cpu": True})
+    replica = SightDetector(settings, "nudenet")
+    data = [(IMAGES / name).read_bytes() for name in ("astronaut.png", "bus.jpg")] * 2
+    seen = await asyncio.gather(*(replica(blob, None, DetectOptions()) for blob in data))
+    batches = replica.runtime.metrics.batch_size.labels("nudenet:1")
+    count = next(s.value for m in batches.collect() for s in m.samples if s.name.endswith("_count"))
+    total = next(s.value for m in batches.collect() for s in m.samples if s.name.endswith("_sum"))
+    assert total == 4 and count < 4, f"{count} session runs for 4 images"
+    assert [s.original for s in seen] == [(512, 512), (810, 1080)] * 2
+    assert seen[0].value[0].name == "FACE_FEMALE" and seen[0].value == seen[2].value
