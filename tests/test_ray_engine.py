@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
 from sight.config import DeploymentSettings, EngineSettings, ModelsSettings, ServerSettings, Settings, YoloSettings
+from sight.errors import InvalidInputError
 from tests.conftest import IMAGES, ROOT, nudenet_path
 from tests.helpers import wait_until
 from tests.servers import LiveServer
@@ -457,3 +458,28 @@ async def test_detector_replica_gathers_concurrent_calls_into_batches(tmp_path: 
     assert total == 4 and count < 4, f"{count} session runs for 4 images"
     assert [s.original for s in seen] == [(512, 512), (810, 1080)] * 2
     assert seen[0].value[0].name == "FACE_FEMALE" and seen[0].value == seen[2].value
+
+
+def test_registry_entry_sets_its_own_ray_deployment_options(tmp_path: Path) -> None:
+    """A registry entry's ``ray`` table sets its deployment's options over SIGHT_ENGINE__DETECTOR__*; an
+    unknown option is refused when the file is read."""
+    _import_ray()
+    from ray.serve._private.build_app import build_app
+
+    from sight.core.catalog import read_registry_file
+    from sight.serve_app import build
+
+    registry = tmp_path / "models.toml"
+    registry.write_text(f'[[model]]\nname = "big"\nsource = "{nudenet_path()}"\n'
+                        'ray = { num_gpus = 0.5, num_cpus = 0.25, max_replicas = 3 }\n')
+    settings = _settings(tmp_path, kind="ray", detector=DeploymentSettings(num_cpus=2, max_replicas=2))
+    settings.registry.path = registry
+    deployments = {d.name: d for d in build_app(build(settings), name=APP).deployments}
+    big, plain = deployments["detect-big-v1"], deployments[DETECTOR]
+    assert big.ray_actor_options["num_gpus"] == 0.5 and big.ray_actor_options["num_cpus"] == 0.25
+    assert big._deployment_config.autoscaling_config.max_replicas == 3
+    assert plain.ray_actor_options["num_cpus"] == 2 and plain._deployment_config.autoscaling_config.max_replicas == 2
+
+    registry.write_text('[[model]]\nname = "big"\nsource = "x.onnx"\nray = { num_gpu = 1 }\n')
+    with pytest.raises(InvalidInputError, match="unknown Ray options \\['num_gpu'\\]"):
+        read_registry_file(registry)

@@ -126,7 +126,8 @@ def _options(group: DeploymentSettings, name: str) -> dict[str, Any]:
 
 
 def build(settings: Settings) -> Application:
-    """The application for ``settings``: a deployment per declared detector, OCR (unless disabled), the API."""
+    """The application for ``settings``: a deployment per declared detector (``SIGHT_ENGINE__DETECTOR__*``, under
+    a registry entry's ``ray`` table), OCR (unless disabled), the API."""
     serve = import_serve()
     settings = settings.model_copy(update={"engine": settings.engine.model_copy(update={"kind": "ray"})})
     catalog = EngineRegistry(settings).catalog
@@ -135,7 +136,8 @@ def build(settings: Settings) -> Application:
     for entry in catalog.all_models():
         if entry.task == "detect" and entry.source and not entry.source.startswith("<"):
             name = detector_deployment(entry)
-            models[name] = serve.deployment(**_options(engine.detector, name))(SightDetector).bind(settings, entry.ref)
+            group = DeploymentSettings.model_validate({**engine.detector.model_dump(), **entry.ray})
+            models[name] = serve.deployment(**_options(group, name))(SightDetector).bind(settings, entry.ref)
     if settings.ocr.enabled:
         models[OCR_DEPLOYMENT] = serve.deployment(**_options(engine.ocr, OCR_DEPLOYMENT))(SightOcr).bind(settings)
     api = serve.deployment(**_options(engine.api, INGRESS_DEPLOYMENT))(serve.ingress()(SightApi))

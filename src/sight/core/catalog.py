@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sight.engines.downloads import ModelSource
 from sight.engines.official import OFFICIAL
@@ -42,6 +42,17 @@ class ModelEntry(BaseModel):
     conf: float | None = Field(None, ge=0, le=1)
     iou: float | None = Field(None, ge=0, le=1)
     shadow_of: str | None = Field(None, description="Run as a shadow of this model reference.")
+    ray: dict[str, float] = Field(default_factory=dict, description="detect: this version's Ray Serve deployment "
+                                  "options over SIGHT_ENGINE__DETECTOR__* (num_cpus, num_gpus, min_replicas, ...).")
+
+    @field_validator("ray")
+    @classmethod
+    def _known_ray_options(cls, value: dict[str, float]) -> dict[str, float]:
+        from sight.config import DeploymentSettings
+
+        if unknown := sorted(set(value) - set(DeploymentSettings.model_fields)):
+            raise ValueError(f"unknown Ray options {unknown}; known: {sorted(DeploymentSettings.model_fields)}")
+        return value
 
     @property
     def ref(self) -> str:
