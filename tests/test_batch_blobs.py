@@ -324,6 +324,19 @@ def test_a_missing_result_blob_is_an_error_entry_not_a_failed_page(client: TestC
     assert results["lost"]["batch_result"] is None and results["lost"]["error_message"]
 
 
+def test_an_unreadable_result_blob_is_that_rows_error(client: TestClient, blobs: BlobStore) -> None:
+    """A stored result that is there but cannot be read (here: not JSON) fails its row, not the page."""
+    assert isinstance(blobs, FileBlobStore)
+    team = Team(client, "a")
+    bid = team.create()
+    assert team.add(bid, [_req("astronaut.png", "kept"), _req("coffee.png", "bad")]).status_code == 200
+    _drain(client, inline_result_bytes=0)
+    blobs._path(_rows(client, bid)["bad"][1]).write_bytes(b"\x00 not json")
+    results = _results(team, bid)
+    assert results["kept"]["batch_result"]["response"]["vision_predict"]["yolo"]["detections"]
+    assert results["bad"]["error"]["code"] == "upstream_error" and results["bad"]["batch_result"] is None
+
+
 @both_stores
 def test_sweep_keeps_result_blobs_while_any_row_names_them_as_result_or_image(
     client: TestClient, blobs: BlobStore, age: Age

@@ -210,8 +210,9 @@ class EngineSettings(BaseModel):
     kind: str = Field("local", pattern="^(local|ray)$", description="`local` or `ray`.")
     address: str = Field("auto", description="Ray cluster to join (`auto`: the local one, started if none runs).")
     app_name: str = Field("sight", description="The Serve application's name.")
-    detector: DeploymentSettings = DeploymentSettings()
-    ocr: DeploymentSettings = DeploymentSettings()
+    # Model deployments queue a bounded number of calls beyond what their replicas take: then 503 overloaded.
+    detector: DeploymentSettings = DeploymentSettings(max_queued_requests=128)
+    ocr: DeploymentSettings = DeploymentSettings(max_queued_requests=64)
     api: DeploymentSettings = DeploymentSettings(num_cpus=0.5, max_ongoing_requests=64)
     retries: int = Field(2, description="Times a call is retried on another replica when its replica dies.")
 

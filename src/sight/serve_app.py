@@ -13,6 +13,7 @@ A deployment holds one model, takes encoded bytes (never decoded arrays) and dec
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,17 +22,19 @@ import anyio
 
 from sight.config import DeploymentSettings, Settings
 from sight.core.metrics import Metrics
-from sight.core.pixel_budget import PixelBudget, decode_leased
+from sight.core.pixel_budget import PixelBudget, decode_leased, trim_heap, tune_heap
 from sight.engines.local_runtime import LocalRuntime
 from sight.engines.model_runtime import Picture, Seen
 from sight.engines.ray_runtime import OCR_DEPLOYMENT, detector_deployment, import_serve
 from sight.engines.registry import EngineRegistry
+from sight.errors import SightError
 
 if TYPE_CHECKING:
     from ray.serve import Application
 
     from sight.engines.base import Detection, DetectOptions, OcrText
 
+log = logging.getLogger(__name__)
 INGRESS_DEPLOYMENT = "api"
 T = TypeVar("T")
 
@@ -45,7 +48,9 @@ class _ModelReplica:
         self.engines = EngineRegistry(self.settings)
         self.runtime = LocalRuntime(self.settings, Metrics())
         images = self.settings.images
-        self.pixels = PixelBudget(images.max_pixels_in_flight, images.pixel_queue, self.settings.server.retry_after)
+        tune_heap()  # as the API process does: large decodes go back to the OS (docs/benchmarks.md)
+        self.pixels = PixelBudget(images.max_pixels_in_flight, images.pixel_queue, self.settings.server.retry_after,
+                                  on_idle=trim_heap)
 
     async def _run(self, data: bytes, min_side: int | None, use: Callable[[Picture], Awaitable[T]]) -> T:
         """Decode ``data`` (holding its pixels from the budget) and ``use`` the picture."""
@@ -68,8 +73,12 @@ class SightDetector(_ModelReplica):
         file = self.engines.file_state(self.entry)
         if file is None or file.state == "present":
             # Loaded as the replica starts, so Serve reports it running only once it can answer (a file still
-            # to download waits for the first call, on this node).
-            self.engines.detector_for(self.entry)
+            # to download waits for the first call, on this node). One that cannot load fails its calls with
+            # the reason, as in process; it does not take the application down.
+            try:
+                self.engines.detector_for(self.entry)
+            except SightError as exc:
+                log.warning("model %s not loaded: %s", ref, exc.message)
 
     async def __call__(self, data: bytes, min_side: int | None, options: DetectOptions) -> Seen[list[Detection]]:
         """Detections in the original's pixels and its size (the API may not have decoded the image)."""
@@ -88,7 +97,10 @@ class SightOcr(_ModelReplica):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.engines.ocr()  # loaded as the replica starts
+        try:
+            self.engines.ocr()  # loaded as the replica starts
+        except SightError as exc:
+            log.warning("OCR not loaded: %s", exc.message)
 
     async def __call__(self, data: bytes) -> Seen[OcrText]:
         return await self._run(data, None, lambda picture: self.runtime.read_text(self.engines, picture))
@@ -125,22 +137,36 @@ def _options(group: DeploymentSettings, name: str) -> dict[str, Any]:
     return {"name": name, **group.ray_options()}
 
 
+def deployments(settings: Settings) -> dict[str, tuple[DeploymentSettings, str | None]]:
+    """The model deployments ``settings`` call for, by name: each with its options and, for a detector, the
+    model it holds (``SIGHT_ENGINE__DETECTOR__*`` under a registry entry's ``ray`` table), then OCR unless
+    disabled."""
+    engine = settings.engine
+    planned: dict[str, tuple[DeploymentSettings, str | None]] = {}
+    for entry in EngineRegistry(settings).catalog.all_models():
+        if entry.task == "detect" and entry.source and not entry.source.startswith("<"):
+            group = DeploymentSettings.model_validate({**engine.detector.model_dump(), **entry.ray})
+            planned[detector_deployment(entry)] = (group, entry.ref)
+    if settings.ocr.enabled:
+        planned[OCR_DEPLOYMENT] = (engine.ocr, None)
+    return planned
+
+
+def requested_cpus(settings: Settings) -> float:
+    """The CPUs the application's replicas hold at their minimum scale, the API's included."""
+    groups = [group for group, _ref in deployments(settings).values()] + [settings.engine.api]
+    return sum(group.num_cpus * group.min_replicas for group in groups)
+
+
 def build(settings: Settings) -> Application:
-    """The application for ``settings``: a deployment per declared detector (``SIGHT_ENGINE__DETECTOR__*``, under
-    a registry entry's ``ray`` table), OCR (unless disabled), the API."""
+    """The application for ``settings``: its model deployments (``deployments``) and the API as the ingress."""
     serve = import_serve()
     settings = settings.model_copy(update={"engine": settings.engine.model_copy(update={"kind": "ray"})})
-    catalog = EngineRegistry(settings).catalog
-    engine = settings.engine
     models: dict[str, Any] = {}
-    for entry in catalog.all_models():
-        if entry.task == "detect" and entry.source and not entry.source.startswith("<"):
-            name = detector_deployment(entry)
-            group = DeploymentSettings.model_validate({**engine.detector.model_dump(), **entry.ray})
-            models[name] = serve.deployment(**_options(group, name))(SightDetector).bind(settings, entry.ref)
-    if settings.ocr.enabled:
-        models[OCR_DEPLOYMENT] = serve.deployment(**_options(engine.ocr, OCR_DEPLOYMENT))(SightOcr).bind(settings)
-    api = serve.deployment(**_options(engine.api, INGRESS_DEPLOYMENT))(serve.ingress()(SightApi))
+    for name, (group, ref) in deployments(settings).items():
+        deployment = serve.deployment(**_options(group, name))
+        models[name] = deployment(SightDetector).bind(settings, ref) if ref else deployment(SightOcr).bind(settings)
+    api = serve.deployment(**_options(settings.engine.api, INGRESS_DEPLOYMENT))(serve.ingress()(SightApi))
     return api.bind(settings, models)
 
 

@@ -79,7 +79,7 @@ def serve_on_ray(settings: Settings, key: str | None = None) -> None:
     except ImportError as exc:
         raise typer.BadParameter("--engine ray needs Ray: pip install 'sight[ray]'") from exc
     from sight.engines.ray_runtime import deployment_health
-    from sight.serve_app import build
+    from sight.serve_app import build, requested_cpus
 
     try:
         ray.init(address=settings.engine.address)
@@ -92,9 +92,7 @@ def serve_on_ray(settings: Settings, key: str | None = None) -> None:
     if settings.database_url.startswith("sqlite") and ":///./" in settings.database_url:
         head, _, path = settings.database_url.partition(":///")
         settings.database_url = f"{head}:///{Path(path).resolve()}"
-    engine = settings.engine
-    wanted = sum(d.num_cpus * d.min_replicas for d in (engine.api, engine.detector, engine.ocr))
-    wanted += engine.detector.num_cpus * engine.detector.min_replicas * (len(settings.yolo.models) - 1)
+    wanted = requested_cpus(settings)
     cpus = float(ray.cluster_resources().get("CPU", 0))
     if wanted > cpus:
         console.print(f"[yellow]The deployments ask for about {wanted:g} CPUs and the cluster has {cpus:g}:[/yellow] "

@@ -95,10 +95,9 @@ class LocalRuntime:
                 engine = await anyio.to_thread.run_sync(engines.ocr)
                 async with engines.ocr_limiter():
                     text = await anyio.to_thread.run_sync(engine.read, image, abandon_on_cancel=True)
-                    return Seen(text, image.size)
+                    return Seen(text, picture.full_size)  # OCR pictures are decoded in full
         except TimeoutError as exc:
             raise StageTimeoutError(f"OCR did not finish within {timeout}s") from exc
-
 
     async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
         return {}  # every model is in this process: the registry knows its state

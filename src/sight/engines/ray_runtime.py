@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OCR_DEPLOYMENT = "ocr"
+STATUS_TTL = 2.0  # seconds a Serve status answers for the models' states
+STATUS_TIMEOUT = 5.0
 
 
 def detector_deployment(entry: ModelEntry) -> str:
@@ -72,6 +75,8 @@ class RayRuntime:
         self._handles: dict[str, DeploymentHandle] = {}
         self._sides: dict[str, int | None] = {}  # detector ref -> its input's long side, once asked
         self._deployed: set[str] = set()  # deployments seen in the application (refreshed on a miss)
+        self._status_cache: tuple[float, Any] | None = None
+        self._status_lock = anyio.Lock()
 
     def handle(self, deployment: str) -> DeploymentHandle:
         if deployment not in self._handles:
@@ -136,8 +141,8 @@ class RayRuntime:
 
         app = self.app_name()
         try:
-            status = await anyio.to_thread.run_sync(self._serve.status)
-        except Exception as exc:  # the cluster is gone or unreachable: every remote model is
+            status = await self._status()
+        except Exception as exc:  # the cluster is gone, unreachable or too slow: every remote model is
             down = ModelState(state="unavailable", reason=f"Ray Serve did not answer ({type(exc).__name__})")
             return {entry.ref: down for entry in entries if entry.task in ("detect", "ocr")}
         application = status.applications.get(app)
@@ -164,6 +169,16 @@ class RayRuntime:
                 states[entry.ref] = ModelState(state="not_loaded", reason=f"replicas of {name!r} starting on "
                                                "Ray Serve")
         return states
+
+    async def _status(self) -> Any:
+        """``serve.status()``, asked at most once per ``STATUS_TTL`` seconds (``/readyz`` needs no key and may be
+        probed often) and given ``STATUS_TIMEOUT`` seconds to answer; concurrent askers share one call."""
+        async with self._status_lock:
+            if self._status_cache is None or time.monotonic() - self._status_cache[0] > STATUS_TTL:
+                with anyio.fail_after(STATUS_TIMEOUT):
+                    status = await anyio.to_thread.run_sync(self._serve.status, abandon_on_cancel=True)
+                self._status_cache = (time.monotonic(), status)
+            return self._status_cache[1]
 
     @staticmethod
     async def _encoded(picture: Picture) -> tuple[bytes, int | None]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from sight.errors import (
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
+    SightError,
+    UpstreamError,
 )
 from sight.jobs import paging
 from sight.jobs.blobs import BlobStore
@@ -45,6 +48,7 @@ from sight.schemas import (
 from sight.storage.db import session_factory
 from sight.storage.tables import Batch, BatchRequest
 
+log = logging.getLogger(__name__)
 OPEN_STATES = ("pending", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 BLOB_CHUNK = 400  # blob names per reference lookup, asked of two columns (800 bound parameters: fine anywhere)
@@ -313,19 +317,21 @@ class BatchStore:
         return BatchResultList(results=page,
                                pagination_token=paging.encode("results", batch.seq, last or 0) if more else None)
 
-    async def _stored_results(self, rows: Sequence[BatchRequest]) -> dict[str, dict[str, Any] | None]:
-        """The page's results kept in the blob store, by name, a few fetched at once (None: the blob is gone)."""
-        found: dict[str, dict[str, Any] | None] = {}
+    async def _stored_results(self, rows: Sequence[BatchRequest]) -> dict[str, dict[str, Any] | SightError]:
+        """The page's results kept in the blob store, by name, a few fetched at once; a blob that is gone or
+        cannot be read is that row's error, never the page's."""
+        found: dict[str, dict[str, Any] | SightError] = {}
         limiter = anyio.CapacityLimiter(BLOB_GETS)
 
         async def get(sha: str) -> None:
             async with limiter:
                 try:
-                    data = await self.blobs.get(sha)
+                    found[sha] = await anyio.to_thread.run_sync(json.loads, await self.blobs.get(sha))
                 except NotFoundError:
-                    found[sha] = None
-                    return
-                found[sha] = await anyio.to_thread.run_sync(json.loads, data)
+                    found[sha] = NotFoundError(RESULT_GONE)
+                except Exception:  # the store failed after its retries, or the blob is not JSON
+                    log.exception("stored result %s could not be read", sha)
+                    found[sha] = UpstreamError("the stored result of this request could not be read; try again")
 
         async with anyio.create_task_group() as tg:
             for sha in {r.result_sha for r in rows if r.state == "succeeded" and r.result_sha}:
@@ -333,14 +339,14 @@ class BatchStore:
         return found
 
     @staticmethod
-    def _result_entry(r: BatchRequest, stored: dict[str, dict[str, Any] | None]) -> BatchResultEntry:
+    def _result_entry(r: BatchRequest, stored: dict[str, dict[str, Any] | SightError]) -> BatchResultEntry:
         result = stored.get(r.result_sha) if r.result_sha else r.result
-        if r.state == "succeeded" and result is not None:
+        if r.state == "succeeded" and isinstance(result, dict):
             return BatchResultEntry.model_validate(
                 {"batch_request_id": r.request_id, "batch_result": {"response": {"vision_predict": result}}}
             )
-        gone = NotFoundError(RESULT_GONE).to_dict() if r.state == "succeeded" and r.result_sha else None
-        error = ErrorInfo.model_validate(gone or r.error or {"code": "internal", "message": "failed"})
+        failed = result.to_dict() if isinstance(result, SightError) else None
+        error = ErrorInfo.model_validate(failed or r.error or {"code": "internal", "message": "failed"})
         return BatchResultEntry(batch_request_id=r.request_id, error_message=error.message, error=error)
 
     # -- cancel and expiry -----------------------------------------------------------------------------
