@@ -25,11 +25,19 @@ import yaml
 from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
-from sight.config import DeploymentSettings, EngineSettings, ModelsSettings, ServerSettings, Settings, YoloSettings
+from sight.config import (
+    DeploymentSettings,
+    EngineSettings,
+    LLMSettings,
+    ModelsSettings,
+    ServerSettings,
+    Settings,
+    YoloSettings,
+)
 from sight.errors import InvalidInputError
 from tests.conftest import IMAGES, ROOT, nudenet_path
 from tests.helpers import wait_until
-from tests.servers import LiveServer
+from tests.servers import FakeLLMServer, LiveServer
 
 # Ray is imported by the tests that use it, not when pytest collects this module: the rest of the suite runs
 # without it in the process.
@@ -89,8 +97,9 @@ class RayServed:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServed]:
-    """Two nodes (2 logical CPUs each), Sight's application on them: two detector replicas, OCR, the API."""
+def served(tmp_path_factory: pytest.TempPathFactory, llm_server: FakeLLMServer) -> Iterator[RayServed]:
+    """Two nodes (2 logical CPUs each), Sight's application on them: two detector replicas, OCR, the LLM
+    clients (to the loopback LLM), the API."""
     from sight.serve_app import build
 
     Cluster = _import_ray()  # noqa: N806
@@ -100,10 +109,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServed]:
     try:
         tmp = tmp_path_factory.mktemp("ray")
         tiny = DeploymentSettings(num_cpus=0.25, min_replicas=1, max_replicas=1, max_ongoing_requests=16)
-        settings = _settings(tmp, kind="ray", app_name=APP, retries=3, ocr=tiny, api=tiny,
+        settings = _settings(tmp, kind="ray", app_name=APP, retries=3, ocr=tiny, api=tiny, llm=tiny,
                              # 2 at once per replica, 4 items at once per stream: both replicas are needed
                              detector=DeploymentSettings(num_cpus=0.5, min_replicas=2, max_replicas=2,
                                                          max_ongoing_requests=2))
+        settings.llm = LLMSettings(base_url=llm_server.url, model="fake-vl", discover=False)
         key = _create_key(settings)
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -214,6 +224,25 @@ def test_ray_engine_api_decodes_no_pixels_for_the_model_stages(served: RayServed
     assert "SN-4X7Q-2291-B" in finals[2]["result"]["ocr"]["text"]
     assert finals[3]["status"] == "done" and finals[3]["result"]["yolo"]["detections"], finals[3]
     assert finals[3]["result"]["ocr"]["text"], finals[3]
+
+
+def test_ray_engine_llm_calls_go_through_the_llm_deployment(served: RayServed, llm: FakeLLMServer) -> None:
+    """Through the Serve proxy: an OCR + LLM item and a YOLO + LLM item with a query. The LLM deployment asks
+    the loopback backend with the grounding, and condenses the two answers into the batch answer."""
+    query = "find me the serial number from the images"
+    data = [{"image_base64": _b64("serial-label.png"), "filename": "label.png", "is_ocr": True, "is_llm": True},
+            {"image_base64": _b64("astronaut.png"), "filename": "astro.png", "is_yolo": True, "is_llm": True}]
+    r = httpx.post(served.url + "/api/v1/inference/predict/batch/v2",
+                   json={"api_key": served.key, "data": data, "query": query}, timeout=120)
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    assert [i["status"] for i in result["items"]] == ["done", "done"], result
+    assert result["items"][0]["llm"]["answer"] == "The serial number is SN-4X7Q-2291-B."
+    assert result["items"][0]["llm"]["model"] == "fake-vl"
+    assert result["answer"].startswith("CONDENSED:") and "label.png" in result["answer"]
+    texts = [FakeLLMServer.user_text(x["body"]) for x in llm.requests if FakeLLMServer.image_urls(x["body"])]
+    assert len(texts) == 2 and any("FACE_FEMALE" in t for t in texts), texts
+    assert _replicas("llm"), "the LLM deployment runs"
 
 
 def test_ray_engine_detector_replicas_on_both_nodes_serve_a_stream(served: RayServed) -> None:

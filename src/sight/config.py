@@ -213,6 +213,7 @@ class EngineSettings(BaseModel):
     # Model deployments queue a bounded number of calls beyond what their replicas take: then 503 overloaded.
     detector: DeploymentSettings = DeploymentSettings(max_queued_requests=128)
     ocr: DeploymentSettings = DeploymentSettings(max_queued_requests=64)
+    llm: DeploymentSettings = DeploymentSettings(num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256)
     api: DeploymentSettings = DeploymentSettings(num_cpus=0.5, max_ongoing_requests=64)
     retries: int = Field(2, description="Times a call is retried on another replica when its replica dies.")
 

@@ -1,4 +1,5 @@
-"""Sight as a Ray Serve application: each detector and OCR its own deployment, the HTTP API the ingress.
+"""Sight as a Ray Serve application: each detector, OCR and the LLM clients their own deployment, the HTTP
+API the ingress.
 
 Run it with ``sight serve --engine ray``, ``serve run sight.serve_app:app``, ``serve deploy
 deploy/serve-config.yaml`` or a KubeRay RayService (``deploy/rayservice.yaml``). Settings come from the
@@ -25,14 +26,14 @@ from sight.core.metrics import Metrics
 from sight.core.pixel_budget import PixelBudget, decode_leased, trim_heap, tune_heap
 from sight.engines.local_runtime import LocalRuntime
 from sight.engines.model_runtime import Picture, Seen
-from sight.engines.ray_runtime import OCR_DEPLOYMENT, detector_deployment, import_serve
+from sight.engines.ray_runtime import LLM_DEPLOYMENT, OCR_DEPLOYMENT, detector_deployment, import_serve
 from sight.engines.registry import EngineRegistry
 from sight.errors import SightError
 
 if TYPE_CHECKING:
     from ray.serve import Application
 
-    from sight.engines.base import Detection, DetectOptions, OcrText
+    from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
 
 log = logging.getLogger(__name__)
 INGRESS_DEPLOYMENT = "api"
@@ -106,6 +107,28 @@ class SightOcr(_ModelReplica):
         return await self._run(data, None, lambda picture: self.runtime.read_text(self.engines, picture))
 
 
+class SightLlm:
+    """The LLM clients: each call resolves the model as the API would (catalog entry, or the default backend
+    with a model name passed through) and asks the backend; the connections and Ollama discovery live here."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.engines = EngineRegistry(settings)
+
+    def _client(self, entry_ref: str | None, ref: str | None) -> tuple[VisionLLM, str | None]:
+        entry = self.engines.catalog.model(entry_ref, task="llm") if entry_ref else None
+        return self.engines.llm_client(entry, ref)
+
+    async def analyze(self, entry_ref: str | None, ref: str | None, jpeg: bytes, query: str,
+                      grounding: Grounding) -> LLMAnswer:
+        client, model = self._client(entry_ref, ref)
+        return await client.analyze(jpeg, query, grounding, model)
+
+    async def condense(self, entry_ref: str | None, ref: str | None, query: str,
+                       answers: list[tuple[str, str]]) -> LLMAnswer:
+        client, model = self._client(entry_ref, ref)
+        return await client.condense(query, answers, model)
+
+
 def replica_settings(settings: Settings) -> Settings:
     """``settings`` for a model replica: its run slots sized to the CPUs Ray gave it, not to the node's
     cores (which other replicas share), and no wide runs over every core of the node."""
@@ -140,7 +163,7 @@ def _options(group: DeploymentSettings, name: str) -> dict[str, Any]:
 def deployments(settings: Settings) -> dict[str, tuple[DeploymentSettings, str | None]]:
     """The model deployments ``settings`` call for, by name: each with its options and, for a detector, the
     model it holds (``SIGHT_ENGINE__DETECTOR__*`` under a registry entry's ``ray`` table), then OCR unless
-    disabled."""
+    disabled, and the LLM clients."""
     engine = settings.engine
     planned: dict[str, tuple[DeploymentSettings, str | None]] = {}
     for entry in EngineRegistry(settings).catalog.all_models():
@@ -149,6 +172,7 @@ def deployments(settings: Settings) -> dict[str, tuple[DeploymentSettings, str |
             planned[detector_deployment(entry)] = (group, entry.ref)
     if settings.ocr.enabled:
         planned[OCR_DEPLOYMENT] = (engine.ocr, None)
+    planned[LLM_DEPLOYMENT] = (engine.llm, None)
     return planned
 
 
@@ -165,7 +189,10 @@ def build(settings: Settings) -> Application:
     models: dict[str, Any] = {}
     for name, (group, ref) in deployments(settings).items():
         deployment = serve.deployment(**_options(group, name))
-        models[name] = deployment(SightDetector).bind(settings, ref) if ref else deployment(SightOcr).bind(settings)
+        if ref is not None:
+            models[name] = deployment(SightDetector).bind(settings, ref)
+        else:
+            models[name] = deployment(SightOcr if name == OCR_DEPLOYMENT else SightLlm).bind(settings)
     api = serve.deployment(**_options(settings.engine.api, INGRESS_DEPLOYMENT))(serve.ingress()(SightApi))
     return api.bind(settings, models)
 

@@ -268,11 +268,11 @@ class Pipeline:
         image = await self.pixels_of(picture)
         jpeg = await anyio.to_thread.run_sync(encode_jpeg, image, self.settings.llm.max_image_side)
         primary = engines.llm_entry(llm_ref, request_id)
-        client, model = engines.llm_client(primary, llm_ref)
+        client, model = self.runtime.llm_client(engines, primary, llm_ref)
         answer = await client.analyze(jpeg, query or "", grounding, model)
         if primary is not None:
             for shadow in engines.catalog.shadows.get(primary.ref, []):
-                shadow_client, shadow_model = engines.llm_for(shadow.ref)
+                shadow_client, shadow_model = self.runtime.llm_client(engines, shadow, shadow.ref)
 
                 async def run(c: VisionLLM = shadow_client, m: str | None = shadow_model) -> str:
                     return (await c.analyze(jpeg, query or "", grounding, m)).answer
@@ -339,7 +339,8 @@ class Pipeline:
         answers = [(r.filename or f"image {r.index}", r.llm.answer) for r in results if r.llm is not None]
         if query and len(answers) >= 2:
             try:
-                return (await self.hub.current.llm.condense(query, answers)).answer
+                client, _model = self.runtime.llm_client(self.hub.current, None, None)
+                return (await client.condense(query, answers)).answer
             except SightError as exc:
                 log.warning("condensing %d answers failed: %s", len(answers), exc.code)
                 return None

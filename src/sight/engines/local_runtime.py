@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 import anyio
 
-from sight.engines.base import Detection, DetectOptions, OcrText, WideDetector
+from sight.engines.base import Detection, DetectOptions, OcrText, VisionLLM, WideDetector
 from sight.engines.model_runtime import Picture, Seen, to_original
 from sight.errors import StageTimeoutError
 
@@ -98,6 +98,10 @@ class LocalRuntime:
                     return Seen(text, picture.full_size)  # OCR pictures are decoded in full
         except TimeoutError as exc:
             raise StageTimeoutError(f"OCR did not finish within {timeout}s") from exc
+
+    def llm_client(self, engines: EngineRegistry, entry: ModelEntry | None, ref: str | None
+                   ) -> tuple[VisionLLM, str | None]:
+        return engines.llm_client(entry, ref)
 
     async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
         return {}  # every model is in this process: the registry knows its state

@@ -1,4 +1,4 @@
-"""Where models run: the one seam between the pipeline and its detectors and OCR.
+"""Where models run: the one seam between the pipeline and its detectors, OCR and LLM clients.
 
 The pipeline resolves *which* model an item wants (catalog, aliases, splits) and asks a ``ModelRuntime`` to
 run it. ``LocalRuntime`` runs it in this process (run slots, gathered batches); ``RayRuntime`` sends the same
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from sight.core.catalog import ModelEntry
-    from sight.engines.base import DetectOptions, OcrText
+    from sight.engines.base import DetectOptions, OcrText, VisionLLM
     from sight.engines.registry import EngineRegistry
     from sight.schemas import ModelState
 
@@ -95,6 +95,13 @@ class ModelRuntime(Protocol):
 
     async def read_text(self, engines: EngineRegistry, picture: Picture) -> Seen[OcrText]:
         """OCR on ``picture`` (decoded in full: text needs every pixel)."""
+        ...
+
+    def llm_client(self, engines: EngineRegistry, entry: ModelEntry | None, ref: str | None
+                   ) -> tuple[VisionLLM, str | None]:
+        """(client, backend model name) for a catalog ``llm`` entry, or, with none, ``ref`` passed through to
+        the default backend (as ``EngineRegistry.llm_client``): in this process, or a client of the
+        application's LLM deployment."""
         ...
 
     async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from sight.config import Settings
     from sight.core.catalog import ModelEntry
-    from sight.engines.base import Detection, DetectOptions, OcrText
+    from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
     from sight.engines.registry import EngineRegistry
     from sight.schemas import ModelState
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OCR_DEPLOYMENT = "ocr"
+LLM_DEPLOYMENT = "llm"
 STATUS_TTL = 2.0  # seconds a Serve status answers for the models' states
 STATUS_TIMEOUT = 5.0
 
@@ -134,6 +135,13 @@ class RayRuntime:
         seen: Seen[OcrText] = await self._call(lambda: handle.remote(data), self.settings.ocr.timeout, "OCR")
         return seen
 
+    def llm_client(self, engines: EngineRegistry, entry: ModelEntry | None, ref: str | None
+                   ) -> tuple[VisionLLM, str | None]:
+        """A client of the LLM deployment, which resolves ``entry`` (by its ref) and ``ref`` as this process
+        would and holds the connections to the backends (and, without a base URL, looks for Ollama on its
+        node). The backend model name is the deployment's to pick: None here."""
+        return RemoteVisionLLM(self, entry.ref if entry is not None else None, ref), None
+
     async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
         """Each detector's and OCR's deployment as Serve reports it: ready once a replica runs (a replica
         loads its model as it starts, if the file is on its node; else it downloads it on first use)."""
@@ -217,3 +225,28 @@ class RayRuntime:
         except TimeoutError as exc:
             raise StageTimeoutError(f"{what} did not finish within {seconds}s") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class RemoteVisionLLM:
+    """A ``VisionLLM`` whose calls go to the LLM deployment (``sight.serve_app.SightLlm``)."""
+
+    def __init__(self, runtime: RayRuntime, entry_ref: str | None, ref: str | None) -> None:
+        self.runtime, self.entry_ref, self.ref = runtime, entry_ref, ref
+
+    async def analyze(self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None
+                      ) -> LLMAnswer:
+        handle = await self.runtime._deployment(LLM_DEPLOYMENT, "the LLM client")
+        answer: LLMAnswer = await self.runtime._call(
+            lambda: handle.analyze.remote(self.entry_ref, self.ref, image_jpeg, query, grounding),
+            self.runtime.settings.llm.timeout * 2, "the LLM")
+        return answer
+
+    async def condense(self, query: str, answers: list[tuple[str, str]], model: str | None = None) -> LLMAnswer:
+        handle = await self.runtime._deployment(LLM_DEPLOYMENT, "the LLM client")
+        answer: LLMAnswer = await self.runtime._call(
+            lambda: handle.condense.remote(self.entry_ref, self.ref, query, answers),
+            self.runtime.settings.llm.timeout * 2, "the LLM")
+        return answer
+
+    async def aclose(self) -> None:
+        return None  # the deployment holds the connections

@@ -229,10 +229,6 @@ class EngineRegistry:
         except ModelNotFoundError:
             return None
 
-    def llm_for(self, ref: str | None, request_id: str | None = None) -> tuple[VisionLLM, str | None]:
-        """(client, backend model name) for an item's ``llm_model``."""
-        return self.llm_client(self.llm_entry(ref, request_id), ref)
-
     def llm_client(self, entry: ModelEntry | None, ref: str | None) -> tuple[VisionLLM, str | None]:
         """(client, backend model name) for a catalog ``llm`` entry (which may name its own endpoint), or, with
         none, ``ref`` passed through as a model name to the default backend."""
