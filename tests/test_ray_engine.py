@@ -114,6 +114,11 @@ def served(tmp_path_factory: pytest.TempPathFactory, llm_server: FakeLLMServer) 
                              detector=DeploymentSettings(num_cpus=0.5, min_replicas=2, max_replicas=2,
                                                          max_ongoing_requests=2))
         settings.llm = LLMSettings(base_url=llm_server.url, model="fake-vl", discover=False)
+        # A detector whose file is not a model: its replica starts, and reports why it cannot serve.
+        (tmp / "broken.onnx").write_bytes(b"not an onnx model")
+        (tmp / "models.toml").write_text(f'[[model]]\nname = "broken"\nsource = "{tmp / "broken.onnx"}"\n'
+                                         'ray = { num_cpus = 0.25, min_replicas = 1, max_replicas = 1 }\n')
+        settings.registry.path = tmp / "models.toml"
         key = _create_key(settings)
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -224,6 +229,23 @@ def test_ray_engine_api_decodes_no_pixels_for_the_model_stages(served: RayServed
     assert "SN-4X7Q-2291-B" in finals[2]["result"]["ocr"]["text"]
     assert finals[3]["status"] == "done" and finals[3]["result"]["yolo"]["detections"], finals[3]
     assert finals[3]["result"]["ocr"]["text"], finals[3]
+
+
+def test_ray_engine_reports_a_model_its_replica_cannot_load(served: RayServed) -> None:
+    """The broken detector's replica runs (the application is up), /v1/models says failed with the load
+    error its replica met, and its items fail with that reason while the others' run."""
+    with TestClient(create_app(served.settings)) as client:
+        auth = {"Authorization": f"Bearer {served.key}"}
+        models = {m["name"]: m for m in client.get("/v1/models", headers=auth).json()["models"]}
+        data = [{"image_base64": _b64("bus.jpg"), "is_yolo": True, "yolo_model": "broken"},
+                {"image_base64": _b64("bus.jpg"), "is_yolo": True}]
+        r = client.post(STREAM, json={"api_key": served.key, "data": data})
+    assert models["broken"]["state"]["state"] == "failed" and not models["broken"]["loaded"], models["broken"]
+    assert "failed to load" in models["broken"]["state"]["reason"]
+    assert models["nudenet"]["state"]["state"] == "ready"
+    finals = _finals([json.loads(x) for x in r.text.splitlines()])
+    assert finals[0]["error"]["code"] == "engine_unavailable" and "failed to load" in finals[0]["error"]["message"]
+    assert finals[1]["status"] == "done"
 
 
 def test_ray_engine_llm_calls_go_through_the_llm_deployment(served: RayServed, llm: FakeLLMServer) -> None:

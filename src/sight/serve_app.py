@@ -23,6 +23,7 @@ import anyio
 
 from sight.config import DeploymentSettings, Settings
 from sight.core.metrics import Metrics
+from sight.core.model_states import model_state
 from sight.core.pixel_budget import PixelBudget, decode_leased, trim_heap, tune_heap
 from sight.engines.local_runtime import LocalRuntime
 from sight.engines.model_runtime import Picture, Seen
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from ray.serve import Application
 
     from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
+    from sight.schemas import ModelState
 
 log = logging.getLogger(__name__)
 INGRESS_DEPLOYMENT = "api"
@@ -86,6 +88,10 @@ class SightDetector(_ModelReplica):
         return await self._run(data, min_side,
                                lambda picture: self.runtime.detect(self.engines, self.entry, picture, options))
 
+    async def state(self) -> ModelState:
+        """The model's state as this replica sees it (loaded, failed to load and why, downloading...)."""
+        return model_state(self.engines, self.entry)
+
     async def input_side(self) -> int | None:
         """The long side of the model's input (the API decodes no larger for detection alone)."""
         await self.engines.provision(self.entry)  # downloads (once) on the replica's node, not the API's
@@ -102,6 +108,11 @@ class SightOcr(_ModelReplica):
             self.engines.ocr()  # loaded as the replica starts
         except SightError as exc:
             log.warning("OCR not loaded: %s", exc.message)
+
+    async def state(self) -> ModelState:
+        entry = self.engines.catalog.first("ocr")
+        assert entry is not None, "the catalog declares OCR whenever it is enabled"
+        return model_state(self.engines, entry)
 
     async def __call__(self, data: bytes) -> Seen[OcrText]:
         return await self._run(data, None, lambda picture: self.runtime.read_text(self.engines, picture))

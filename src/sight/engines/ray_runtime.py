@@ -78,6 +78,7 @@ class RayRuntime:
         self._deployed: set[str] = set()  # deployments seen in the application (refreshed on a miss)
         self._status_cache: tuple[float, Any] | None = None
         self._status_lock = anyio.Lock()
+        self._replica_states: dict[str, tuple[float, ModelState]] = {}
 
     def handle(self, deployment: str) -> DeploymentHandle:
         if deployment not in self._handles:
@@ -171,8 +172,9 @@ class RayRuntime:
                 states[entry.ref] = ModelState(state="failed", reason=f"Ray Serve deployment {name!r} is "
                                                f"{health}: {deployment.message}")
             elif running:
-                states[entry.ref] = ModelState(state="ready", reason=f"{running} replica(s) of {name!r} running "
-                                               "on Ray Serve")
+                seen = await self._replica_state(name)
+                states[entry.ref] = seen if seen is not None and seen.state != "ready" else ModelState(
+                    state="ready", reason=f"{running} replica(s) of {name!r} running on Ray Serve")
             else:
                 states[entry.ref] = ModelState(state="not_loaded", reason=f"replicas of {name!r} starting on "
                                                "Ray Serve")
@@ -187,6 +189,21 @@ class RayRuntime:
                     status = await anyio.to_thread.run_sync(self._serve.status, abandon_on_cancel=True)
                 self._status_cache = (time.monotonic(), status)
             return self._status_cache[1]
+
+    async def _replica_state(self, name: str) -> ModelState | None:
+        """The model's state as one running replica of deployment ``name`` sees it (a model that failed to
+        load, a file still downloading), cached as ``_status``; None if the replica does not answer in time."""
+        cached = self._replica_states.get(name)
+        if cached is not None and time.monotonic() - cached[0] <= STATUS_TTL:
+            return cached[1]
+        try:
+            with anyio.fail_after(STATUS_TIMEOUT):
+                state: ModelState = await self.handle(name).state.remote()
+        except Exception as exc:  # a replica starting or stopping: Serve's own status stands
+            log.info("deployment %s did not report its model's state: %s", name, type(exc).__name__)
+            return None
+        self._replica_states[name] = (time.monotonic(), state)
+        return state
 
     @staticmethod
     async def _encoded(picture: Picture) -> tuple[bytes, int | None]:
