@@ -138,9 +138,7 @@ class Pipeline:
         holds must not keep another it waits for from decoding."""
         data = await self._load(source, timings)
         if self.runtime.remote:
-            with self._timed("decode", timings):
-                original = await anyio.to_thread.run_sync(self._check, data)
-            return Picture(data=data, original=original)
+            return Picture(data=data, original=await self._check(data, timings))
         image, original, lease = await self._decode(data, timings, None, bounded=True)
         lease.release()
         return Picture(image, original=original)
@@ -154,14 +152,19 @@ class Pipeline:
         lease.release()
         return image
 
-    def _check(self, data: bytes) -> tuple[int, int] | None:
-        """Check ``data``'s header as a decode would, decoding nothing; the original's size if the header
-        tells it (a JPEG's does; other formats may keep their orientation after the pixels). Blocking."""
-        pending = open_image(data, self.settings.images)
-        try:
-            return pending.known_original
-        finally:
-            pending.close()
+    async def _check(self, data: bytes, timings: dict[str, float]) -> tuple[int, int] | None:
+        """Check ``data``'s header as a decode would, decoding nothing (timed as the decode stage); the
+        original's size if the header tells it (a JPEG's does; other formats may keep their orientation after
+        the pixels)."""
+        def check() -> tuple[int, int] | None:
+            pending = open_image(data, self.settings.images)
+            try:
+                return pending.known_original
+            finally:
+                pending.close()
+
+        with self._timed("decode", timings):
+            return await anyio.to_thread.run_sync(check)
 
     async def _decode(
         self, data: bytes, timings: dict[str, float], min_side: int | None, *, bounded: bool
@@ -189,8 +192,7 @@ class Pipeline:
                 await self._provision(engines, opts.yolo_model, request_id)
             if self.runtime.remote and not opts.is_llm:
                 # No stage here needs pixels: the header is checked, the replicas decode next to the models.
-                with self._timed("decode", timings):
-                    original = await anyio.to_thread.run_sync(self._check, data)
+                original = await self._check(data, timings)
                 picture = Picture(data=data, min_side=min_side, original=original)
             else:
                 image, original, lease = await self._decode(data, timings, min_side, bounded=bounded)

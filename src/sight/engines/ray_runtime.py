@@ -158,15 +158,14 @@ class RayRuntime:
         deployments = application.deployments if application is not None else {}
         self._deployed = set(deployments)
         states: dict[str, ModelState] = {}
-        for entry in entries:
-            if entry.task not in ("detect", "ocr") or (entry.task == "ocr" and not self.settings.ocr.enabled):
-                continue
+
+        async def one(entry: ModelEntry) -> None:  # each deployment's replica is asked at once, not in turn
             name = detector_deployment(entry) if entry.task == "detect" else OCR_DEPLOYMENT
             deployment = deployments.get(name)
             if deployment is None:
                 states[entry.ref] = ModelState(state="unavailable", reason=f"no deployment {name!r} in the Ray "
                                                f"Serve application {app!r}: declare it and deploy again")
-                continue
+                return
             health, running = deployment_health(deployment)
             if health in ("UNHEALTHY", "DEPLOY_FAILED"):
                 states[entry.ref] = ModelState(state="failed", reason=f"Ray Serve deployment {name!r} is "
@@ -178,6 +177,11 @@ class RayRuntime:
             else:
                 states[entry.ref] = ModelState(state="not_loaded", reason=f"replicas of {name!r} starting on "
                                                "Ray Serve")
+
+        async with anyio.create_task_group() as tg:
+            for entry in entries:
+                if entry.task == "detect" or (entry.task == "ocr" and self.settings.ocr.enabled):
+                    tg.start_soon(one, entry)
         return states
 
     async def _status(self) -> Any:
@@ -252,17 +256,16 @@ class RemoteVisionLLM:
 
     async def analyze(self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None
                       ) -> LLMAnswer:
-        handle = await self.runtime._deployment(LLM_DEPLOYMENT, "the LLM client")
-        answer: LLMAnswer = await self.runtime._call(
-            lambda: handle.analyze.remote(self.entry_ref, self.ref, image_jpeg, query, grounding),
-            self.runtime.settings.llm.timeout * 2, "the LLM")
-        return answer
+        return await self._ask("analyze", image_jpeg, query, grounding)
 
     async def condense(self, query: str, answers: list[tuple[str, str]], model: str | None = None) -> LLMAnswer:
-        handle = await self.runtime._deployment(LLM_DEPLOYMENT, "the LLM client")
-        answer: LLMAnswer = await self.runtime._call(
-            lambda: handle.condense.remote(self.entry_ref, self.ref, query, answers),
-            self.runtime.settings.llm.timeout * 2, "the LLM")
+        return await self._ask("condense", query, answers)
+
+    async def _ask(self, method: str, *args: Any) -> LLMAnswer:
+        runtime = self.runtime
+        handle = getattr(await runtime._deployment(LLM_DEPLOYMENT, "the LLM client"), method)
+        answer: LLMAnswer = await runtime._call(lambda: handle.remote(self.entry_ref, self.ref, *args),
+                                                runtime.settings.llm.timeout * 2, "the LLM")
         return answer
 
     async def aclose(self) -> None:
