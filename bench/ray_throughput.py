@@ -46,7 +46,7 @@ APP = "sight"
 
 
 def settings_for(model: Path, workdir: Path, replicas: int, replica_cpus: float, ongoing: int, slots: int = 0) -> Any:
-    from sight.config import DeploymentSettings, EngineSettings, ModelsSettings, OcrSettings, Settings, YoloSettings
+    from sight.config import ModelsSettings, OcrSettings, ReplicaSettings, RuntimeSettings, Settings, YoloSettings
 
     return Settings(
         _env_file=None,
@@ -55,10 +55,10 @@ def settings_for(model: Path, workdir: Path, replicas: int, replica_cpus: float,
         yolo=YoloSettings(models={"yolo11n": str(model)}, default_model="yolo11n", concurrency=slots),
         ocr=OcrSettings(enabled=False),
         models=ModelsSettings(offline=True),
-        engine=EngineSettings(
+        runtime=RuntimeSettings(
             kind="ray", app_name=APP, retries=2,
-            api=DeploymentSettings(num_cpus=0.25, max_ongoing_requests=64),
-            detector=DeploymentSettings(num_cpus=replica_cpus, min_replicas=replicas, max_replicas=replicas,
+            api=ReplicaSettings(num_cpus=0.25, max_ongoing_requests=64),
+            detector=ReplicaSettings(num_cpus=replica_cpus, min_replicas=replicas, max_replicas=replicas,
                                         max_ongoing_requests=ongoing)),
     )
 
@@ -144,17 +144,16 @@ def overhead(settings: Any, http: Client, n: int) -> None:
     import ray
     from ray import serve
 
-    from sight.core.images import open_image
     from sight.engines.base import DetectOptions
-    from sight.engines.ray_runtime import detector_deployment
-    from sight.engines.registry import EngineRegistry
-    from sight.serve_app import SightDetector
+    from sight.images.decode import open_image
+    from sight.models.registry import EngineRegistry
+    from sight.runtimes.ray.replicas import DetectorReplica, call, detector_serve_deployment
 
     blobs = [(SHARED / "images" / p).read_bytes() for p in PHOTOS]
     options = DetectOptions()
-    local = SightDetector(settings, "yolo11n")
+    local = DetectorReplica(settings, "yolo11n")
     entry = local.entry
-    handle = serve.get_deployment_handle(detector_deployment(entry), app_name=APP)
+    handle = serve.get_deployment_handle(detector_serve_deployment(entry), app_name=APP)
 
     def timed(call: Any) -> float:
         call(0)
@@ -163,12 +162,12 @@ def overhead(settings: Any, http: Client, n: int) -> None:
             call(i)
         return (time.perf_counter() - start) * 1000 / n
 
-    in_process = timed(lambda i: asyncio.run(local(blobs[i % 2], 640, options)))
+    in_process = timed(lambda i: asyncio.run(local.detect(blobs[i % 2], 640, options)))
     detect_only_engines = EngineRegistry(settings)
     detector = detect_only_engines.detector_for(entry)
     image = open_image(blobs[0], settings.images, 640).decode()
     detect_only = timed(lambda i: detector.detect(image, options))
-    via_handle = timed(lambda i: handle.remote(blobs[i % 2], 640, options).result())
+    via_handle = timed(lambda i: call(handle, DetectorReplica.detect, blobs[i % 2], 640, options).result())
     via_http = timed(lambda i: http.batch(i, per_request=1))
     size = len(blobs[0])
     pickle_us = timed(lambda i: pickle.loads(pickle.dumps((blobs[i % 2], 640, options)))) * 1000
@@ -238,8 +237,8 @@ def placement(args: argparse.Namespace, workdir: Path) -> None:
     from ray.cluster_utils import Cluster
 
     from sight.engines.base import DetectOptions
-    from sight.engines.ray_runtime import detector_deployment
-    from sight.serve_app import SightDetector, build
+    from sight.runtimes.ray.replicas import DetectorReplica, call, detector_serve_deployment
+    from sight.serve_app import build
 
     settings = settings_for(args.model, workdir, 2, 0.5, 1)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -249,14 +248,15 @@ def placement(args: argparse.Namespace, workdir: Path) -> None:
         start = time.perf_counter()
         serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
         serve.run(build(settings), name=APP, route_prefix="/")
-        entry = SightDetector(settings, "yolo11n").entry
-        name = detector_deployment(entry)
+        entry = DetectorReplica(settings, "yolo11n").entry
+        name = detector_serve_deployment(entry)
         handle = serve.get_deployment_handle(name, app_name=APP)
         blob = (SHARED / "images" / PHOTOS[0]).read_bytes()
         options = DetectOptions()
         calls = []
         for _ in range(args.placement_calls // 8):  # 8 in flight at a time
-            calls += [r.result() for r in [handle.remote(blob, 640, options) for _ in range(8)]]
+            calls += [r.result() for r in [call(handle, DetectorReplica.detect, blob, 640, options)
+                                            for _ in range(8)]]
         head = cluster.head_node.node_id
         nodes = {n["NodeID"]: "head" if n["NodeID"] == head else "worker" for n in ray.nodes()}
         replicas = {a["Name"].rpartition("#")[2]: a["Address"]["NodeID"] for a in state.actors().values()

@@ -23,7 +23,7 @@ from sight.config import (
     YoloSettings,
 )
 from sight.engines.base import Detector, OcrEngine
-from sight.engines.registry import EngineRegistry
+from sight.models.registry import EngineRegistry
 from tests.servers import FakeLLMServer, ImageServer, LiveServer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import atheris
 
 with atheris.instrument_imports():
     from sight.config import ImageSettings
-    from sight.core.images import decode_image
     from sight.errors import SightError
+    from sight.images.decode import decode_image
 
 # Small limits keep every input cheap; the point is the decoder's error paths.
 SETTINGS = ImageSettings(max_bytes=64_000, max_pixels=4_000_000, max_frames=50)

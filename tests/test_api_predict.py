@@ -95,6 +95,7 @@ def test_batch_v2_base64_and_data_uri(client: TestClient, api_key: str) -> None:
             {"image_base64": "data:image/png;base64," + raw, "is_yolo": True},
             {"image_base64": "!!!not base64!!!", "filename": "bad", "is_yolo": True},
             {"filename": "nothing", "is_yolo": True},
+            {"image_base64": raw, "image_url": "https://example.com/a.png", "filename": "both", "is_yolo": True},
         ],
     }
     r = client.post(BATCH_V2, json=body)
@@ -103,7 +104,9 @@ def test_batch_v2_base64_and_data_uri(client: TestClient, api_key: str) -> None:
     assert items[0]["yolo"]["detections"][0]["name"] == "FACE_FEMALE"
     assert items[1]["yolo"]["detections"] == items[0]["yolo"]["detections"]
     assert items[2]["error"]["code"] == "invalid_image"
-    assert items[3]["error"]["code"] == "invalid_image"
+    # Neither or both image fields: the item's input error (one code on every family), never the request's.
+    assert items[3]["error"]["code"] == items[4]["error"]["code"] == "invalid_input"
+    assert "exactly one of image_url and image_base64" in items[4]["error"]["message"]
 
 
 def test_item_options_reach_the_detector(client: TestClient, api_key: str) -> None:

@@ -21,11 +21,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
+from sight.batches.runner import Runner
+from sight.batches.store import result_bytes
 from sight.config import BlobSettings, JobsSettings, Settings
-from sight.engines.registry import EngineRegistry
-from sight.jobs.blobs import BlobStore, FileBlobStore, blob_key, open_blob_store
-from sight.jobs.runner import Runner
-from sight.jobs.store import result_bytes
+from sight.models.registry import EngineRegistry
+from sight.storage.blobs import BlobStore, FileBlobStore, open_blob_store
+from sight.storage.blobs.base import blob_key
 from tests.helpers import image_bytes
 
 JOBS = JobsSettings(run_in_server=False, backoff_seconds=0.01, heartbeat_seconds=0.2, poll_seconds=0.05)
@@ -115,7 +116,7 @@ def _put(client: TestClient, blobs: BlobStore, name: str) -> str:
 
 
 def _sweep(client: TestClient) -> None:
-    client.portal.call(client.app.state.services.batches.sweep)  # type: ignore[attr-defined]
+    client.portal.call(client.app.state.services.sweeper.sweep)  # type: ignore[attr-defined]
 
 
 async def _expire(client: TestClient, batch_id: str) -> None:
@@ -248,7 +249,7 @@ def _drain(client: TestClient, inline_result_bytes: int = JOBS.inline_result_byt
     """Work until idle, with a runner that keeps results up to ``inline_result_bytes`` in the database."""
     services = client.app.state.services  # type: ignore[attr-defined]
     jobs = JOBS.model_copy(update={"inline_result_bytes": inline_result_bytes})
-    client.portal.call(Runner(services.queue, services.batches, services.pipeline, services.blobs, jobs).run_until_idle)
+    client.portal.call(Runner(services.queue, services.sweeper, services.pipeline, services.blobs, jobs).run_until_idle)
 
 
 def _rows(client: TestClient, batch_id: str) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
@@ -390,7 +391,7 @@ def test_purging_a_batch_removes_its_result_blobs(client: TestClient, blobs: Blo
 
 
 def test_sweep_lists_the_whole_store_once_per_grace_period(client: TestClient, blobs: BlobStore, age: Age) -> None:
-    store = client.app.state.services.batches  # type: ignore[attr-defined]
+    store = client.app.state.services.sweeper  # type: ignore[attr-defined]
     started = datetime.now(UTC)
     store.clock = lambda: started
     _sweep(client)

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
 from sight.config import BlobSettings, ImageSettings, JobsSettings, Settings
-from sight.engines.registry import EngineRegistry
-from sight.jobs.blobs import open_blob_store
+from sight.models.registry import EngineRegistry
 from sight.schemas import BatchRequestIn
+from sight.storage.blobs import open_blob_store
 from tests.helpers import image_bytes, key_parts, wait_until
 from tests.servers import FakeLLMServer
 
@@ -348,6 +348,35 @@ def test_paging_is_stable_while_results_arrive(
         assert listed == ids, "requests list in insertion order, each once"
 
 
+def test_a_page_of_batches_costs_one_counts_query_whatever_its_size(client: TestClient) -> None:
+    """Listing batches counts their requests in one query per page, not one per batch (counted, not timed)."""
+    from sqlalchemy import event
+
+    api = _api(client, "pages")
+    for i in range(6):
+        api.add(api.create(f"b{i}")["batch_id"], [{"batch_request": {"vision_predict": {
+            "image_base64": _b64("coffee.png"), "is_yolo": True}}}])
+    counts: list[str] = []
+
+    def counted(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        text = statement.lower()
+        if "count(" in text and "group by" in text and "batch_requests" in text:
+            counts.append(statement)
+
+    sync_engine = client.app.state.services.db.sync_engine  # type: ignore[attr-defined]
+    event.listen(sync_engine, "before_cursor_execute", counted)
+    try:
+        per_page = {}
+        for limit in (2, 6):
+            counts.clear()
+            page = api.get("/v1/batches", limit=limit).json()
+            assert len(page["batches"]) == limit and all(b["state"]["num_requests"] == 1 for b in page["batches"])
+            per_page[limit] = len(counts)
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", counted)
+    assert per_page == {2: 1, 6: 1}, per_page
+
+
 def test_limits_and_tokens_are_validated(client: TestClient) -> None:
     api = _api(client, "a")
     bid = api.create()["batch_id"]
@@ -383,7 +412,8 @@ def test_expiry_removes_results_and_deadline_cancels_pending(
     with TestClient(create_app(cfg, engines=engines)) as client:
         services = client.app.state.services  # type: ignore[attr-defined]
         clock = _Clock()
-        services.batches.clock = services.queue.clock = clock  # time moves when the test says so
+        # time moves when the test says so
+        services.batches.clock = services.queue.clock = services.sweeper.clock = clock
         api = _api(client, "a")
         bid = api.create()["batch_id"]
         api.add(bid, [_vp(image_base64=_b64("astronaut.png"), is_yolo=True)])
@@ -391,7 +421,7 @@ def test_expiry_removes_results_and_deadline_cancels_pending(
         api.add(bid, [_vp(image_base64=_b64("coffee.png"), is_yolo=True)])
         assert len(api.results(bid)["results"]) == 1
         clock.advance(0.9)  # past the processing deadline, before expiry
-        client.portal.call(client.app.state.services.batches.sweep)  # type: ignore[attr-defined]
+        client.portal.call(client.app.state.services.sweeper.sweep)  # type: ignore[attr-defined]
         state = api.batch(bid)["state"]
         assert state["num_success"] == 1 and state["num_cancelled"] == 1
         clock.advance(0.8)  # past expiry
@@ -400,7 +430,7 @@ def test_expiry_removes_results_and_deadline_cancels_pending(
         r = api.post(f"/v1/batches/{bid}/requests", {"batch_requests": [_vp(image_url="http://e.com/a.png")]})
         assert r.status_code == 409
         assert len(_stored(client, cfg)) == 2, "the images stay until the batch is purged"
-        cancelled, purged = client.portal.call(client.app.state.services.batches.sweep)  # type: ignore[attr-defined]
+        cancelled, purged = client.portal.call(client.app.state.services.sweeper.sweep)  # type: ignore[attr-defined]
         assert purged == 1
         assert _stored(client, cfg) == [], "expired images are deleted from the store"
 
@@ -493,7 +523,7 @@ async def _states(services: Any) -> list[str]:
 
 
 def test_a_heartbeat_never_cancels_work_claimed_while_it_was_in_flight(client: TestClient) -> None:
-    from sight.jobs.runner import Runner
+    from sight.batches.runner import Runner
 
     api = _api(client, "a")
     bid = api.create()["batch_id"]
@@ -501,7 +531,7 @@ def test_a_heartbeat_never_cancels_work_claimed_while_it_was_in_flight(client: T
 
     async def scenario() -> None:
         queue = _HeldHeartbeat(services.queue)
-        runner = Runner(queue, services.batches, services.pipeline,  # type: ignore[arg-type]
+        runner = Runner(queue, services.sweeper, services.pipeline,  # type: ignore[arg-type]
                         _BlobsAfterHeartbeat(services.blobs, queue),  # type: ignore[arg-type]
                         services.settings.jobs.model_copy(update={"heartbeat_seconds": 0.01}))
         stop = asyncio.Event()

@@ -19,10 +19,12 @@ from PIL import Image
 from sight.api.app import create_app
 from sight.config import Settings
 from sight.engines.base import Detection, DetectOptions, Detector
-from sight.engines.batching import DetectionBatcher
-from sight.engines.cpus import RunSlots
 from sight.engines.onnx_yolo import OnnxYoloDetector
-from sight.engines.registry import EngineRegistry
+from sight.metrics import Metrics
+from sight.models.registry import EngineRegistry
+from sight.runtimes.batching import DetectionBatcher
+from sight.runtimes.local import LocalRuntime
+from sight.runtimes.slots import RunSlots
 from tests.helpers import image_bytes, v1_request
 from tests.servers import LiveServer
 
@@ -79,12 +81,12 @@ def test_cpu_detectors_take_the_direct_path_unless_gathering_on_cpu_is_asked(
     on = settings.model_copy(update={"yolo": settings.yolo.model_copy(update={"batch_max_size": 8})})
     registry = EngineRegistry(on, detectors={"n": nudenet_detector})
     entry = registry.detector_entry("n")
-    registry.detector_for(entry)
-    assert registry.batcher(entry, lambda _n: None) is None, "gathering buys a CPU nothing"
+    detector = registry.detector_for(entry)
+    assert LocalRuntime(on, Metrics()).batcher(entry, detector, lambda _n: None) is None, "gathering buys a CPU nothing"
     forced = on.model_copy(update={"yolo": on.yolo.model_copy(update={"batch_on_cpu": True})})
     registry = EngineRegistry(forced, detectors={"n": nudenet_detector})
-    registry.detector_for(entry)
-    assert registry.batcher(entry, lambda _n: None) is not None
+    detector = registry.detector_for(entry)
+    assert LocalRuntime(forced, Metrics()).batcher(entry, detector, lambda _n: None) is not None
 
 
 class OverlapCounter:

@@ -18,7 +18,8 @@ import pytest
 
 from sight.config import BlobSettings, Settings
 from sight.errors import NotFoundError
-from sight.jobs.blobs import BlobStore, FileBlobStore, blob_key, open_blob_store
+from sight.storage.blobs import BlobStore, FileBlobStore, open_blob_store
+from sight.storage.blobs.base import blob_key
 from tests.helpers import image_bytes
 
 both_stores = pytest.mark.parametrize("blob_settings", ["file", "s3"], indirect=True)
@@ -215,7 +216,7 @@ def test_blob_urls_that_name_no_store_fail_at_start(url: str) -> None:
 
 
 def test_s3_virtual_hosted_addressing_puts_the_bucket_in_the_host() -> None:
-    from sight.jobs.s3_blobs import endpoint_for
+    from sight.storage.blobs.s3 import endpoint_for
 
     assert endpoint_for("https://minio.internal:9000", "images", path_style=True) == "https://minio.internal:9000"
     assert endpoint_for("https://minio.internal:9000", "images", path_style=False) == "https://images.minio.internal:9000"
@@ -226,7 +227,7 @@ def test_without_the_s3_extra_nothing_imports_obstore_and_s3_urls_say_how_to_get
         import sys
         from sight.api.app import create_app
         from sight.config import BlobSettings, Settings
-        from sight.jobs.blobs import open_blob_store
+        from sight.storage.blobs import open_blob_store
 
         open_blob_store(Settings(_env_file=None, data_dir={str(tmp_path)!r}))
         assert "obstore" not in sys.modules, "the file store imported obstore"

@@ -11,7 +11,7 @@ import httpx
 
 from sight.api.app import create_app
 from sight.config import Settings
-from sight.engines.registry import EngineRegistry
+from sight.models.registry import EngineRegistry
 from tests.helpers import image_bytes
 from tests.servers import LiveServer
 

@@ -21,7 +21,7 @@ import pytest
 
 from sight.api.app import create_app
 from sight.config import FetchSettings, Settings
-from sight.engines.registry import EngineRegistry
+from sight.models.registry import EngineRegistry
 from tests.conftest import IMAGES, ROOT
 from tests.servers import FakeLLMServer, ImageServer, LiveServer
 

@@ -9,8 +9,8 @@ from PIL import Image
 import sight
 import sight.errors
 from sight.config import ImageSettings
-from sight.core.images import decode_base64, decode_image, encode_jpeg
 from sight.errors import ImageTooLargeError, InvalidImageError
+from sight.images.decode import decode_base64, decode_image, encode_jpeg
 from tests.helpers import image_bytes, png_bytes
 
 
@@ -80,7 +80,7 @@ def test_malformed_gif_found_by_the_fuzzer_is_an_invalid_image() -> None:
 
 
 def test_decode_scaled_uses_jpeg_draft_and_reports_the_original_size() -> None:
-    from sight.core.images import decode_scaled
+    from sight.images.decode import decode_scaled
 
     big = io.BytesIO()
     Image.new("RGB", (4000, 3000), "green").save(big, format="JPEG")

@@ -20,14 +20,15 @@ from PIL import Image
 
 from sight.api.app import create_app
 from sight.config import ImageSettings, ServerSettings, Settings
-from sight.core.fetch import ImageFetcher
-from sight.core.images import PendingDecode, decode_image, open_image
-from sight.core.metrics import Metrics
-from sight.core.pipeline import ImageInput, Pipeline, WorkItem
-from sight.core.pixel_budget import TRIM_AFTER_PIXELS, Lease, PixelBudget, trim_heap
-from sight.core.shadow import ShadowRunner
-from sight.engines.registry import EngineHub, EngineRegistry
 from sight.errors import OverloadedError
+from sight.images.budget import TRIM_AFTER_PIXELS, Lease, PixelBudget
+from sight.images.decode import PendingDecode, decode_image, open_image
+from sight.images.fetch import ImageFetcher
+from sight.images.heap import trim_heap
+from sight.metrics import Metrics
+from sight.models.registry import EngineHub, EngineRegistry
+from sight.pipeline.pipeline import ImageInput, Pipeline, WorkItem
+from sight.pipeline.shadow import ShadowRunner
 from sight.schemas import ItemOptions
 from tests.conftest import IMAGES
 from tests.helpers import image_bytes, png_bytes, v1_request

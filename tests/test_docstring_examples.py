@@ -20,8 +20,8 @@ import sight
 from sight.api.app import create_app
 from sight.config import LLMSettings, ModelsSettings, Settings, YoloSettings
 from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer
-from sight.engines.cpus import RunSlots
-from sight.runtime import open_services
+from sight.runtimes.slots import RunSlots
+from sight.services import open_services
 from tests.conftest import IMAGES, YOLO11N_UNTRAINED, nudenet_path
 from tests.model_servers import ModelFileServer
 from tests.servers import FakeLLMServer, LiveServer
@@ -67,8 +67,8 @@ def doc_globals(tmp_path_factory: pytest.TempPathFactory, nudenet_detector: Any)
 
 def test_docstring_examples_exist_where_users_read_them() -> None:
     names = {t.name for t in _examples()}
-    assert {"sight.client", "sight.engines.official", "sight.engines.onnx_yolo", "sight.engines.downloads",
-            "sight.engines.rapid_ocr.RapidOcrEngine", "sight.engines.openai_llm", "sight.jobs.runner"} <= names
+    assert {"sight.client", "sight.models.official", "sight.engines.onnx_yolo", "sight.models.files",
+            "sight.engines.rapid_ocr.RapidOcrEngine", "sight.engines.openai_llm", "sight.batches.runner"} <= names
 
 
 @pytest.mark.parametrize("example", _examples(), ids=lambda t: t.name)

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from sight.config import ImageSettings
-from sight.core.images import decode_image
 from sight.engines.base import OcrEngine
 from sight.engines.rapid_ocr import SpacedCtcDecoder
+from sight.images.decode import decode_image
 from tests.helpers import image_bytes
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu")

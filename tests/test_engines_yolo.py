@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from sight.config import ImageSettings
-from sight.core.images import decode_image
 from sight.engines.base import DetectOptions, Detector
 from sight.engines.onnx_yolo import OnnxYoloDetector, nms
 from sight.errors import InvalidInputError, ModelNotFoundError
+from sight.images.decode import decode_image
 from tests.conftest import IMAGES, YOLO11N_UNTRAINED
 from tests.helpers import exif_rotated_jpeg, image_bytes
 

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
 from sight.config import FetchSettings, ImageSettings, Settings
-from sight.core.urlguard import UrlGuard, is_blocked
-from sight.engines.registry import EngineRegistry
 from sight.errors import UrlNotAllowedError
+from sight.images.urlguard import UrlGuard, is_blocked
+from sight.models.registry import EngineRegistry
 from tests.servers import ImageServer
 
 BATCH_V2 = "/api/v1/inference/predict/batch/v2"

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
 from sight.config import LLMSettings, Settings
-from sight.engines.registry import EngineRegistry
+from sight.models.registry import EngineRegistry
 from tests.helpers import image_bytes, v1_request
 from tests.servers import FakeLLMServer
 

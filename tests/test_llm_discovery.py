@@ -17,8 +17,8 @@ from sight.api.app import create_app
 from sight.config import LLMSettings, Settings
 from sight.engines.base import Detector, Grounding
 from sight.engines.llm_discovery import DiscoveringVisionLLM, LLMStatus
-from sight.engines.registry import EngineRegistry
 from sight.errors import LLMUnavailableError
+from sight.models.registry import EngineRegistry
 from tests.helpers import image_bytes, v1_request
 from tests.processes import free_port
 from tests.servers import FakeLLMServer, FakeOllamaServer
@@ -227,7 +227,7 @@ def test_server_with_no_llm_settings_finds_ollama_and_every_report_agrees(tmp_pa
 
     from rich.console import Console
 
-    from sight.banner import printer
+    from sight.cli.banner import printer
     from sight.config import YoloSettings
     from tests.conftest import nudenet_path
 

@@ -15,12 +15,13 @@ from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
 from sight.config import LLMSettings, ModelsSettings, Settings, YoloSettings
-from sight.core.catalog import Catalog
-from sight.engines import official
-from sight.engines.downloads import ModelFiles, ModelSource
-from sight.engines.official import OFFICIAL, OfficialModel
-from sight.engines.registry import EngineRegistry
 from sight.errors import InvalidInputError, ModelNotFoundError, StageTimeoutError
+from sight.models import official
+from sight.models.catalog import Catalog
+from sight.models.files import ModelFiles
+from sight.models.official import OFFICIAL, OfficialModel
+from sight.models.registry import EngineRegistry
+from sight.models.sources import ModelSource
 from tests.conftest import YOLO11N_UNTRAINED
 from tests.helpers import image_bytes
 from tests.model_servers import ModelFileServer, sha256_of

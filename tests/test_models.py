@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
 from sight.config import FetchSettings, RegistrySettings, Settings
-from sight.engines.registry import EngineRegistry
+from sight.models.registry import EngineRegistry
 from tests.conftest import YOLO11N_UNTRAINED, nudenet_path
 from tests.helpers import image_bytes, wait_until
 from tests.processes import SIGHT, sight_env

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sight.cli import app
-from sight.engines.official import OFFICIAL, OfficialModel
+from sight.models.official import OFFICIAL, OfficialModel
 from tests.conftest import YOLO11N_UNTRAINED
 from tests.model_servers import ModelFileServer, sha256_of
 

@@ -1,4 +1,4 @@
-"""``sight serve --engine ray`` as a newcomer runs it: no cluster running, so it starts one, deploys Sight's
+"""``sight serve --runtime ray`` as a newcomer runs it: no cluster running, so it starts one, deploys Sight's
 Serve application, answers on its port with the models' states from the cluster, and stops on SIGTERM.
 
 Its own module: the two-node cluster of test_ray_engine.py is shut down before this runs, so ``auto`` finds
@@ -23,13 +23,13 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_sight_serve_engine_ray_starts_a_cluster_deploys_and_answers(tmp_path: Path) -> None:
     port = free_port()
-    env = sight_env(tmp_path, SIGHT_ENGINE__API__NUM_CPUS="0.25", SIGHT_ENGINE__DETECTOR__NUM_CPUS="0.5",
-                    SIGHT_ENGINE__OCR__NUM_CPUS="0.5", SIGHT_ENGINE__APP_NAME="sight-cli")
+    env = sight_env(tmp_path, SIGHT_RUNTIME__API__NUM_CPUS="0.25", SIGHT_RUNTIME__DETECTOR__NUM_CPUS="0.5",
+                    SIGHT_RUNTIME__OCR__NUM_CPUS="0.5", SIGHT_RUNTIME__APP_NAME="sight-cli")
     env.pop("RAY_ADDRESS", None)
-    proc = SightProcess(["serve", "--engine", "ray", "--host", "127.0.0.1", "--port", str(port)], tmp_path, env)
+    proc = SightProcess(["serve", "--runtime", "ray", "--host", "127.0.0.1", "--port", str(port)], tmp_path, env)
     try:
         def deployed() -> bool:
-            assert proc.proc.poll() is None, f"sight serve --engine ray exited:\n{proc.output()}"
+            assert proc.proc.poll() is None, f"sight serve --runtime ray exited:\n{proc.output()}"
             return "replica(s) running" in proc.output()
 
         wait_until(deployed, "the application deployed", timeout=240, poll=0.5)

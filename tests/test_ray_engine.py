@@ -26,10 +26,10 @@ from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
 from sight.config import (
-    DeploymentSettings,
-    EngineSettings,
     LLMSettings,
     ModelsSettings,
+    ReplicaSettings,
+    RuntimeSettings,
     ServerSettings,
     Settings,
     YoloSettings,
@@ -73,7 +73,7 @@ def _settings(tmp: Path, **engine: Any) -> Settings:
         server=ServerSettings(max_files=64, item_concurrency=4),
         yolo=YoloSettings(models={"nudenet": nudenet_path()}, default_model="nudenet"),
         models=ModelsSettings(offline=True),
-        engine=EngineSettings(**engine),
+        runtime=RuntimeSettings(**engine),
     )
 
 
@@ -108,10 +108,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, llm_server: FakeLLMServer) 
     ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
     try:
         tmp = tmp_path_factory.mktemp("ray")
-        tiny = DeploymentSettings(num_cpus=0.25, min_replicas=1, max_replicas=1, max_ongoing_requests=16)
+        tiny = ReplicaSettings(num_cpus=0.25, min_replicas=1, max_replicas=1, max_ongoing_requests=16)
         settings = _settings(tmp, kind="ray", app_name=APP, retries=3, ocr=tiny, api=tiny, llm=tiny,
                              # 2 at once per replica, 4 items at once per stream: both replicas are needed
-                             detector=DeploymentSettings(num_cpus=0.5, min_replicas=2, max_replicas=2,
+                             detector=ReplicaSettings(num_cpus=0.5, min_replicas=2, max_replicas=2,
                                                          max_ongoing_requests=2))
         settings.llm = LLMSettings(base_url=llm_server.url, model="fake-vl", discover=False)
         # A detector whose file is not a model: its replica starts, and reports why it cannot serve.
@@ -207,7 +207,7 @@ def test_ray_engine_api_decodes_no_pixels_for_the_model_stages(served: RayServed
     """Detection and OCR items: the API (in this process) checks each header and sends the bytes as
     uploaded; only the replicas decode. A JPEG whose header is sound but whose pixels are cut off fails on
     the replica with invalid_image, and its siblings are done."""
-    from sight.core.images import PendingDecode
+    from sight.images.decode import PendingDecode
 
     decoded: list[int] = []
     decode = PendingDecode.decode
@@ -286,7 +286,9 @@ def test_ray_engine_detector_replicas_on_both_nodes_serve_a_stream(served: RaySe
 
 def _calls_per_replica(log_dir: Path) -> dict[str, int]:
     """Detector calls each replica logged (Serve writes one access line per call, per replica file)."""
-    return {p.name: p.read_text().count("CALL __call__ OK")
+    from sight.runtimes.ray.replicas import DetectorReplica
+
+    return {p.name: p.read_text().count(f"CALL {DetectorReplica.detect.__name__} OK")
             for p in log_dir.glob(f"replica_{APP}_{DETECTOR}_*.log")}
 
 
@@ -313,7 +315,7 @@ def test_ray_engine_worker_node_removed_mid_stream_loses_no_item(served: RayServ
             cluster.remove_node(worker)
 
     data = [{"image_base64": _b64("bus.jpg"), "is_yolo": True} for _ in range(24)]
-    caplog.set_level("WARNING", logger="sight.engines.ray_runtime")
+    caplog.set_level("WARNING", logger="sight.runtimes.ray.client")
     try:
         with LiveServer(create_app(settings)) as live:
             lines = _stream(live.url, key, data, on_line=remove_after_a_few)
@@ -329,7 +331,7 @@ def test_ray_engine_worker_node_removed_mid_stream_loses_no_item(served: RayServ
     assert all(x["status"] == "done" for x in finals.values()), [x for x in finals.values() if x["status"] != "done"]
     # Each call is sent at most engine.retries more times (the calls in flight on the lost replica, usually 1-2).
     retried = [r.getMessage() for r in caplog.records if "replica lost" in r.getMessage()]
-    assert len(retried) <= settings.engine.retries * len(data), retried
+    assert len(retried) <= settings.runtime.retries * len(data), retried
     _wait_running(DETECTOR)
     _wait_running("api", replicas=1)
 
@@ -366,15 +368,14 @@ def _wait_running(deployment: str, rounds: int = 600, replicas: int = 2) -> None
 def test_ray_engine_overloaded_deployment_answers_503_with_retry_after(served: RayServed, tmp_path: Path) -> None:
     """A deployment that queues at most one request (Serve's max_queued_requests): the rest are refused
     at once with Serve's BackPressureError, which Sight answers as 503 overloaded with Retry-After."""
-    from sight.engines.ray_runtime import detector_deployment
-    from sight.engines.registry import EngineRegistry
-    from sight.serve_app import SightDetector
+    from sight.models.registry import EngineRegistry
+    from sight.runtimes.ray.replicas import DetectorReplica, detector_serve_deployment
 
-    tight = DeploymentSettings(num_cpus=0.25, max_ongoing_requests=1, max_queued_requests=1)
+    tight = ReplicaSettings(num_cpus=0.25, max_ongoing_requests=1, max_queued_requests=1)
     settings = _settings(tmp_path, kind="ray", app_name="tight", detector=tight)
     ref = "nudenet:1"
     entry = EngineRegistry(settings).catalog.model(ref, task="detect")
-    dep = serve.deployment(name=detector_deployment(entry), **tight.ray_options())(SightDetector)
+    dep = serve.deployment(name=detector_serve_deployment(entry), **tight.ray_options())(DetectorReplica)
     serve.run(dep.bind(settings, ref), name="tight", route_prefix=None)
     key = _create_key(settings)
     try:
@@ -452,7 +453,7 @@ def test_ray_engine_serve_config_matches_the_application(monkeypatch: pytest.Mon
 
 
 def test_app_and_serve_app_import_no_ray_until_the_ray_engine_runs() -> None:
-    code = ("import sys; from sight.api.app import create_app; import sight.serve_app, sight.engines.ray_runtime; "
+    code = ("import sys; from sight.api.app import create_app; import sight.serve_app, sight.runtimes.ray.client; "
             "create_app(); assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
@@ -465,8 +466,8 @@ async def test_ray_runtime_retries_a_lost_replica_a_bounded_number_of_times(tmp_
     from ray.exceptions import ActorDiedError
     from ray.serve.exceptions import BackPressureError
 
-    from sight.engines.ray_runtime import RayRuntime
     from sight.errors import EngineUnavailableError, OverloadedError
+    from sight.runtimes.ray.client import RayRuntime
 
     runtime = RayRuntime(_settings(tmp_path, kind="ray", retries=2))
     sent: list[int] = []
@@ -476,7 +477,7 @@ async def test_ray_runtime_retries_a_lost_replica_a_bounded_number_of_times(tmp_
         raise ActorDiedError()
 
     with pytest.raises(EngineUnavailableError, match="3 tries"):
-        await runtime._call(dies, 10, "detection")
+        await runtime.send(dies, 10, "detection")
     assert len(sent) == 3
 
     async def refused() -> None:
@@ -485,7 +486,7 @@ async def test_ray_runtime_retries_a_lost_replica_a_bounded_number_of_times(tmp_
 
     sent.clear()
     with pytest.raises(OverloadedError) as refusal:
-        await runtime._call(refused, 10, "detection")
+        await runtime.send(refused, 10, "detection")
     assert len(sent) == 1 and refusal.value.retry_after == runtime.settings.server.retry_after
 
 
@@ -495,14 +496,14 @@ async def test_detector_replica_gathers_concurrent_calls_into_batches(tmp_path: 
     has it), calls that arrive together share session runs, and each answers in its own original's pixels."""
     _import_ray()
     from sight.engines.base import DetectOptions
-    from sight.serve_app import SightDetector
+    from sight.runtimes.ray.replicas import DetectorReplica
 
     settings = _settings(tmp_path, kind="ray")
     settings.yolo = settings.yolo.model_copy(update={"batch_max_size": 4, "batch_max_wait_ms": 500,
                                                      "batch_on_cpu": True})
-    replica = SightDetector(settings, "nudenet")
+    replica = DetectorReplica(settings, "nudenet")
     data = [(IMAGES / name).read_bytes() for name in ("astronaut.png", "bus.jpg")] * 2
-    seen = await asyncio.gather(*(replica(blob, None, DetectOptions()) for blob in data))
+    seen = await asyncio.gather(*(replica.detect(blob, None, DetectOptions()) for blob in data))
     batches = replica.runtime.metrics.batch_size.labels("nudenet:1")
     count = next(s.value for m in batches.collect() for s in m.samples if s.name.endswith("_count"))
     total = next(s.value for m in batches.collect() for s in m.samples if s.name.endswith("_sum"))
@@ -512,18 +513,18 @@ async def test_detector_replica_gathers_concurrent_calls_into_batches(tmp_path: 
 
 
 def test_registry_entry_sets_its_own_ray_deployment_options(tmp_path: Path) -> None:
-    """A registry entry's ``ray`` table sets its deployment's options over SIGHT_ENGINE__DETECTOR__*; an
+    """A registry entry's ``ray`` table sets its deployment's options over SIGHT_RUNTIME__DETECTOR__*; an
     unknown option is refused when the file is read."""
     _import_ray()
     from ray.serve._private.build_app import build_app
 
-    from sight.core.catalog import read_registry_file
+    from sight.models.catalog import read_registry_file
     from sight.serve_app import build
 
     registry = tmp_path / "models.toml"
     registry.write_text(f'[[model]]\nname = "big"\nsource = "{nudenet_path()}"\n'
                         'ray = { num_gpus = 0.5, num_cpus = 0.25, max_replicas = 3 }\n')
-    settings = _settings(tmp_path, kind="ray", detector=DeploymentSettings(num_cpus=2, max_replicas=2))
+    settings = _settings(tmp_path, kind="ray", detector=ReplicaSettings(num_cpus=2, max_replicas=2))
     settings.registry.path = registry
     deployments = {d.name: d for d in build_app(build(settings), name=APP).deployments}
     big, plain = deployments["detect-big-v1"], deployments[DETECTOR]

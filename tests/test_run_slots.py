@@ -21,12 +21,15 @@ from PIL import Image
 
 from sight.api.app import create_app
 from sight.config import Settings
-from sight.core.catalog import ModelEntry
 from sight.engines.base import Detection, DetectOptions, Detector
-from sight.engines.cpus import RunSlots, usable_cpus
-from sight.engines.model_runtime import Picture
+from sight.engines.cpus import usable_cpus
 from sight.engines.onnx_yolo import OnnxYoloDetector
-from sight.engines.registry import EngineRegistry
+from sight.metrics import Metrics
+from sight.models.catalog import ModelEntry
+from sight.models.registry import EngineRegistry
+from sight.runtimes.base import Picture
+from sight.runtimes.local import LocalRuntime
+from sight.runtimes.slots import RunSlots
 from tests.conftest import nudenet_path
 from tests.helpers import image_bytes, wait_until
 from tests.servers import LiveServer
@@ -86,25 +89,31 @@ def _counter() -> dict[str, int]:
 
 def test_cpu_detectors_share_one_pool_sized_by_cores_and_threads(settings: Settings,
                                                                  nudenet_detector: Detector) -> None:
-    registry = EngineRegistry(_with(settings, intra_op_threads=1),
-                              detectors={"a": nudenet_detector, "b": nudenet_detector})
+    narrow = _with(settings, intra_op_threads=1)
+    registry = EngineRegistry(narrow, detectors={"a": nudenet_detector, "b": nudenet_detector})
+    runtime = LocalRuntime(narrow, Metrics())
     a, b = _entry(registry, "a"), _entry(registry, "b")
-    assert registry.run_slots(a) is registry.run_slots(b)
-    assert registry.run_slots(a).capacity == CORES
+    assert runtime.run_slots(a, nudenet_detector) is runtime.run_slots(b, nudenet_detector)
+    assert runtime.run_slots(a, nudenet_detector).capacity == CORES
     whole = EngineRegistry(_with(settings, intra_op_threads=0), detectors={"a": nudenet_detector})
-    assert whole.run_slots(_entry(whole, "a")).capacity == 1, "a run using every core gets the CPU alone"
+    whole_runtime = LocalRuntime(whole.settings, Metrics())
+    assert whole_runtime.run_slots(_entry(whole, "a"), nudenet_detector).capacity == 1, \
+        "a run using every core gets the CPU alone"
     fixed = EngineRegistry(_with(settings, concurrency=3), detectors={"a": nudenet_detector})
-    assert fixed.run_slots(_entry(fixed, "a")).capacity == 3
-    # The pool outlives a reload, so old and new snapshots do not each get a full set of slots.
-    assert registry.successor(registry.build_catalog()).run_slots(a) is registry.run_slots(a)
+    assert LocalRuntime(fixed.settings, Metrics()).run_slots(_entry(fixed, "a"), nudenet_detector).capacity == 3
+    # The pool lives in the runtime, which outlives a reload: old and new snapshots share one set of slots.
+    successor = registry.successor(registry.build_catalog())
+    again = successor.catalog.model("a", task="detect")
+    assert runtime.run_slots(again, successor.detector_for(again)) is runtime.run_slots(a, nudenet_detector)
 
 
 def test_a_gpu_detector_has_its_own_slots(settings: Settings, nudenet_detector: OnnxYoloDetector) -> None:
     gpu = CountingDetector(nudenet_detector, "g", _counter(), threading.Lock(), providers=["CUDAExecutionProvider"])
     registry = EngineRegistry(settings, detectors={"g": gpu, "c": nudenet_detector})
+    runtime = LocalRuntime(settings, Metrics())
     g, c = _entry(registry, "g"), _entry(registry, "c")
-    assert registry.run_slots(g) is not registry.run_slots(c)
-    assert registry.run_slots(g).capacity == 1
+    assert runtime.run_slots(g, gpu) is not runtime.run_slots(c, nudenet_detector)
+    assert runtime.run_slots(g, gpu).capacity == 1
 
 
 def test_usable_cpus_honours_a_container_quota(tmp_path: Path) -> None:
@@ -296,7 +305,9 @@ def test_a_cancelled_run_holds_its_slot_until_the_session_returns(settings: Sett
         return await task
 
     async def waiting() -> int:
-        return registry.run_slots(registry.detector_entry("a")).waiting
+        runtime = app.state.services.pipeline.runtime
+        entry = registry.detector_entry("a")
+        return int(runtime.run_slots(entry, registry.loaded_detector(entry)).waiting)
 
     with LiveServer(app) as live:
         try:

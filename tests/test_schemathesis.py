@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
 
 from sight.api.app import create_app
 from sight.config import FetchSettings, Settings
-from sight.engines.registry import EngineRegistry
+from sight.models.registry import EngineRegistry
 from tests.servers import LiveServer
 
 

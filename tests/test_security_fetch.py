@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
 from sight.config import FetchSettings, ImageSettings, Settings
-from sight.core.fetch import ImageFetcher
-from sight.engines.registry import EngineRegistry
 from sight.errors import FetchFailedError, UrlNotAllowedError
+from sight.images.fetch import ImageFetcher
+from sight.models.registry import EngineRegistry
 from tests.conftest import IMAGES
 from tests.servers import Canary, HostileServer, ImageServer
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from sight.api.app import create_app
 from sight.config import ServerSettings, Settings
-from sight.engines.registry import EngineRegistry
+from sight.models.registry import EngineRegistry
 from tests.helpers import image_bytes, v1_request
 
 

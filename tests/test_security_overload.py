@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
 from sight.config import ServerSettings, Settings
-from sight.engines.registry import EngineRegistry
+from sight.models.registry import EngineRegistry
 from tests.helpers import image_bytes, v1_request, wait_until
 from tests.processes import SightServer, sight_env
 from tests.servers import FakeLLMServer, LiveServer

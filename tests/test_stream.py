@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from sight.api.app import create_app
 from sight.config import Settings
-from sight.engines.registry import EngineRegistry
+from sight.models.registry import EngineRegistry
 from tests.helpers import image_bytes, wait_until
 from tests.servers import FakeLLMServer, LiveServer
 

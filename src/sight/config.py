@@ -9,9 +9,11 @@ Every field can be set from the environment with the ``SIGHT_`` prefix and ``__`
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -86,7 +88,7 @@ class LLMSettings(BaseModel):
     model: str | None = Field(None, description="The backend's model name. Unset: the only (or first) model the "
                               "base URL lists, or the first vision model of a discovered Ollama, by name.")
     api_key: SecretStr | None = None
-    timeout: float = 60.0
+    timeout: float = Field(60.0, description="Seconds one attempt at the backend may take.")
     connect_timeout: float = 5.0
     retries: int = 2
     backoff: float = 0.5
@@ -97,6 +99,11 @@ class LLMSettings(BaseModel):
     ollama_url: str = Field("http://127.0.0.1:11434", description="Where discovery looks for Ollama.")
     discover_interval: float = Field(5.0, description="Seconds between probes while no LLM has been found.")
     probe_timeout: float = Field(2.0, description="Seconds one discovery request may take (connect: at most 1).")
+
+    @property
+    def deadline(self) -> float:
+        """Seconds the LLM stage may take in all, its retries included: the one bound both runtimes apply."""
+        return (self.retries + 1) * self.timeout
 
 
 class JobsSettings(BaseModel):
@@ -177,8 +184,8 @@ class ClientSettings(BaseModel):
     api_key: SecretStr | None = None
 
 
-class DeploymentSettings(BaseModel):
-    """How one Ray Serve deployment runs: its replicas' resources and autoscaling."""
+class ReplicaSettings(BaseModel):
+    """How the replicas of one Ray Serve deployment run: their resources and autoscaling."""
 
     num_cpus: float = Field(1.0, description="CPUs each replica holds (fractional allowed).")
     num_gpus: float = Field(0.0, description="GPUs each replica holds (fractional allowed, e.g. 0.5).")
@@ -187,8 +194,8 @@ class DeploymentSettings(BaseModel):
     target_ongoing_requests: float = 2.0
     max_ongoing_requests: int = Field(32, description="Requests one replica takes at once. A model replica queues "
                                       "them for its run slots itself: a low value leaves Serve's router to hold "
-                                      "them back and probe replicas instead, which left cores idle (0.54 against "
-                                      "0.86 of the local engine's images/s, docs/benchmarks.md).")
+                                      "them back and probe replicas instead, which leaves cores idle "
+                                      "(docs/benchmarks.md, \"Ray engine\").")
     max_queued_requests: int = Field(-1, description="Requests a caller queues for the deployment before it "
                                      "answers 503 overloaded (-1: no bound).")
 
@@ -203,19 +210,30 @@ class DeploymentSettings(BaseModel):
         }
 
 
-class EngineSettings(BaseModel):
+class RuntimeSettings(BaseModel):
     """Where models run: ``local`` (in this process) or ``ray`` (Ray Serve deployments; ``pip install
-    'sight[ray]'``). ``SIGHT_ENGINE__KIND=ray``, ``SIGHT_ENGINE__DETECTOR__NUM_GPUS=0.5``."""
+    'sight[ray]'``). ``SIGHT_RUNTIME__KIND=ray``, ``SIGHT_RUNTIME__DETECTOR__NUM_GPUS=0.5``. The names
+    ``SIGHT_ENGINE__*`` are still read, with a deprecation line in the log."""
 
     kind: str = Field("local", pattern="^(local|ray)$", description="`local` or `ray`.")
     address: str = Field("auto", description="Ray cluster to join (`auto`: the local one, started if none runs).")
     app_name: str = Field("sight", description="The Serve application's name.")
-    # Model deployments queue a bounded number of calls beyond what their replicas take: then 503 overloaded.
-    detector: DeploymentSettings = DeploymentSettings(max_queued_requests=128)
-    ocr: DeploymentSettings = DeploymentSettings(max_queued_requests=64)
-    llm: DeploymentSettings = DeploymentSettings(num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256)
-    api: DeploymentSettings = DeploymentSettings(num_cpus=0.5, max_ongoing_requests=64)
+    # Model Serve deployments queue a bounded number of calls beyond what their replicas take: then 503.
+    detector: ReplicaSettings = ReplicaSettings(max_queued_requests=128)
+    ocr: ReplicaSettings = ReplicaSettings(max_queued_requests=64)
+    llm: ReplicaSettings = ReplicaSettings(num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256)
+    api: ReplicaSettings = ReplicaSettings(num_cpus=0.5, max_ongoing_requests=64)
     retries: int = Field(2, description="Times a call is retried on another replica when its replica dies.")
+
+
+class _LegacyRuntimeEnv(BaseSettings, RuntimeSettings):
+    """``SIGHT_ENGINE__*``: the runtime group's former name, read where ``SIGHT_RUNTIME__*`` leaves a field unset."""
+
+    model_config = SettingsConfigDict(env_prefix="SIGHT_ENGINE__", env_nested_delimiter="__", env_file=".env",
+                                      extra="ignore")
+
+
+_warned_legacy = False
 
 
 class Settings(BaseSettings):
@@ -237,10 +255,31 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     client: ClientSettings = ClientSettings()
-    engine: EngineSettings = EngineSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
     data_dir: Path = Path("./sight-data")
     database_url: str = "sqlite+aiosqlite:///./sight.db"
     bootstrap_team: str = "default"
+
+    @model_validator(mode="after")
+    def _legacy_runtime_names(self) -> Settings:
+        """Fields of ``runtime`` left unset and given as ``SIGHT_ENGINE__*`` (environment or ``.env``) take that
+        value, with one deprecation line in the log per process."""
+        global _warned_legacy
+        env_file = self.model_config.get("env_file")
+        if not any(name.upper().startswith("SIGHT_ENGINE__") for name in os.environ) and not (
+                isinstance(env_file, str) and Path(env_file).is_file()
+                and "SIGHT_ENGINE__" in Path(env_file).read_text(errors="replace").upper()):
+            return self
+        legacy = _LegacyRuntimeEnv()
+        taken = {name: getattr(legacy, name) for name in legacy.model_fields_set - self.runtime.model_fields_set}
+        if taken:
+            self.runtime = self.runtime.model_copy(update=taken)
+            if not _warned_legacy:
+                _warned_legacy = True
+                logging.getLogger("sight.config").warning(
+                    "SIGHT_ENGINE__* settings are deprecated: rename them SIGHT_RUNTIME__* (read now: %s)",
+                    ", ".join(f"SIGHT_ENGINE__{name.upper()}" for name in sorted(taken)))
+        return self
 
     @property
     def models_dir(self) -> Path:

@@ -1,6 +1,7 @@
-"""What a running Sight process holds (database, engines, pipeline, job queue), opened and closed once.
+"""The wiring of one running Sight process: database, models, runtime, pipeline, batch queue, policies.
 
-Both the HTTP app's lifespan and ``sight worker`` build it here, so they cannot drift apart.
+Opened and closed once; both the HTTP app's lifespan and ``sight worker`` build it here, so they cannot drift
+apart.
 """
 
 from __future__ import annotations
@@ -13,24 +14,26 @@ from dataclasses import dataclass
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sight.batches.queue import JobQueue
+from sight.batches.runner import Runner
+from sight.batches.store import BatchStore
+from sight.batches.sweep import BatchSweeper
 from sight.config import Settings
-from sight.core.admission import Admission
-from sight.core.deployments import Deployments
-from sight.core.fetch import ImageFetcher
-from sight.core.metrics import Metrics
-from sight.core.pipeline import Pipeline
-from sight.core.pixel_budget import PixelBudget, trim_heap, tune_heap
-from sight.core.predict import MultiPredictor
-from sight.core.ratelimit import TeamRateLimiter
-from sight.core.shadow import ShadowRunner
-from sight.engines.local_runtime import LocalRuntime
-from sight.engines.model_runtime import ModelRuntime
-from sight.engines.registry import EngineHub, EngineRegistry
 from sight.errors import SightError
-from sight.jobs.blobs import BlobStore, open_blob_store
-from sight.jobs.queue import JobQueue
-from sight.jobs.runner import Runner
-from sight.jobs.store import BatchStore
+from sight.images.budget import PixelBudget
+from sight.images.fetch import ImageFetcher
+from sight.images.heap import trim_heap, tune_heap
+from sight.metrics import Metrics
+from sight.models.registry import EngineHub, EngineRegistry
+from sight.pipeline.deployments import Deployments
+from sight.pipeline.pipeline import Pipeline
+from sight.pipeline.predict import MultiPredictor
+from sight.pipeline.shadow import ShadowRunner
+from sight.policies.admission import Admission
+from sight.policies.quota import TeamRateLimiter
+from sight.runtimes.base import ModelRuntime
+from sight.runtimes.local import LocalRuntime
+from sight.storage.blobs import BlobStore, open_blob_store
 from sight.storage.db import create_engine, migrate
 from sight.storage.keys import KeyStore
 
@@ -48,6 +51,7 @@ class Services:
     metrics: Metrics
     pipeline: Pipeline
     batches: BatchStore
+    sweeper: BatchSweeper
     queue: JobQueue
     blobs: BlobStore
     predictor: MultiPredictor
@@ -69,7 +73,7 @@ class Services:
         return self.hub.current
 
     def new_runner(self, worker: str | None = None) -> Runner:
-        return Runner(self.queue, self.batches, self.pipeline, self.blobs, self.settings.jobs, worker=worker)
+        return Runner(self.queue, self.sweeper, self.pipeline, self.blobs, self.settings.jobs, worker=worker)
 
 
 @asynccontextmanager
@@ -84,7 +88,7 @@ async def open_services(
     shadows = ShadowRunner(metrics, settings.registry.shadow_concurrency)
     quota = TeamRateLimiter(settings.rate_limit)
     # One budget for every decode in the process. Large blocks go straight back to the OS when freed, and the
-    # heap is trimmed when the budget falls idle after large decodes (docs/benchmarks.md, "Decode memory").
+    # heap is trimmed when the budget falls idle after large decodes.
     tune_heap()
     pixels = PixelBudget(settings.images.max_pixels_in_flight, settings.images.pixel_queue,
                          settings.server.retry_after, on_idle=trim_heap)
@@ -99,7 +103,7 @@ async def open_services(
         services = Services(
             settings=settings, db=db, keys=KeyStore(db), hub=hub, shadows=shadows, fetcher=fetcher, metrics=metrics,
             pipeline=pipeline, batches=BatchStore(db, settings, blobs, ocr_name=lambda: hub.current.ocr_name()),
-            queue=JobQueue(db, settings.jobs),
+            sweeper=BatchSweeper(db, settings, blobs), queue=JobQueue(db, settings.jobs),
             blobs=blobs, predictor=MultiPredictor(pipeline),
             deployments=Deployments(pipeline, settings.server.item_concurrency),
             admission=Admission(settings.server.max_queue, settings.server.retry_after),
@@ -118,9 +122,9 @@ async def open_services(
 
 
 def model_runtime(settings: Settings, metrics: Metrics) -> ModelRuntime:
-    """Where models run (``SIGHT_ENGINE__KIND``): in this process, or on Ray Serve deployments."""
-    if settings.engine.kind == "ray":
-        from sight.engines.ray_runtime import RayRuntime
+    """Where models run (``SIGHT_RUNTIME__KIND``): in this process, or on Ray Serve deployments."""
+    if settings.runtime.kind == "ray":
+        from sight.runtimes.ray.client import RayRuntime
 
         return RayRuntime(settings)
     return LocalRuntime(settings, metrics)

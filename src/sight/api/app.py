@@ -20,10 +20,10 @@ from sight.api.routes import batches as batch_routes
 from sight.api.routes import deployments, health, models, predict
 from sight.config import Settings
 from sight.console import mount_console
-from sight.engines.registry import EngineRegistry
 from sight.errors import SightError
-from sight.runtime import Services, open_services
+from sight.models.registry import EngineRegistry
 from sight.schemas import ErrorResponse
+from sight.services import Services, open_services
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from sight.errors import AuthenticationError, InvalidInputError
-from sight.runtime import Services
+from sight.services import Services
 from sight.storage.keys import Principal
 
 

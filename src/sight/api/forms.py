@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
-from sight.core.pipeline import ImageInput, WorkItem
 from sight.errors import InvalidInputError, PayloadTooLargeError
+from sight.pipeline.items import ImageInput, WorkItem
 from sight.schemas import ItemOptions, PredictRequestV2
 
 FORM_FIELD_BYTES = 1024 * 1024  # a metadata/query field; files are not bound by this
@@ -106,7 +106,7 @@ def read_v2(body: PredictRequestV2, max_files: int) -> PredictCall:
     items: list[WorkItem] = []
     for index, item in enumerate(body.data):
         options = ItemOptions.model_validate(item.model_dump(include=set(ItemOptions.model_fields)))
-        source = ImageInput(url=item.image_url, base64=item.image_base64)
+        source = ImageInput(ref=item)  # image_url or image_base64: checked per item as it loads
         items.append(WorkItem(index, item.filename or _name_from_url(item.image_url), source, options))
     return PredictCall(items, body.query, body.api_key)
 

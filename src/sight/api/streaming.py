@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
 from sight.api.forms import PredictCall
-from sight.core.pipeline import Pipeline, summarize
+from sight.pipeline.pipeline import Pipeline
+from sight.pipeline.results import summarize
 from sight.schemas import ErrorInfo, ItemResult, StreamComplete, StreamDone, StreamError, StreamProcessing
 
 log = logging.getLogger(__name__)

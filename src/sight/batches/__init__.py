@@ -1,1 +1,1 @@
-"""Durable, team-scoped batch jobs: storage (store), the work queue (queue), the runner."""
+"""Durable, team-scoped batch jobs: storage (store), the work queue (queue), the runner, the sweep."""

@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from sight.batches.store import now
 from sight.config import JobsSettings
-from sight.jobs.store import now
 from sight.storage.db import session_factory
 from sight.storage.tables import Batch, BatchRequest
 

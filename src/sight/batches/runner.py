@@ -21,13 +21,15 @@ from typing import Any
 
 import anyio
 
+from sight.batches.queue import Claimed, JobQueue
+from sight.batches.store import result_bytes
+from sight.batches.sweep import BatchSweeper
 from sight.config import JobsSettings
-from sight.core.pipeline import ImageInput, Pipeline, WorkItem
 from sight.errors import SightError
-from sight.jobs.blobs import BlobStore
-from sight.jobs.queue import Claimed, JobQueue
-from sight.jobs.store import BatchStore, result_bytes
+from sight.pipeline.items import ImageInput, WorkItem
+from sight.pipeline.pipeline import Pipeline
 from sight.schemas import ItemOptions
+from sight.storage.blobs.base import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,10 @@ def worker_name() -> str:
 
 class Runner:
     def __init__(
-        self, queue: JobQueue, store: BatchStore, pipeline: Pipeline, blobs: BlobStore, settings: JobsSettings,
+        self, queue: JobQueue, sweeper: BatchSweeper, pipeline: Pipeline, blobs: BlobStore, settings: JobsSettings,
         *, worker: str | None = None,
     ) -> None:
-        self.queue, self.store, self.pipeline, self.blobs = queue, store, pipeline, blobs
+        self.queue, self.sweeper, self.pipeline, self.blobs = queue, sweeper, pipeline, blobs
         self.settings = settings
         self.worker = worker or worker_name()
         self._inflight: dict[int, tuple[asyncio.Task[None], int]] = {}
@@ -72,7 +74,7 @@ class Runner:
             item = WorkItem(
                 index=0,
                 filename=payload.get("filename"),
-                image=ImageInput(data=data, url=payload.get("image_url")),
+                image=ImageInput(data=data) if data is not None else ImageInput.url(str(payload.get("image_url"))),
                 options=ItemOptions.model_validate(payload),
             )
             with anyio.fail_after(self.settings.request_timeout):
@@ -150,7 +152,7 @@ class Runner:
     async def _sweep(self) -> None:
         while True:
             try:
-                await self.store.sweep()
+                await self.sweeper.sweep()
             except Exception:
                 log.exception("sweep failed")
             await asyncio.sleep(self.settings.sweep_seconds)

@@ -1,7 +1,8 @@
-"""Batches as the API sees them: create, list, add requests, page requests and results, cancel, expire.
+"""Batches as the API sees them: create, list, add requests, page requests and results, cancel.
 
 Every method takes the caller's ``team_id``; another team's batch is simply not found. Images, and results
-larger than ``SIGHT_JOBS__INLINE_RESULT_BYTES``, live in the blob store; rows name them by SHA-256.
+larger than ``SIGHT_JOBS__INLINE_RESULT_BYTES``, live in the blob store; rows name them by SHA-256. Deadlines,
+expiry and the blobs no request needs any more are the sweep's (``sight.batches.sweep``).
 """
 
 from __future__ import annotations
@@ -10,19 +11,18 @@ import hashlib
 import json
 import logging
 import secrets
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from sight.batches import paging
 from sight.config import Settings
-from sight.core.images import decode_base64
 from sight.errors import (
     ConflictError,
     ImageTooLargeError,
@@ -32,8 +32,7 @@ from sight.errors import (
     SightError,
     UpstreamError,
 )
-from sight.jobs import paging
-from sight.jobs.blobs import BlobStore
+from sight.images.decode import decode_base64
 from sight.schemas import (
     BatchList,
     BatchPublic,
@@ -45,6 +44,7 @@ from sight.schemas import (
     BatchState,
     ErrorInfo,
 )
+from sight.storage.blobs.base import BlobStore
 from sight.storage.db import session_factory
 from sight.storage.tables import Batch, BatchRequest
 
@@ -99,7 +99,6 @@ class BatchStore:
         self.blobs = blobs
         self._ocr_name = ocr_name  # the catalog's name for the OCR model (a registry file may rename it)
         self.clock: Callable[[], datetime] = now  # what "now" is: tests move it forward instead of sleeping
-        self._next_listing: datetime | None = None  # when this process's sweep next lists the whole blob store
 
     # -- batches ---------------------------------------------------------------------------------------
 
@@ -148,24 +147,32 @@ class BatchStore:
         return batch
 
     async def _counts(self, s: AsyncSession, batch_seq: int) -> Counts:
+        return (await self._counts_of(s, [batch_seq]))[batch_seq]
+
+    @staticmethod
+    async def _counts_of(s: AsyncSession, batch_seqs: Sequence[int]) -> dict[int, Counts]:
+        """The request counts of each of these batches, in one query."""
         rows = (await s.execute(
-            select(BatchRequest.state, func.count()).where(BatchRequest.batch_seq == batch_seq)
-            .group_by(BatchRequest.state)
-        )).all()
-        by_state = {state: int(n) for state, n in rows}
-        return Counts(
+            select(BatchRequest.batch_seq, BatchRequest.state, func.count())
+            .where(BatchRequest.batch_seq.in_(list(batch_seqs)))
+            .group_by(BatchRequest.batch_seq, BatchRequest.state)
+        )).all() if batch_seqs else []
+        by_batch: dict[int, dict[str, int]] = {seq: {} for seq in batch_seqs}
+        for seq, state, n in rows:
+            by_batch[seq][state] = int(n)
+        return {seq: Counts(
             total=sum(by_state.values()),
             pending=sum(by_state.get(st, 0) for st in OPEN_STATES),
             succeeded=by_state.get("succeeded", 0),
             failed=by_state.get("failed", 0),
             cancelled=by_state.get("cancelled", 0),
-        )
+        ) for seq, by_state in by_batch.items()}
 
     def _expired(self, batch: Batch) -> bool:
         return batch.purged or utc(batch.expire_at) <= self.clock()
 
-    async def _public(self, s: AsyncSession, batch: Batch) -> BatchPublic:
-        c = await self._counts(s, batch.seq)
+    async def _public(self, s: AsyncSession, batch: Batch, counts: Counts | None = None) -> BatchPublic:
+        c = counts if counts is not None else await self._counts(s, batch.seq)
         if self._expired(batch):
             status = "expired"
         elif batch.cancel_time is not None:
@@ -194,7 +201,8 @@ class BatchStore:
             query = query.where(Batch.seq < before)
         async with self._reads() as s:
             rows = list((await s.execute(query.order_by(Batch.seq.desc()).limit(limit + 1))).scalars())
-            page = [await self._public(s, b) for b in rows[:limit]]
+            counts = await self._counts_of(s, [b.seq for b in rows[:limit]])
+            page = [await self._public(s, b, counts[b.seq]) for b in rows[:limit]]
         more = len(rows) > limit
         return BatchList(batches=page, pagination_token=paging.encode("batches", scope, rows[limit - 1].seq)
                          if more else None)
@@ -223,13 +231,15 @@ class BatchStore:
         payloads: list[tuple[dict[str, Any], bytes | None]] = []
         for index, item in enumerate(items):
             vp = item.batch_request.vision_predict
-            if (vp.image_url is None) == (vp.image_base64 is None):
-                raise InvalidInputError(f"batch_requests[{index}] needs exactly one of image_url and image_base64")
+            try:
+                kind, value = vp.source()
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"batch_requests[{index}]: {exc.message}") from exc
             payload = vp.model_dump(exclude={"image_base64"}, exclude_none=True)
             data = None
-            if vp.image_base64 is not None:
+            if kind == "base64":
                 try:  # validates and caps (413) before anything is stored
-                    data = decode_base64(vp.image_base64, self.settings.images.max_bytes)
+                    data = decode_base64(value, self.settings.images.max_bytes)
                 except ImageTooLargeError as exc:
                     raise PayloadTooLargeError(f"batch_requests[{index}]: {exc.message}") from exc
             payloads.append((payload, data))
@@ -370,78 +380,3 @@ class BatchStore:
             if batch.cancel_time is None and not ended and not self._expired(batch):
                 batch.cancel_time = at
         return await self.get(team_id, batch_id), batch.seq
-
-    async def sweep(self) -> tuple[int, int]:
-        """Cancel work past its processing deadline; purge expired batches' payloads, results and blobs;
-        remove blobs no request references (a crashed or refused add's, a completion's that crashed or lost
-        its lease before its commit). Returns (requests cancelled, batches purged).
-
-        Those last blobs no row names, so only a listing of the whole store finds them, and none may go before
-        the grace period anyway: each process lists at most once per ``blob_grace_seconds`` (first at its
-        first sweep), and such a blob goes within about twice the grace period of its last touch."""
-        at = self.clock()
-        async with self._sessions() as s, s.begin():
-            late = select(Batch.seq).where(Batch.deadline_at <= at)
-            cancelled = (await s.execute(
-                update(BatchRequest)
-                .where(BatchRequest.batch_seq.in_(late), BatchRequest.state.in_(OPEN_STATES))
-                .values(state="cancelled", finished_at=at, lease_owner=None, lease_expires_at=None,
-                        error={"code": "timeout", "message": "not processed before the batch's deadline"})
-            )).rowcount
-        async with self._sessions() as s, s.begin():
-            expired = list((await s.execute(
-                select(Batch.seq).where(Batch.expire_at <= at, Batch.purged.is_(False))
-            )).scalars())
-            shas: list[str] = []
-            if expired:
-                named = (await s.execute(
-                    select(BatchRequest.blob_sha, BatchRequest.result_sha).where(
-                        BatchRequest.batch_seq.in_(expired),
-                        or_(BatchRequest.blob_sha.is_not(None), BatchRequest.result_sha.is_not(None)))
-                )).all()
-                shas = [sha for row in named for sha in row if sha]
-                await s.execute(
-                    update(BatchRequest).where(BatchRequest.batch_seq.in_(expired))
-                    .values(payload=None, result=None, blob_sha=None, result_sha=None, lease_owner=None)
-                )
-                await s.execute(
-                    update(BatchRequest)
-                    .where(BatchRequest.batch_seq.in_(expired), BatchRequest.state.in_(OPEN_STATES))
-                    .values(state="cancelled", finished_at=at)
-                )
-                await s.execute(update(Batch).where(Batch.seq.in_(expired)).values(purged=True))
-        # Blobs newer than the grace period may belong to an add in flight (blobs written, rows not yet
-        # committed): only older ones go, and only when no row, of any batch or team, references them.
-        cutoff = time.time() - self.settings.jobs.blob_grace_seconds
-        if shas:
-            await self._remove_unreferenced(shas, cutoff)
-        if self._next_listing is None or at >= self._next_listing:
-            await self._remove_orphans(cutoff)
-            self._next_listing = at + timedelta(seconds=self.settings.jobs.blob_grace_seconds)
-        return int(cancelled or 0), len(expired)
-
-    async def _remove_orphans(self, cutoff: float) -> None:
-        old: list[str] = []  # every blob untouched since the cutoff, a chunk at a time
-        async for blob in self.blobs.listing():
-            if blob.modified >= cutoff:
-                continue
-            old.append(blob.sha)
-            if len(old) == BLOB_CHUNK:
-                await self._remove_unreferenced(old, cutoff)
-                old = []
-        if old:
-            await self._remove_unreferenced(old, cutoff)
-
-    async def _remove_unreferenced(self, shas: Sequence[str], cutoff: float) -> int:
-        candidates = sorted(set(shas))
-        removed = 0
-        for start in range(0, len(candidates), BLOB_CHUNK):
-            chunk = candidates[start:start + BLOB_CHUNK]
-            async with self._reads() as s:  # an image and a result of the same bytes are the same blob
-                used = set((await s.execute(
-                    select(BatchRequest.blob_sha).where(BatchRequest.blob_sha.in_(chunk))
-                    .union(select(BatchRequest.result_sha).where(BatchRequest.result_sha.in_(chunk)))
-                )).scalars())
-            unused = [sha for sha in chunk if sha not in used]
-            removed += await self.blobs.remove_untouched(unused, cutoff)
-        return removed

@@ -9,12 +9,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from sight import __version__
-from sight.core.catalog import ModelEntry
-from sight.core.model_states import model_state
-from sight.engines.downloads import ModelSource
-from sight.engines.official import official_for_url
-from sight.engines.registry import EngineRegistry
-from sight.runtime import Services
+from sight.models.catalog import ModelEntry
+from sight.models.official import official_for_url
+from sight.models.registry import EngineRegistry
+from sight.models.sources import ModelSource
+from sight.models.states import model_state
+from sight.services import Services
 
 STATE_WORDS = {
     "ready": "[green]loaded[/green]",

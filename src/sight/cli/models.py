@@ -14,10 +14,11 @@ from rich.table import Table
 
 from sight.cli.console import console, print_error
 from sight.config import Settings
-from sight.core.catalog import Catalog
-from sight.engines.downloads import ModelFiles, ModelSource, license_line
-from sight.engines.official import OFFICIAL
 from sight.errors import SightError
+from sight.models.catalog import Catalog
+from sight.models.files import ModelFiles
+from sight.models.official import OFFICIAL
+from sight.models.sources import ModelSource, license_line
 
 app = typer.Typer(help="The model registry.", no_args_is_help=True)
 ULTRALYTICS = re.compile(r"^yolo(v8|11|12)[nsmlx]$|^yolov5[nsmlx]u$")

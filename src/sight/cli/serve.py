@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,21 +16,25 @@ from sight.config import Settings
 if TYPE_CHECKING:
     from sight.storage.keys import KeyStore
 
+log = logging.getLogger(__name__)
+
 
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     pull: Annotated[bool, typer.Option("--pull", help="Download every declared model that is not here yet "
                                        "(the default detector included) before serving, with progress.")] = False,
-    engine: Annotated[str | None, typer.Option(help="Where models run: local (this process) or ray (Ray Serve "
-                                               "deployments on the cluster at SIGHT_ENGINE__ADDRESS; needs "
-                                               "pip install 'sight[ray]').")] = None,
+    runtime: Annotated[str | None, typer.Option(help="Where models run: local (this process) or ray (Ray Serve "
+                                                "deployments on the cluster at SIGHT_RUNTIME__ADDRESS; needs "
+                                                "pip install 'sight[ray]').")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", hidden=True,
+                                               help="Deprecated name of --runtime.")] = None,
 ) -> None:
     """Start the server; on first start create a team and an API key and print the key once."""
     import uvicorn
 
     from sight.api.app import create_app
-    from sight.banner import printer
+    from sight.cli.banner import printer
     from sight.cli.models import download, remote_detectors
 
     settings = Settings()
@@ -37,16 +42,19 @@ def serve(
         settings.server.host = host
     if port:
         settings.server.port = port
-    if engine:
-        settings.engine = settings.engine.model_copy(update={"kind": engine})
-    if settings.engine.kind not in ("local", "ray"):
-        raise typer.BadParameter(f"--engine is local or ray, not {settings.engine.kind!r}")
+    if engine and not runtime:
+        log.warning("sight serve --engine is deprecated: use --runtime")
+        runtime = engine
+    if runtime:
+        settings.runtime = settings.runtime.model_copy(update={"kind": runtime})
+    if settings.runtime.kind not in ("local", "ray"):
+        raise typer.BadParameter(f"--runtime is local or ray, not {settings.runtime.kind!r}")
     if pull:
         for name, source in remote_detectors(settings):
             download(name, source, settings)
 
     configure_logging(settings.server.log_level)
-    if settings.engine.kind == "ray":
+    if settings.runtime.kind == "ray":
 
         async def first_key(store: KeyStore) -> str | None:
             if await store.has_teams():
@@ -68,8 +76,8 @@ def serve(
 
 
 def serve_on_ray(settings: Settings, key: str | None = None) -> None:
-    """Join the Ray cluster at ``engine.address`` (``auto`` with none running: start one here), run the Serve
-    application (a deployment per model, the API as the ingress on host:port) and wait for Ctrl-C."""
+    """Join the Ray cluster at ``runtime.address`` (``auto`` with none running: start one here), run the Serve
+    application (a Serve deployment per model, the API as the ingress on host:port) and wait for Ctrl-C."""
     import signal
     import threading
 
@@ -77,14 +85,14 @@ def serve_on_ray(settings: Settings, key: str | None = None) -> None:
         import ray
         from ray import serve
     except ImportError as exc:
-        raise typer.BadParameter("--engine ray needs Ray: pip install 'sight[ray]'") from exc
-    from sight.engines.ray_runtime import deployment_health
+        raise typer.BadParameter("--runtime ray needs Ray: pip install 'sight[ray]'") from exc
+    from sight.runtimes.ray.client import serve_deployment_health
     from sight.serve_app import build, requested_cpus
 
     try:
-        ray.init(address=settings.engine.address)
+        ray.init(address=settings.runtime.address)
     except ConnectionError:
-        if settings.engine.address != "auto":
+        if settings.runtime.address != "auto":
             raise
         ray.init()  # no cluster running: start a single-node one in this process
     # Replicas run in other processes and directories: give them absolute paths.
@@ -95,17 +103,18 @@ def serve_on_ray(settings: Settings, key: str | None = None) -> None:
     wanted = requested_cpus(settings)
     cpus = float(ray.cluster_resources().get("CPU", 0))
     if wanted > cpus:
-        console.print(f"[yellow]The deployments ask for about {wanted:g} CPUs and the cluster has {cpus:g}:[/yellow] "
-                      "replicas wait until it has more. Lower SIGHT_ENGINE__DETECTOR__NUM_CPUS, "
-                      "SIGHT_ENGINE__OCR__NUM_CPUS and SIGHT_ENGINE__API__NUM_CPUS (fractions are fine), or add nodes.",
+        console.print(f"[yellow]The Serve deployments ask for about {wanted:g} CPUs and the cluster has {cpus:g}:"
+                      "[/yellow] replicas wait until it has more. Lower SIGHT_RUNTIME__DETECTOR__NUM_CPUS, "
+                      "SIGHT_RUNTIME__OCR__NUM_CPUS and SIGHT_RUNTIME__API__NUM_CPUS (fractions are fine), or add "
+                      "nodes.",
                       soft_wrap=True)
     serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
-    serve.run(build(settings), name=settings.engine.app_name, route_prefix="/")
+    serve.run(build(settings), name=settings.runtime.app_name, route_prefix="/")
     console.print(f"Sight on Ray Serve at http://{settings.server.host}:{settings.server.port} "
-                  f"(application {settings.engine.app_name!r}); Ctrl-C stops it")
-    application = serve.status().applications.get(settings.engine.app_name)
+                  f"(application {settings.runtime.app_name!r}); Ctrl-C stops it")
+    application = serve.status().applications.get(settings.runtime.app_name)
     for name, deployment in (application.deployments if application else {}).items():
-        health, running = deployment_health(deployment)
+        health, running = serve_deployment_health(deployment)
         console.print(f"  {name}: {health}, {running} replica(s) running", soft_wrap=True)
     console.print("  (serve status shows them, with the states GET /v1/models reports)")
     if key:
@@ -114,7 +123,7 @@ def serve_on_ray(settings: Settings, key: str | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    serve.delete(settings.engine.app_name)
+    serve.delete(settings.runtime.app_name)
     ray.shutdown()
 
 
@@ -149,7 +158,7 @@ def worker(
     SIGHT_JOBS__RUN_IN_SERVER=false to leave all processing to them."""
     import signal
 
-    from sight.runtime import open_services
+    from sight.services import open_services
 
     settings = Settings()
     configure_logging(settings.server.log_level)

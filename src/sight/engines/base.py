@@ -6,17 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from sight.schemas.common import Box
+
 if TYPE_CHECKING:
     from PIL import Image
 
-
-@dataclass(frozen=True, slots=True)
-class Box:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
+__all__ = ["Box", "Detection", "DetectOptions", "Detector", "Grounding", "LLMAnswer", "OcrEngine", "OcrLine",
+           "OcrText", "VisionLLM", "WideDetector"]
 
 @dataclass(frozen=True, slots=True)
 class Detection:

@@ -17,22 +17,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# rapidocr's default detector limit ("min" side 736) upscales every small image: a 640x240 label is read at
-# about 1950x736, three times slower, and split into boxes that lose their spaces. "max" leaves images at
-# their own size (rapidocr 1.4 rounds to multiples of 32 and shrinks only past 2000 px, whatever the side
-# length says). bench/ocr_accuracy.py: 0.11 -> 0.21 exact lines and ~2.2x faster on its labels.
+# rapidocr's default detector limit ("min" side 736) upscales every small image: a label is read three times
+# larger, slower, and split into boxes that lose their spaces. "max" leaves images at their own size (rapidocr
+# 1.4 rounds to multiples of 32 and shrinks only past 2000 px, whatever the side length says). Measured in
+# docs/benchmarks.md, "OCR accuracy".
 DETECTOR_OPTIONS: dict[str, Any] = {"det_limit_type": "max", "det_limit_side_len": 960}
 
 # How much likelier the CTC blank may be than a space, in the gap between two letters, for the gap to read as
 # a word space. The PP-OCRv4 "ch" recogniser learnt mostly Chinese: between Latin words it hesitates between
-# blank and space, and greedy decoding (odds 1) drops the space ("Madein2024"). bench/ocr_accuracy.py,
-# seeds 1-4 (240 labels, 487 lines), exact lines by odds: 0.27 at 1, 0.85 at 20, 0.92 at 50, 0.95 at
-# 100-200, 0.94 at 300, 0.90 at 500 (letter gaps start to read as spaces).
+# blank and space, and greedy decoding (odds 1) drops the space ("Madein2024"); too high odds read letter gaps
+# as spaces. The value is the best of the sweep in docs/benchmarks.md, "OCR accuracy".
 SPACE_ODDS = 150.0
 # Latin typography: a space follows ":" ";" "," (not between digits: 12:30, 1,000) and never precedes them
-# or ".". The recogniser hears the space after a colon faintly: "S/N: 8RX2-5501-KT" rendered 60 ways (5
-# DejaVu faces, 16-31 px) lost it 9 times at odds 150 alone, never with these priors. Exact lines over 480
-# such renderings of 8 labels: 0.963 -> 0.985; on the bench seeds above: 0.949 -> 0.955.
+# or ".". The recogniser hears the space after a colon faintly; these priors restore it (docs/benchmarks.md).
 PUNCTUATION_ODDS = 10.0
 _SPACE_AFTER = frozenset(":;,")
 _NO_SPACE_BEFORE = frozenset(":;,.")
@@ -150,7 +147,7 @@ def reading_order(found: list[tuple[OcrLine, np.ndarray]]) -> list[OcrLine]:
     """Rows top to bottom, left to right within a row, for lines with their detector quads (top-left,
     top-right, bottom-right, bottom-left). Two lines share a row when the middle of one's left edge lies on
     the other extended along its slope: fields side by side on a tilted label share a row, which sorting boxes
-    by their top cannot tell (14 of 23 tilted two-column labels misordered that way, 0 this way)."""
+    by their top cannot tell (docs/benchmarks.md, "OCR accuracy")."""
     rows: list[tuple[_Band, list[_Band]]] = []  # (the row's longest line, its lines)
     for band in sorted((_Band(line, quad) for line, quad in found), key=lambda b: b.middle):
         for i, (anchor, members) in enumerate(rows):

@@ -16,27 +16,23 @@ before decoding and gives them back when its stages are done with the picture::
 Waiters are served in arrival order, and a waiter that does not fit blocks those behind it, so a large
 picture is never starved by a stream of small ones. Past ``queue`` waiters, ``acquire`` refuses at once
 with ``OverloadedError`` (503 with Retry-After) instead of queueing without limit. A picture larger than
-the whole budget still runs, alone. When the budget falls idle after large decodes, the C heap's free
-memory is handed back to the operating system (see :func:`trim_heap`).
+the whole budget still runs, alone. When the budget falls idle after large decodes it runs its ``on_idle``
+hook: the services hand the C heap's free memory back to the operating system there (``sight.images.heap``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
-import sys
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
-from functools import cache
 from typing import TYPE_CHECKING
 
 import anyio
 
-from sight.core.images import open_image
 from sight.errors import OverloadedError
+from sight.images.decode import open_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,9 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Trim the heap once the budget is idle again after this many pixels were granted since the last trim: below
-# it, what the allocator keeps is noise, and a trim would only make the next requests fault their pages in
-# again (a 640x480 photo is 0.3 megapixels).
+# Run the idle hook (a heap trim) once the budget is idle again after this many pixels were granted since the
+# last time: below it, what the allocator keeps is noise, and a trim would only make the next requests fault
+# their pages in again.
 TRIM_AFTER_PIXELS = 32_000_000
 
 
@@ -180,49 +176,6 @@ class Lease:
         if self.pixels:
             pixels, self.pixels = self.pixels, 0
             self._budget._give_back(pixels)
-
-
-@cache
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # noqa: B018 - glibc only (musl has none): probe once
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-def trim_heap() -> None:
-    """Give the C heap's free pages back to the operating system (glibc's ``malloc_trim(0)``; a no-op on other
-    C libraries and systems). Blocking: a few milliseconds per GB released."""
-    if (libc := _libc()) is not None:
-        libc.malloc_trim(0)
-
-
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
-# Below Pillow's 16 MiB blocks, so every block of a large picture is mapped; above what detection allocates
-# per image (yolo11n at 640 makes a 9.5 MB allocation per run: at 8 MiB that cost 2,300 page faults and
-# about 6 % more CPU per image, at 10 MiB and above none).
-MMAP_THRESHOLD = 12 * 1024 * 1024
-M_TRIM_THRESHOLD = -1
-# Setting the mmap threshold by hand also freezes glibc's trim threshold at 128 KiB: every free at the top of
-# the heap would then hand pages back, and the next image fault them in again (measured: 3 CPU ms per image,
-# 4 % of throughput, bench/predict_throughput.py). Bursts are handed back by malloc_trim when the budget goes
-# idle instead, which this threshold does not limit.
-TRIM_THRESHOLD = 256 * 1024 * 1024
-
-
-def tune_heap(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Serve allocations of ``threshold`` bytes or more straight from ``mmap``, so that they go back to the
-    operating system the moment they are freed (glibc's ``mallopt(M_MMAP_THRESHOLD)``; a no-op elsewhere).
-    Pillow holds a decoded picture in blocks of up to 16 MiB; by default glibc raises this threshold to the
-    largest block freed so far (up to 32 MiB), after which every picture is carved from per-thread heaps
-    that keep the memory after the burst. Returns whether the setting took."""
-    if (libc := _libc()) is None:
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 async def decode_leased(budget: PixelBudget, data: bytes, settings: ImageSettings, min_side: int | None, *,

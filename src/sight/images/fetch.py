@@ -8,8 +8,8 @@ import anyio
 import httpx
 
 from sight.config import FetchSettings
-from sight.core.urlguard import Resolver, Target, UrlGuard, system_resolver
 from sight.errors import FetchFailedError, ImageTooLargeError, StageTimeoutError
+from sight.images.urlguard import Resolver, Target, UrlGuard, system_resolver
 
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
 USER_AGENT = "sight-fetch/0.1"

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sight.engines.downloads import ModelSource
-from sight.engines.official import OFFICIAL
 from sight.errors import InvalidInputError, ModelNotFoundError
+from sight.models.official import OFFICIAL
+from sight.models.sources import ModelSource
 
 if TYPE_CHECKING:
     from sight.config import Settings
@@ -43,15 +43,15 @@ class ModelEntry(BaseModel):
     iou: float | None = Field(None, ge=0, le=1)
     shadow_of: str | None = Field(None, description="Run as a shadow of this model reference.")
     ray: dict[str, float] = Field(default_factory=dict, description="detect: this version's Ray Serve deployment "
-                                  "options over SIGHT_ENGINE__DETECTOR__* (num_cpus, num_gpus, min_replicas, ...).")
+                                  "options over SIGHT_RUNTIME__DETECTOR__* (num_cpus, num_gpus, min_replicas, ...).")
 
     @field_validator("ray")
     @classmethod
     def _known_ray_options(cls, value: dict[str, float]) -> dict[str, float]:
-        from sight.config import DeploymentSettings
+        from sight.config import ReplicaSettings
 
-        if unknown := sorted(set(value) - set(DeploymentSettings.model_fields)):
-            raise ValueError(f"unknown Ray options {unknown}; known: {sorted(DeploymentSettings.model_fields)}")
+        if unknown := sorted(set(value) - set(ReplicaSettings.model_fields)):
+            raise ValueError(f"unknown Ray options {unknown}; known: {sorted(ReplicaSettings.model_fields)}")
         return value
 
     @property

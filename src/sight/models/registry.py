@@ -1,29 +1,25 @@
 """The engines a running server holds, per catalog snapshot, and the hub that swaps snapshots on reload.
 
 A request takes ``hub.current`` once and uses it to the end, so a reload never changes a model under a
-request in flight; engines that did not change carry over to the new snapshot without reloading.
+request in flight; engines that did not change carry over to the new snapshot without reloading. How the
+engines are run (run slots, gathered batches, limiters) is the runtime's business (``sight.runtimes``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import anyio
 
 from sight.config import Settings
-from sight.core.catalog import Catalog, ModelEntry
 from sight.engines.base import Detector, OcrEngine, VisionLLM
-from sight.engines.cpus import RunSlots, usable_cpus
-from sight.engines.downloads import FileState, ModelFiles, ModelSource
+from sight.engines.cpus import cpu_slots, usable_cpus
 from sight.engines.llm_discovery import DiscoveringVisionLLM, LLMStatus
 from sight.errors import ModelNotFoundError, SightError
-
-if TYPE_CHECKING:
-    from sight.engines.batching import DetectionBatcher
+from sight.models.catalog import Catalog, ModelEntry
+from sight.models.files import FileState, ModelFiles
+from sight.models.sources import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +53,6 @@ class EngineRegistry:
         self.load_errors: dict[str, str] = {}  # ref -> why its file would not load (until a load succeeds)
         self._llms: dict[str, VisionLLM] = {}
         self._load_lock = threading.Lock()
-        self._limiters: dict[str, anyio.CapacityLimiter] = {}
-        self._slots: dict[str, RunSlots] = {}
-        self._batchers: dict[str, DetectionBatcher] = {}
 
     def build_catalog(self) -> Catalog:
         """The catalog as settings and the registry file declare it now."""
@@ -120,7 +113,7 @@ class EngineRegistry:
             entry.name, path, providers=y.providers,
             intra_op_threads=y.intra_op_threads,
             # A second session over every core only where a run can ever hold more than one slot.
-            wide_threads=usable_cpus() if y.wide_when_idle and self._cpu_slot_count() > 1 else 0,
+            wide_threads=usable_cpus() if y.wide_when_idle and cpu_slots(y) > 1 else 0,
             version=str(entry.version),
             conf=y.conf if entry.conf is None else entry.conf,
             iou=y.iou if entry.iou is None else entry.iou, max_det=y.max_det,
@@ -137,49 +130,6 @@ class EngineRegistry:
             return self._ocr is not None
         return True  # LLMs are remote: nothing to load
 
-    def batcher(self, entry: ModelEntry, on_batch: Callable[[int], None]) -> DetectionBatcher | None:
-        """The gathering front of a loaded detector, when batching is on and the model allows it."""
-        y = self.settings.yolo
-        detector = self._detectors.get(entry.ref)
-        if y.batch_max_size <= 1 or detector is None or not getattr(detector, "dynamic_batch", False):
-            return None
-        if self._on_cpu(detector) and not y.batch_on_cpu:
-            return None  # gathering costs a CPU as much as single runs, plus the wait: take the direct path
-        if entry.ref not in self._batchers:
-            from sight.engines.batching import DetectionBatcher
-
-            self._batchers[entry.ref] = DetectionBatcher(
-                detector, max_size=y.batch_max_size, max_wait=y.batch_max_wait_ms / 1000,  # type: ignore[arg-type]
-                slots=self.run_slots(entry), on_batch=on_batch)
-        return self._batchers[entry.ref]
-
-    def run_slots(self, entry: ModelEntry) -> RunSlots:
-        """What a session run of ``entry``'s (loaded) detector waits for. Detectors on the CPU share one pool
-        of ``usable cores / intra_op_threads`` slots, so concurrent requests, models included, never
-        oversubscribe the cores; a detector on a GPU has its own."""
-        key = "__cpu__" if self._on_cpu(self._detectors.get(entry.ref)) else entry.ref
-        if key not in self._slots:  # sized once: not on every run
-            capacity = self._cpu_slot_count() if key == "__cpu__" else self.settings.yolo.concurrency or 1
-            self._slots[key] = RunSlots(capacity)
-            log.info("%s: %d session run(s) at once", "CPU detectors" if key == "__cpu__" else key, capacity)
-        return self._slots[key]
-
-    def _cpu_slot_count(self) -> int:
-        y = self.settings.yolo
-        cpus = usable_cpus()
-        return y.concurrency or max(1, cpus // (y.intra_op_threads or cpus))
-
-    @staticmethod
-    def _on_cpu(detector: Detector | None) -> bool:
-        providers = getattr(detector, "providers", None) or ["CPUExecutionProvider"]
-        return bool(providers[0] == "CPUExecutionProvider")
-
-    def limiter(self, key: str, capacity: int) -> anyio.CapacityLimiter:
-        """The limiter named ``key`` (OCR, shadows), made with ``capacity`` on first use."""
-        if key not in self._limiters:
-            self._limiters[key] = anyio.CapacityLimiter(capacity)
-        return self._limiters[key]
-
     # -- OCR and LLM -----------------------------------------------------------------------------------
 
     def ocr(self) -> OcrEngine:
@@ -195,9 +145,6 @@ class EngineRegistry:
         """The catalog's name for the OCR model (``rapidocr`` unless the registry file names it otherwise)."""
         entry = self.catalog.first("ocr")
         return entry.name if entry is not None else "rapidocr"
-
-    def ocr_limiter(self) -> anyio.CapacityLimiter:
-        return self.limiter("__ocr__", self.settings.ocr.concurrency)
 
     @property
     def llm(self) -> VisionLLM:
@@ -248,7 +195,6 @@ class EngineRegistry:
         """A registry for ``catalog`` that keeps this one's engines whose declaration did not change."""
         nxt = EngineRegistry(self.settings, catalog, ocr=self._ocr, llm=self._llm, files=self.files)
         nxt.injected = self.injected
-        nxt._limiters, nxt._slots = self._limiters, self._slots  # one pool of CPU slots across snapshots
         current = {m.ref: m for m in catalog.all_models()}
         old = {m.ref: m for m in self.catalog.all_models()}
         for ref, detector in self._detectors.items():

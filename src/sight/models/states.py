@@ -1,15 +1,15 @@
-"""Where each model stands (ready, not loaded, downloading, failed and why): one answer for
-``GET /v1/models``, ``/readyz`` and the ``sight serve`` start banner."""
+"""Where each model of this process stands (ready, not loaded, downloading, failed and why): one answer for
+``GET /v1/models``, ``/readyz`` and the ``sight serve`` start banner. Models that run elsewhere (Ray Serve
+deployments) are reported by their runtime (``ModelRuntime.states``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import asdict
 
-from sight.core.catalog import ModelEntry
-from sight.engines.downloads import redact
-from sight.engines.model_runtime import ModelRuntime
-from sight.engines.registry import EngineRegistry
+from sight.models.catalog import ModelEntry
+from sight.models.registry import EngineRegistry
+from sight.models.sources import redact
 from sight.schemas import LLMPublic, ModelList, ModelPublic, ModelState
 
 
@@ -45,15 +45,6 @@ def shown_source(text: str | None) -> str | None:
     return redact(body) + (f"#{fragment}" if fragment.startswith("sha256=") else "")
 
 
-async def model_states(runtime: ModelRuntime, engines: EngineRegistry,
-                       entries: Sequence[ModelEntry] | None = None) -> dict[str, ModelState]:
-    """By ref, the state of each of ``entries`` (default: every model): from the runtime for the models that
-    run elsewhere (Ray Serve deployments), from the registry for the rest."""
-    entries = engines.catalog.all_models() if entries is None else entries
-    states = await runtime.states(engines, entries) if runtime.remote else {}
-    return {m.ref: states.get(m.ref) or model_state(engines, m) for m in entries}
-
-
 def model_public(engines: EngineRegistry, entry: ModelEntry, state: ModelState) -> ModelPublic:
     source = shown_source(entry.source)
     loaded = engines.is_loaded(entry) if entry.task == "llm" else state.state == "ready"
@@ -62,10 +53,10 @@ def model_public(engines: EngineRegistry, entry: ModelEntry, state: ModelState) 
                        state=state, source=source, shadow_of=entry.shadow_of)
 
 
-async def model_list(runtime: ModelRuntime, engines: EngineRegistry) -> ModelList:
+def model_list(engines: EngineRegistry, states: Mapping[str, ModelState]) -> ModelList:
+    """Every model of ``engines``' catalog, each with its state from ``states`` (by ref), and the default LLM."""
     status = asdict(engines.llm_status())
     status["base_url"] = status["base_url"] and redact(status["base_url"])
     llm = LLMPublic.model_validate(status)
-    states = await model_states(runtime, engines)
     return ModelList(models=[model_public(engines, m, states[m.ref]) for m in engines.catalog.all_models()],
                      llm=llm)

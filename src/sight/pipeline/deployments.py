@@ -13,16 +13,17 @@ import inspect
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from functools import partial
 from typing import Any
 
 import anyio
 from pydantic import ValidationError
 
-from sight.core.pipeline import ImageInput, Pipeline, WorkItem, ocr_result
 from sight.engines.base import DetectOptions, Grounding
 from sight.errors import InvalidInputError, NotFoundError, SightError
+from sight.pipeline.items import ImageInput, WorkItem
+from sight.pipeline.pipeline import Pipeline
+from sight.pipeline.results import detections_json, ocr_result
 from sight.schemas import ItemOptions
 
 BUILTINS = ("detect", "ocr", "analyze", "predict")
@@ -33,8 +34,8 @@ def image_source(value: Any) -> ImageInput:
     if not isinstance(value, str) or not value:
         raise InvalidInputError("image must be a URL or a base64 string")
     if value.startswith(("http://", "https://")):
-        return ImageInput(url=value)
-    return ImageInput(base64=value)
+        return ImageInput.url(value)
+    return ImageInput.base64(value)
 
 
 def id_order(row_id: Any) -> tuple[int, Any]:
@@ -143,8 +144,7 @@ class Deployments:
         _entry, seen = await self.pipeline.detect(
             engines, picture, (options or {}).get("model") or opts.yolo_model,
             DetectOptions(conf=opts.conf, iou=opts.iou, classes=opts.classes))
-        return [{"name": d.name, "class": d.class_id, "confidence": d.confidence, "box": asdict(d.box)}
-                for d in seen.value]
+        return detections_json(seen.value)
 
     async def _builtin_ocr(self, image: Any) -> dict[str, Any]:
         picture = await self.pipeline.load_picture(image_source(image), {})

@@ -11,79 +11,34 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import anyio
 
 from sight.config import Settings
-from sight.core.catalog import ModelEntry
-from sight.core.images import decode_base64, encode_jpeg, open_image
-from sight.core.metrics import Metrics
-from sight.core.pixel_budget import Lease, PixelBudget, decode_leased
-from sight.core.shadow import ShadowRunner
 from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
-from sight.engines.local_runtime import LocalRuntime
-from sight.engines.model_runtime import ModelRuntime, Picture, Seen
-from sight.engines.registry import EngineHub, EngineRegistry
-from sight.errors import (
-    EngineUnavailableError,
-    ImageTooLargeError,
-    InvalidImageError,
-    SightError,
-)
-from sight.schemas import (
-    BatchResult,
-    Box,
-    DetectionOut,
-    ErrorInfo,
-    ImageSize,
-    ItemOptions,
-    ItemResult,
-    LlmResult,
-    LlmUsage,
-    OcrLineOut,
-    OcrResult,
-    StreamProcessing,
-    Summary,
-    YoloResult,
-)
+from sight.errors import EngineUnavailableError, ImageTooLargeError, InvalidInputError, SightError, StageTimeoutError
+from sight.images.budget import Lease, PixelBudget, decode_leased
+from sight.images.decode import decode_base64, encode_jpeg, open_image
+from sight.metrics import Metrics
+from sight.models.catalog import ModelEntry
+from sight.models.registry import EngineHub, EngineRegistry
+from sight.pipeline.items import ImageInput, WorkItem
+from sight.pipeline.results import llm_result, ocr_result, summarize, yolo_result
+from sight.pipeline.shadow import ShadowRunner
+from sight.runtimes.base import ModelRuntime, Picture, Seen
+from sight.runtimes.local import LocalRuntime
+from sight.schemas import BatchResult, ErrorInfo, ImageSize, ItemOptions, ItemResult, ModelState, StreamProcessing
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from sight.core.fetch import ImageFetcher
+    from sight.images.fetch import ImageFetcher
 
 log = logging.getLogger(__name__)
 
 STAGES = ("fetch", "decode", "yolo", "ocr", "llm")
-
-
-class Upload(Protocol):
-    """An uploaded file (Starlette's ``UploadFile`` fits)."""
-
-    size: int | None
-
-    async def read(self, size: int = -1) -> bytes: ...
-
-
-@dataclass(slots=True)
-class ImageInput:
-    """Where an item's image comes from: exactly one of these is set."""
-
-    upload: Upload | None = None
-    data: bytes | None = None
-    url: str | None = None
-    base64: str | None = None
-
-
-@dataclass(slots=True)
-class WorkItem:
-    index: int
-    filename: str | None
-    image: ImageInput
-    options: ItemOptions = field(default_factory=ItemOptions)
 
 
 class Pipeline:
@@ -116,20 +71,19 @@ class Pipeline:
 
     async def _load(self, source: ImageInput, timings: dict[str, float]) -> bytes:
         max_bytes = self.settings.images.max_bytes
-        if source.url is not None and source.base64 is not None:
-            raise InvalidImageError("give image_url or image_base64, not both")
         if source.data is not None:
             return source.data
         if source.upload is not None:
             if source.upload.size is not None and source.upload.size > max_bytes:
                 raise ImageTooLargeError(f"image is {source.upload.size} bytes; the limit is {max_bytes}")
             return await source.upload.read()
-        if source.base64 is not None:
-            return decode_base64(source.base64, max_bytes)
-        if source.url is not None:
-            with self._timed("fetch", timings):
-                return await self.fetcher.fetch(source.url)
-        raise InvalidImageError("item has no image: give a file, image_url or image_base64")
+        if source.ref is None:
+            raise InvalidInputError("item has no image: give a file, image_url or image_base64")
+        kind, value = source.ref.source()
+        if kind == "base64":
+            return decode_base64(value, max_bytes)
+        with self._timed("fetch", timings):
+            return await self.fetcher.fetch(value)
 
     async def load_picture(self, source: ImageInput, timings: dict[str, float]) -> Picture:
         """Fetch or read, then decode (full size) off the event loop, or, for a remote runtime, only check
@@ -271,7 +225,8 @@ class Pipeline:
         jpeg = await anyio.to_thread.run_sync(encode_jpeg, image, self.settings.llm.max_image_side)
         primary = engines.llm_entry(llm_ref, request_id)
         client, model = self.runtime.llm_client(engines, primary, llm_ref)
-        answer = await client.analyze(jpeg, query or "", grounding, model)
+        with self._llm_deadline():
+            answer = await client.analyze(jpeg, query or "", grounding, model)
         if primary is not None:
             for shadow in engines.catalog.shadows.get(primary.ref, []):
                 shadow_client, shadow_model = self.runtime.llm_client(engines, shadow, shadow.ref)
@@ -281,6 +236,16 @@ class Pipeline:
 
                 self.shadows.spawn(primary.ref, shadow.ref, run, answer.answer)
         return answer
+
+    @contextmanager
+    def _llm_deadline(self) -> Iterator[None]:
+        """The one bound on an LLM call, its retries included, wherever the LLM client runs."""
+        deadline = self.settings.llm.deadline
+        try:
+            with anyio.fail_after(deadline):
+                yield
+        except TimeoutError as exc:
+            raise StageTimeoutError(f"the vision LLM did not answer within {deadline:g}s") from exc
 
     @staticmethod
     async def _provision(engines: EngineRegistry, ref: str | None, request_id: str | None) -> None:
@@ -320,7 +285,7 @@ class Pipeline:
                     return
                 await queue.put(StreamProcessing(index=item.index, filename=item.filename))
                 # Admitted requests' items wait for decode budget: the queue bound refuses whole requests, at
-                # admission (Pixels.check), never an item of a request already under way.
+                # admission (PixelBudget.check), never an item of a request already under way.
                 await queue.put(await self.run_item(item, query, request_id, alone=len(items) == 1))
 
         tasks = [asyncio.create_task(one(item)) for item in items]
@@ -342,11 +307,18 @@ class Pipeline:
         if query and len(answers) >= 2:
             try:
                 client, _model = self.runtime.llm_client(self.hub.current, None, None)
-                return (await client.condense(query, answers)).answer
+                with self._llm_deadline():
+                    return (await client.condense(query, answers)).answer
             except SightError as exc:
                 log.warning("condensing %d answers failed: %s", len(answers), exc.code)
                 return None
         return answers[0][1] if len(answers) == 1 else None
+
+    async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry] | None = None
+                     ) -> dict[str, ModelState]:
+        """By ref, the state of each of ``entries`` (default: every model of ``engines``' catalog), wherever
+        the runtime runs them."""
+        return await self.runtime.states(engines, engines.catalog.all_models() if entries is None else entries)
 
     async def run_batch(self, items: Sequence[WorkItem], query: str | None, request_id: str | None = None
                         ) -> BatchResult:
@@ -361,28 +333,3 @@ class Pipeline:
             summary=summarize(results),
             duration_ms=round((time.perf_counter() - start) * 1000, 2),
         )
-
-
-def summarize(results: Sequence[ItemResult]) -> Summary:
-    done = sum(r.status == "done" for r in results)
-    return Summary(total=len(results), done=done, error=len(results) - done)
-
-
-def yolo_result(entry: ModelEntry, found: Sequence[Detection]) -> YoloResult:
-    return YoloResult(
-        model=entry.name, model_version=str(entry.version),
-        detections=[DetectionOut(name=d.name, class_id=d.class_id, confidence=d.confidence, box=Box(**asdict(d.box)))
-                    for d in found],
-    )
-
-
-def ocr_result(text: OcrText) -> OcrResult:
-    return OcrResult(
-        text=text.text,
-        lines=[OcrLineOut(text=ln.text, confidence=ln.confidence, box=Box(**asdict(ln.box))) for ln in text.lines],
-    )
-
-
-def llm_result(answer: LLMAnswer) -> LlmResult:
-    usage = LlmUsage(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens)
-    return LlmResult(answer=answer.answer, model=answer.model, usage=usage)

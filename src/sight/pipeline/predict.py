@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
-from sight.core.pipeline import ImageInput, Pipeline, ocr_result
 from sight.engines.base import DetectOptions, Grounding
-from sight.engines.model_runtime import Picture
-from sight.engines.registry import EngineRegistry
 from sight.errors import FetchFailedError, InvalidInputError, NotFoundError, SightError
+from sight.models.registry import EngineRegistry
+from sight.pipeline.items import ImageInput
+from sight.pipeline.pipeline import Pipeline
+from sight.pipeline.results import detections_json, ocr_result
+from sight.runtimes.base import Picture
 from sight.schemas import PredictInput, PredictionOut, PredictionSpec
 
 # The caller's fault: a bad input, an unknown model or version, an image that cannot be fetched.
@@ -21,9 +22,7 @@ BAD_REQUEST = (InvalidInputError, NotFoundError, FetchFailedError)
 
 
 def _source(inp: PredictInput) -> ImageInput:
-    if (inp.image_url is None) == (inp.image_base64 is None):
-        raise InvalidInputError("input needs exactly one of image_url and image_base64")
-    return ImageInput(url=inp.image_url, base64=inp.image_base64)
+    return ImageInput(ref=inp)  # image_url or image_base64: checked as the picture loads, per prediction
 
 
 class MultiPredictor:
@@ -79,8 +78,7 @@ class MultiPredictor:
         if task == "detect":
             options = DetectOptions(conf=inp.conf, iou=inp.iou, classes=inp.classes)
             _entry, seen = await self.pipeline.detect(engines, picture, ref, options, request_id, alone)
-            return [{"name": d.name, "class": d.class_id, "confidence": d.confidence, "box": asdict(d.box)}
-                    for d in seen.value]
+            return detections_json(seen.value)
         if task == "ocr":
             return ocr_result((await self.pipeline.read_text(engines, picture)).value).model_dump()
         answer = await self.pipeline.analyze(engines, picture, inp.query, Grounding(), ref, request_id)

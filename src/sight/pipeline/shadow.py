@@ -13,8 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from sight.core.metrics import Metrics
 from sight.engines.base import Box, Detection
+from sight.metrics import Metrics
 
 log = logging.getLogger(__name__)
 MATCH_IOU = 0.5

@@ -2,7 +2,7 @@
 
 The pipeline resolves *which* model an item wants (catalog, aliases, splits) and asks a ``ModelRuntime`` to
 run it. ``LocalRuntime`` runs it in this process (run slots, gathered batches); ``RayRuntime`` sends the same
-call to a Ray Serve deployment. Routes and jobs see neither.
+call to a Ray Serve deployment's replica. Routes and batch jobs see neither.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from sight.engines.base import Box, Detection
 if TYPE_CHECKING:
     from PIL import Image
 
-    from sight.core.catalog import ModelEntry
     from sight.engines.base import DetectOptions, OcrText, VisionLLM
-    from sight.engines.registry import EngineRegistry
+    from sight.models.catalog import ModelEntry
+    from sight.models.registry import EngineRegistry
     from sight.schemas import ModelState
 
 T = TypeVar("T")
@@ -101,10 +101,10 @@ class ModelRuntime(Protocol):
                    ) -> tuple[VisionLLM, str | None]:
         """(client, backend model name) for a catalog ``llm`` entry, or, with none, ``ref`` passed through to
         the default backend (as ``EngineRegistry.llm_client``): in this process, or a client of the
-        application's LLM deployment."""
+        application's LLM Serve deployment."""
         ...
 
     async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
-        """By ref, the states of those of ``entries`` (detectors, OCR) that run elsewhere, as that place
-        reports them; the registry answers for the others (``sight.core.model_states``)."""
+        """By ref, the state of each of ``entries``: as the registry knows it for models in this process
+        (``sight.models.states``), as the place they run reports it for the others."""
         ...

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from PIL import Image
 
-    from sight.engines.cpus import RunSlots
+    from sight.runtimes.slots import RunSlots
 
 
 class BatchDetector(Protocol):

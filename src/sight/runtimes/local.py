@@ -1,24 +1,36 @@
-"""Models in this process: downloads on first use, run slots over the cores, gathered batches, OCR limiter."""
+"""Models in this process: downloads on first use, run slots over the cores, gathered batches, OCR limiter.
+
+The runtime holds how engines run (slots, batchers, limiters); the registry holds the engines. A reload
+swaps the registry and keeps the runtime, so one pool of CPU slots serves every catalog snapshot.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 import anyio
 
-from sight.engines.base import Detection, DetectOptions, OcrText, VisionLLM, WideDetector
-from sight.engines.model_runtime import Picture, Seen, to_original
+from sight.engines.base import Detection, DetectOptions, Detector, OcrText, VisionLLM, WideDetector
+from sight.engines.cpus import cpu_slots
 from sight.errors import StageTimeoutError
+from sight.models.states import model_state
+from sight.runtimes.base import Picture, Seen, to_original
+from sight.runtimes.slots import RunSlots
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from sight.config import Settings
-    from sight.core.catalog import ModelEntry
-    from sight.core.metrics import Metrics
-    from sight.engines.registry import EngineRegistry
+    from sight.metrics import Metrics
+    from sight.models.catalog import ModelEntry
+    from sight.models.registry import EngineRegistry
+    from sight.runtimes.batching import DetectionBatcher
     from sight.schemas import ModelState
+
+log = logging.getLogger(__name__)
+CPU_SLOTS = "__cpu__"
 
 
 class LocalRuntime:
@@ -29,6 +41,9 @@ class LocalRuntime:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._slots: dict[str, RunSlots] = {}
+        self._batchers: dict[str, tuple[Detector, DetectionBatcher]] = {}
+        self._limiters: dict[str, anyio.CapacityLimiter] = {}
 
     async def detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
                      options: DetectOptions, *, alone: bool = False) -> Seen[list[Detection]]:
@@ -57,7 +72,7 @@ class LocalRuntime:
         try:
             with anyio.fail_after(timeout):
                 detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
-                batcher = engines.batcher(entry, self.metrics.batch_size.labels(entry.ref).observe)
+                batcher = self.batcher(entry, detector, self.metrics.batch_size.labels(entry.ref).observe)
                 if batcher is not None:
                     return await batcher.detect(image, options)
                 can_run_wide = alone and isinstance(detector, WideDetector) and detector.can_run_wide
@@ -67,18 +82,54 @@ class LocalRuntime:
                         return cast(WideDetector, detector).detect(image, options, wide=True)
                     return detector.detect(image, options)
 
-                return await engines.run_slots(entry).call(run, wide_ok=can_run_wide, started=started)
+                return await self.run_slots(entry, detector).call(run, wide_ok=can_run_wide, started=started)
         except TimeoutError as exc:
             raise StageTimeoutError(f"detection did not finish within {timeout}s") from exc
         finally:
             if queued:
                 depth.dec()
 
+    def run_slots(self, entry: ModelEntry, detector: Detector | None) -> RunSlots:
+        """What a session run of ``entry``'s (loaded) ``detector`` waits for. Detectors on the CPU share one
+        pool of ``usable cores / intra_op_threads`` slots, so concurrent requests, models included, never
+        oversubscribe the cores; a detector on a GPU has its own."""
+        key = CPU_SLOTS if on_cpu(detector) else entry.ref
+        if key not in self._slots:  # sized once: not on every run
+            capacity = cpu_slots(self.settings.yolo) if key == CPU_SLOTS else self.settings.yolo.concurrency or 1
+            self._slots[key] = RunSlots(capacity)
+            log.info("%s: %d session run(s) at once", "CPU detectors" if key == CPU_SLOTS else key, capacity)
+        return self._slots[key]
+
+    def batcher(self, entry: ModelEntry, detector: Detector,
+                on_batch: Callable[[int], None]) -> DetectionBatcher | None:
+        """The gathering front of ``entry``'s ``detector``, when batching is on and the model allows it (one per
+        loaded detector: a reload that replaces the detector gets a new one)."""
+        y = self.settings.yolo
+        if y.batch_max_size <= 1 or not getattr(detector, "dynamic_batch", False):
+            return None
+        if on_cpu(detector) and not y.batch_on_cpu:
+            return None  # gathering costs a CPU as much as single runs, plus the wait: take the direct path
+        held = self._batchers.get(entry.ref)
+        if held is None or held[0] is not detector:
+            from sight.runtimes.batching import DetectionBatcher
+
+            batcher = DetectionBatcher(detector, max_size=y.batch_max_size,  # type: ignore[arg-type]
+                                       max_wait=y.batch_max_wait_ms / 1000, slots=self.run_slots(entry, detector),
+                                       on_batch=on_batch)
+            held = self._batchers[entry.ref] = (detector, batcher)
+        return held[1]
+
+    def limiter(self, key: str, capacity: int) -> anyio.CapacityLimiter:
+        """The limiter named ``key`` (OCR, shadows), made with ``capacity`` on first use."""
+        if key not in self._limiters:
+            self._limiters[key] = anyio.CapacityLimiter(capacity)
+        return self._limiters[key]
+
     async def shadow_detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
                             options: DetectOptions) -> list[Detection]:
         image = pixels(picture)
         detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
-        async with engines.limiter(f"shadow:{entry.ref}", 1):  # never queued ahead of answers
+        async with self.limiter(f"shadow:{entry.ref}", 1):  # never queued ahead of answers
             found = await anyio.to_thread.run_sync(detector.detect, image, options)
         return to_original(found, image.size, picture.full_size)
 
@@ -93,7 +144,7 @@ class LocalRuntime:
         try:
             with anyio.fail_after(timeout):
                 engine = await anyio.to_thread.run_sync(engines.ocr)
-                async with engines.ocr_limiter():
+                async with self.limiter("__ocr__", self.settings.ocr.concurrency):
                     text = await anyio.to_thread.run_sync(engine.read, image, abandon_on_cancel=True)
                     return Seen(text, picture.full_size)  # OCR pictures are decoded in full
         except TimeoutError as exc:
@@ -104,7 +155,12 @@ class LocalRuntime:
         return engines.llm_client(entry, ref)
 
     async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
-        return {}  # every model is in this process: the registry knows its state
+        return {m.ref: model_state(engines, m) for m in entries}  # every model is in this process
+
+
+def on_cpu(detector: Detector | None) -> bool:
+    providers = getattr(detector, "providers", None) or ["CPUExecutionProvider"]
+    return bool(providers[0] == "CPUExecutionProvider")
 
 
 def pixels(picture: Picture) -> Image.Image:

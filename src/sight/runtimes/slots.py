@@ -1,10 +1,10 @@
-"""How session runs share the CPUs: how many this process may use, and the slots runs take.
+"""How session runs share the CPUs: the slots runs take.
 
 One single-threaded ONNX Runtime run per core gives small models far more images/s than one run spread
 over every core, but a lone image then waits longer. ``RunSlots`` gives both: a run that finds every slot
 free and nobody waiting takes them all (a wide run over every core); otherwise it takes one.
 
->>> slots = RunSlots(usable_cpus())
+>>> slots = RunSlots(2)   # e.g. usable_cpus(): one slot per core
 >>> found = asyncio.run(slots.call(lambda wide: detector.detect(image, DetectOptions(), wide=wide), wide_ok=True))
 >>> found[0].name
 'FACE_FEMALE'
@@ -13,33 +13,13 @@ free and nobody waiting takes them all (a wide run over every core); otherwise i
 from __future__ import annotations
 
 import asyncio
-import math
-import os
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 
 T = TypeVar("T")
-
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-
-
-def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """CPUs in this process's affinity mask, capped by a cgroup v2 quota (``docker run --cpus``)."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        count = os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            count = min(count, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 quota here
-    return max(1, count)
 
 
 class RunSlots:

@@ -7,7 +7,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sight.api.deps import ServicesDep
-from sight.core.model_states import model_states
 from sight.schemas import Health, ModelState
 from sight.storage.db import ping
 
@@ -29,7 +28,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     """Ready for traffic: database reachable, not draining; with each model's state (as in GET /v1/models)."""
     engines = services.engines
     models = engines.catalog.all_models()
-    states = await model_states(services.pipeline.runtime, engines, models)
+    states = await services.pipeline.states(engines, models)
     checks: dict[str, object] = {
         "models": [m.ref for m in models],
         "loaded": [m.ref for m in models if m.task != "llm" and states[m.ref].state == "ready"],

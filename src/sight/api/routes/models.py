@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 
 from sight.api.deps import PrincipalDep, ServicesDep
 from sight.api.errors import documented
-from sight.core.model_states import model_list, model_public, model_states
 from sight.errors import ForbiddenError, NotFoundError
+from sight.models.states import model_list, model_public
 from sight.schemas import (
     ErrorResponse,
     ModelDetail,
@@ -40,7 +40,7 @@ async def list_models(_principal: PrincipalDep, services: ServicesDep) -> ModelL
     failed and why), and the default vision LLM (looked for again if none was found yet)."""
     engines = services.engines
     await engines.probe_llm()
-    return await model_list(services.pipeline.runtime, engines)
+    return model_list(engines, await services.pipeline.states(engines))
 
 
 @router.post("/models:reload", response_model=ModelList, responses=ERRORS)
@@ -48,7 +48,8 @@ async def reload_models(principal: PrincipalDep, services: ServicesDep) -> Model
     """Re-read the registry file (admin keys only). In-flight requests finish on the models they started with."""
     if not principal.is_admin:
         raise ForbiddenError("reloading models needs an admin key")
-    return await model_list(services.pipeline.runtime, services.hub.reload())
+    engines = services.hub.reload()
+    return model_list(engines, await services.pipeline.states(engines))
 
 
 @router.get("/models/{name}", response_model=ModelDetail, responses=ERRORS)
@@ -61,7 +62,7 @@ async def get_model(name: str, _principal: PrincipalDep, services: ServicesDep) 
         raise NotFoundError(f"no model named {name!r}")
     serves, why = versions.serving()
     entries = sorted(versions.by_version.values(), key=lambda m: m.version)
-    states = await model_states(services.pipeline.runtime, engines, entries)
+    states = await services.pipeline.states(engines, entries)
     return ModelDetail(
         name=name, serves=None if serves is None else str(serves), serves_why=why,
         splits={alias: {str(v): round(w / sum(split.weights.values()), 4) for v, w in sorted(split.weights.items())}

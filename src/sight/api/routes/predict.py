@@ -11,7 +11,7 @@ from sight.api.deps import BodyPrincipalDep, ServicesDep, authenticate
 from sight.api.errors import documented
 from sight.api.forms import PredictCall, read_v1, read_v2
 from sight.api.streaming import NDJSON, ndjson_response
-from sight.core.admission import demands
+from sight.policies.admission import demands
 from sight.schemas import PredictBatchResponse, PredictRequestV2
 from sight.storage.keys import Principal
 

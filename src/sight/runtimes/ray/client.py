@@ -1,8 +1,10 @@
-"""Models on a Ray cluster: the pipeline's calls go to Ray Serve deployments (see ``sight.serve_app``).
+"""Models on a Ray cluster: the pipeline's calls go to the replicas of Ray Serve deployments
+(``sight.runtimes.ray.replicas``, bound into the application by ``sight.serve_app``).
 
 Only encoded bytes cross the network: an item's upload as it came (decoded again next to the model, at the
 same ``min_side``, so the pixels are the ones the local runtime would see), or a lossless PNG where only a
-decoded picture is at hand. Ray is imported here only, and only when ``SIGHT_ENGINE__KIND=ray``.
+decoded picture is at hand. Replicas are called through their typed methods (``replicas.call``). Ray is
+imported here only, and only when ``SIGHT_RUNTIME__KIND=ray``.
 """
 
 from __future__ import annotations
@@ -15,33 +17,36 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from sight.engines.model_runtime import Picture, Seen, to_original
 from sight.errors import EngineUnavailableError, OverloadedError, SightError, StageTimeoutError
+from sight.models.states import model_state
+from sight.runtimes.base import Picture, Seen, to_original
+from sight.runtimes.ray.replicas import (
+    LLM_SERVE_DEPLOYMENT,
+    OCR_SERVE_DEPLOYMENT,
+    DetectorReplica,
+    LlmReplica,
+    OcrReplica,
+    call,
+    detector_serve_deployment,
+)
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
     from sight.config import Settings
-    from sight.core.catalog import ModelEntry
     from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
-    from sight.engines.registry import EngineRegistry
+    from sight.models.catalog import ModelEntry
+    from sight.models.registry import EngineRegistry
     from sight.schemas import ModelState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-OCR_DEPLOYMENT = "ocr"
-LLM_DEPLOYMENT = "llm"
 STATUS_TTL = 2.0  # seconds a Serve status answers for the models' states
 STATUS_TIMEOUT = 5.0
 
 
-def detector_deployment(entry: ModelEntry) -> str:
-    """The Serve deployment that holds ``entry``'s detector."""
-    return f"detect-{entry.name}-v{entry.version}"
-
-
-def deployment_health(deployment: Any) -> tuple[str, int]:
+def serve_deployment_health(deployment: Any) -> tuple[str, int]:
     """A deployment's status as ``serve status`` writes it (HEALTHY, UPDATING, ...) and its running replicas."""
     running = sum(n for state, n in deployment.replica_states.items() if getattr(state, "value", state) == "RUNNING")
     return str(getattr(deployment.status, "value", deployment.status)), running
@@ -51,7 +56,7 @@ def import_serve() -> Any:
     try:
         from ray import serve
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise EngineUnavailableError("SIGHT_ENGINE__KIND=ray needs Ray: pip install 'sight[ray]'") from exc
+        raise EngineUnavailableError("SIGHT_RUNTIME__KIND=ray needs Ray: pip install 'sight[ray]'") from exc
     return serve
 
 
@@ -66,13 +71,15 @@ def encode(picture: Picture) -> tuple[bytes, int | None]:
 
 
 class RayRuntime:
-    """A ``ModelRuntime`` over the deployments of the Serve application ``settings.engine.app_name``."""
+    """A ``ModelRuntime`` over the Serve deployments of the application ``settings.runtime.app_name``. ``serve``
+    is Ray's ``serve`` module (or a stand-in with its ``status``, ``get_deployment_handle`` and
+    ``get_replica_context``)."""
 
     remote = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, serve: Any = None) -> None:
         self.settings = settings
-        self._serve = import_serve()
+        self._serve = serve if serve is not None else import_serve()
         self._handles: dict[str, DeploymentHandle] = {}
         self._sides: dict[str, int | None] = {}  # detector ref -> its input's long side, once asked
         self._deployed: set[str] = set()  # deployments seen in the application (refreshed on a miss)
@@ -80,17 +87,22 @@ class RayRuntime:
         self._status_lock = anyio.Lock()
         self._replica_states: dict[str, tuple[float, ModelState]] = {}
 
-    def handle(self, deployment: str) -> DeploymentHandle:
-        if deployment not in self._handles:
-            self._handles[deployment] = self._serve.get_deployment_handle(deployment, app_name=self.app_name())
-        return self._handles[deployment]
+    def handle(self, name: str) -> DeploymentHandle:
+        """The handle of Serve deployment ``name`` (made once)."""
+        if name not in self._handles:
+            self._handles[name] = self._serve.get_deployment_handle(name, app_name=self.app_name())
+        return self._handles[name]
 
-    async def _deployment(self, name: str, what: str) -> DeploymentHandle:
-        """The handle of deployment ``name``; ``EngineUnavailableError`` at once if the application has none
-        (a call to a missing deployment would wait for replicas that never come)."""
+    async def serve_handle(self, name: str, what: str) -> DeploymentHandle:
+        """The handle of Serve deployment ``name``; ``EngineUnavailableError`` at once if the application has
+        none (a call to a missing deployment would wait for replicas that never come). Serve's status is asked
+        as for the models' states: cached, with a timeout."""
         if name not in self._deployed:
             app = self.app_name()
-            status = await anyio.to_thread.run_sync(self._serve.status)
+            try:
+                status = await self._status()
+            except Exception as exc:  # the cluster is gone, unreachable or too slow
+                raise EngineUnavailableError(f"{what}: Ray Serve did not answer ({type(exc).__name__})") from exc
             application = status.applications.get(app)
             self._deployed = set(application.deployments) if application is not None else set()
             if name not in self._deployed:
@@ -107,16 +119,17 @@ class RayRuntime:
         try:
             return str(self._serve.get_replica_context().app_name)
         except RayServeException:
-            return self.settings.engine.app_name
+            return self.settings.runtime.app_name
 
     async def detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
                      options: DetectOptions, *, alone: bool = False) -> Seen[list[Detection]]:
         data, min_side = await self._encoded(picture)
-        handle = await self._deployment(detector_deployment(entry), f"model {entry.ref}")
-        seen: Seen[list[Detection]] = await self._call(
-            lambda: handle.remote(data, min_side, options), self.settings.yolo.timeout, "detection")
+        handle = await self.serve_handle(detector_serve_deployment(entry), f"model {entry.ref}")
+        seen = await self.send(lambda: call(handle, DetectorReplica.detect, data, min_side, options),
+                               self.settings.yolo.timeout, "detection")
         if entry.ref not in self._sides:  # once per model: later items decode no larger than it needs
-            self._sides[entry.ref] = await self._call(lambda: handle.input_side.remote(), 30.0, "detection")
+            self._sides[entry.ref] = await self.send(lambda: call(handle, DetectorReplica.input_side), 30.0,
+                                                     "detection")
         if picture.data is None and picture.original not in (None, seen.original):
             # Sent a PNG of reduced pixels: the replica answered in those.
             assert picture.original is not None
@@ -132,20 +145,24 @@ class RayRuntime:
 
     async def read_text(self, engines: EngineRegistry, picture: Picture) -> Seen[OcrText]:
         data, _min_side = await self._encoded(picture)  # OCR pictures are never reduced: no scale to undo
-        handle = await self._deployment(OCR_DEPLOYMENT, "OCR")
-        seen: Seen[OcrText] = await self._call(lambda: handle.remote(data), self.settings.ocr.timeout, "OCR")
-        return seen
+        handle = await self.serve_handle(OCR_SERVE_DEPLOYMENT, "OCR")
+        return await self.send(lambda: call(handle, OcrReplica.read_text, data), self.settings.ocr.timeout, "OCR")
 
     def llm_client(self, engines: EngineRegistry, entry: ModelEntry | None, ref: str | None
                    ) -> tuple[VisionLLM, str | None]:
-        """A client of the LLM deployment, which resolves ``entry`` (by its ref) and ``ref`` as this process
+        """A client of the LLM Serve deployment, which resolves ``entry`` (by its ref) and ``ref`` as this process
         would and holds the connections to the backends (and, without a base URL, looks for Ollama on its
         node). The backend model name is the deployment's to pick: None here."""
         return RemoteVisionLLM(self, entry.ref if entry is not None else None, ref), None
 
     async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
-        """Each detector's and OCR's deployment as Serve reports it: ready once a replica runs (a replica
-        loads its model as it starts, if the file is on its node; else it downloads it on first use)."""
+        """Each detector's and OCR's Serve deployment as Serve reports it: ready once a replica runs (a replica
+        loads its model as it starts, if the file is on its node; else it downloads it on first use); the LLMs
+        as the registry knows them."""
+        remote = await self._remote_states(entries)
+        return {m.ref: remote.get(m.ref) or model_state(engines, m) for m in entries}
+
+    async def _remote_states(self, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
         from sight.schemas import ModelState
 
         app = self.app_name()
@@ -160,13 +177,13 @@ class RayRuntime:
         states: dict[str, ModelState] = {}
 
         async def one(entry: ModelEntry) -> None:  # each deployment's replica is asked at once, not in turn
-            name = detector_deployment(entry) if entry.task == "detect" else OCR_DEPLOYMENT
+            name = detector_serve_deployment(entry) if entry.task == "detect" else OCR_SERVE_DEPLOYMENT
             deployment = deployments.get(name)
             if deployment is None:
                 states[entry.ref] = ModelState(state="unavailable", reason=f"no deployment {name!r} in the Ray "
                                                f"Serve application {app!r}: declare it and deploy again")
                 return
-            health, running = deployment_health(deployment)
+            health, running = serve_deployment_health(deployment)
             if health in ("UNHEALTHY", "DEPLOY_FAILED"):
                 states[entry.ref] = ModelState(state="failed", reason=f"Ray Serve deployment {name!r} is "
                                                f"{health}: {deployment.message}")
@@ -195,16 +212,17 @@ class RayRuntime:
             return self._status_cache[1]
 
     async def _replica_state(self, name: str) -> ModelState | None:
-        """The model's state as one running replica of deployment ``name`` sees it (a model that failed to
-        load, a file still downloading), cached as ``_status``; None if the replica does not answer in time."""
+        """The model's state as one running replica of Serve deployment ``name`` sees it (a model that failed
+        to load, a file still downloading), cached as ``_status``; None if the replica does not answer in time."""
         cached = self._replica_states.get(name)
         if cached is not None and time.monotonic() - cached[0] <= STATUS_TTL:
             return cached[1]
         try:
             with anyio.fail_after(STATUS_TIMEOUT):
-                state: ModelState = await self.handle(name).state.remote()
+                replica = DetectorReplica if name != OCR_SERVE_DEPLOYMENT else OcrReplica
+                state = await call(self.handle(name), replica.state)
         except Exception as exc:  # a replica starting or stopping: Serve's own status stands
-            log.info("deployment %s did not report its model's state: %s", name, type(exc).__name__)
+            log.info("Serve deployment %s did not report its model's state: %s", name, type(exc).__name__)
             return None
         self._replica_states[name] = (time.monotonic(), state)
         return state
@@ -215,18 +233,19 @@ class RayRuntime:
             return picture.data, picture.min_side
         return await anyio.to_thread.run_sync(encode, picture)
 
-    async def _call(self, send: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
-        """Send, retrying (at most ``engine.retries`` times) when the replica died under the call: Serve
-        routes the retry to a live replica. Ray's errors become Sight's here, at the edge."""
+    async def send(self, request: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
+        """Make ``request`` (a ``call`` of a replica's method) within ``seconds``, again (at most
+        ``runtime.retries`` times) when the replica died under it: Serve routes the retry to a live replica.
+        Ray's errors become Sight's here, at the edge."""
         from ray import exceptions as ray_errors
         from ray.serve import exceptions as serve_errors
 
-        attempts = self.settings.engine.retries + 1
+        attempts = self.settings.runtime.retries + 1
         try:
             with anyio.fail_after(seconds):
                 for attempt in range(1, attempts + 1):
                     try:
-                        return await send()
+                        return await request()
                     except serve_errors.BackPressureError as exc:
                         raise OverloadedError(f"{what} is at capacity; retry later",
                                               self.settings.server.retry_after) from exc
@@ -242,31 +261,31 @@ class RayRuntime:
                         log.warning("%s: replica lost (%s); retrying, %d of %d", what, type(exc).__name__,
                                     attempt + 1, attempts)
                     except serve_errors.DeploymentUnavailableError as exc:
-                        raise EngineUnavailableError(f"{what}: no such deployment on the cluster") from exc
+                        raise EngineUnavailableError(f"{what}: no such Serve deployment on the cluster") from exc
         except TimeoutError as exc:
             raise StageTimeoutError(f"{what} did not finish within {seconds}s") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
 
 class RemoteVisionLLM:
-    """A ``VisionLLM`` whose calls go to the LLM deployment (``sight.serve_app.SightLlm``)."""
+    """A ``VisionLLM`` whose calls go to the LLM Serve deployment's replicas (``LlmReplica``), bounded as in
+    process (``LLMSettings.deadline``)."""
 
     def __init__(self, runtime: RayRuntime, entry_ref: str | None, ref: str | None) -> None:
         self.runtime, self.entry_ref, self.ref = runtime, entry_ref, ref
 
     async def analyze(self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None
                       ) -> LLMAnswer:
-        return await self._ask("analyze", image_jpeg, query, grounding)
+        handle = await self.runtime.serve_handle(LLM_SERVE_DEPLOYMENT, "the LLM client")
+        return await self.runtime.send(
+            lambda: call(handle, LlmReplica.analyze, self.entry_ref, self.ref, image_jpeg, query, grounding),
+            self.runtime.settings.llm.deadline, "the LLM")
 
     async def condense(self, query: str, answers: list[tuple[str, str]], model: str | None = None) -> LLMAnswer:
-        return await self._ask("condense", query, answers)
-
-    async def _ask(self, method: str, *args: Any) -> LLMAnswer:
-        runtime = self.runtime
-        handle = getattr(await runtime._deployment(LLM_DEPLOYMENT, "the LLM client"), method)
-        answer: LLMAnswer = await runtime._call(lambda: handle.remote(self.entry_ref, self.ref, *args),
-                                                runtime.settings.llm.timeout * 2, "the LLM")
-        return answer
+        handle = await self.runtime.serve_handle(LLM_SERVE_DEPLOYMENT, "the LLM client")
+        return await self.runtime.send(
+            lambda: call(handle, LlmReplica.condense, self.entry_ref, self.ref, query, answers),
+            self.runtime.settings.llm.deadline, "the LLM")
 
     async def aclose(self) -> None:
-        return None  # the deployment holds the connections
+        return None  # the Serve deployment holds the connections

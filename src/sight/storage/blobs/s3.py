@@ -35,7 +35,7 @@ import obstore
 from obstore.store import S3Store
 
 from sight.errors import NotFoundError
-from sight.jobs.blobs import GONE, BlobInfo, blob_key, blob_name, is_blob_key
+from sight.storage.blobs.base import GONE, BlobInfo, blob_key, blob_name, is_blob_key
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config
