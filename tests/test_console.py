@@ -18,35 +18,35 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
 
 from sight.api.app import create_app
 from sight.config import FetchSettings, Settings
+from sight.engines.base import Detector, OcrEngine
 from sight.models.registry import EngineRegistry
-from tests.conftest import IMAGES, ROOT
+from tests.conftest import IMAGES, ROOT, nudenet_path
 from tests.servers import FakeLLMServer, ImageServer, LiveServer
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM = Path(os.environ.get("SIGHT_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("SIGHT_TEST_CHROMEDRIVER", "/usr/bin/chromedriver"))
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 WAIT = 60.0  # seconds any one DOM condition may take (OCR on two slow CPUs included)
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
 
-# A missing browser is a failure, not a skip: .ci/run installs Debian's chromium and chromium-driver.
-if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-    raise RuntimeError("the console tests need Debian's browser: apt-get install chromium chromium-driver")
-
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    """Headless Chromium with a fresh profile; fails the test on any SEVERE browser console entry."""
+    """Headless Chromium with a fresh profile; fails the test on any SEVERE browser console entry. A missing
+    browser fails each console test with what to install (scripts/test installs it), never the whole run."""
     from selenium.webdriver.chrome.service import Service
+
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.fail("the console tests need Debian's browser: apt-get install chromium chromium-driver "
+                    "(scripts/test installs it)", pytrace=False)
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -287,7 +287,21 @@ def test_console_batch_reaches_full_progress_and_downloads_results(
 
 
 def test_console_models_view_shows_detector_ready_after_a_prediction(
-        browser: WebDriver, live: LiveServer, artifacts: Path) -> None:
+        browser: WebDriver, settings: Settings, nudenet_detector: Detector, ocr_engine: OcrEngine, tmp_path: Path,
+        artifacts: Path) -> None:
+    # The model's file at a long path (a deep checkout, say): long values wrap, the phone layout never scrolls
+    # sideways, however long the path.
+    deep = tmp_path.joinpath(*["a_rather_long_folder_name_for_models"] * 8)
+    deep.mkdir(parents=True)
+    (deep / "nudenet_with_a_long_file_name.onnx").symlink_to(nudenet_path())
+    cfg = settings.model_copy(update={"yolo": settings.yolo.model_copy(
+        update={"models": {"nudenet": deep / "nudenet_with_a_long_file_name.onnx"}})})
+    engines = EngineRegistry(cfg, detectors={"nudenet": nudenet_detector}, ocr=ocr_engine)
+    with LiveServer(create_app(cfg, engines=engines)) as live:
+        _models_view(browser, live, artifacts)
+
+
+def _models_view(browser: WebDriver, live: LiveServer, artifacts: Path) -> None:
     key = _key(live)
     _api_boxes(live, key, IMAGES / "astronaut.png")
     _open(browser, live, key, "models")
@@ -301,6 +315,7 @@ def test_console_models_view_shows_detector_ready_after_a_prediction(
     assert detail.text == "nudenet"
     assert browser.switch_to.active_element == detail  # focus follows, for keyboard and screen reader users
     assert "Serves version 1" in browser.find_element(By.ID, "model-detail").text
+    assert "nudenet_with_a_long_file_name.onnx" in browser.find_element(By.ID, "model-detail").text
 
     _screenshot(browser, artifacts, "models-desktop")
     _screenshot(browser, artifacts, "models-phone", phone=True)

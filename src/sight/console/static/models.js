@@ -47,7 +47,7 @@ export async function refreshModels() {
 function describeLLM(llm) {
   return [
     h("h3", {}, "Vision LLM"),
-    h("p", {}, stateOf(llm), " ", llm.model ? h("code", {}, llm.model) : "no model",
+    h("p", {}, stateOf(llm), llm.model ? [" ", h("code", {}, llm.model)] : null,
       llm.backend ? ` (${llm.backend}${llm.base_url ? ` at ${llm.base_url}` : ""})` : ""),
   ];
 }
