@@ -229,3 +229,36 @@ def test_large_jpeg_is_decoded_at_reduced_scale_with_boxes_in_original_pixels(cl
     for k in ("x1", "y1", "x2", "y2"):
         assert abs(face[1][k] - 8 * face[0][k]) < 8 * 8, (k, face)
         assert abs(face[2][k] - face[1][k]) < 8 * 8, (k, face)
+
+
+def test_yolo_result_is_the_same_whatever_else_the_item_asks(client: TestClient, api_key: str, llm) -> None:  # type: ignore[no-untyped-def]
+    """Detection sees the picture decoded in full whatever other stages run (a reduced decode would give other
+    pixels, and other boxes): the same boxes, scores equal to 1e-4, alone, with OCR, with the LLM."""
+    import io
+
+    from PIL import Image
+
+    bus = Image.open(io.BytesIO(image_bytes("bus.jpg")))
+    big = io.BytesIO()
+    bus.resize((3000, 4000)).save(big, format="JPEG", quality=92)  # large enough for any reduced decode
+    for name, data in (("bus.jpg", image_bytes("bus.jpg")), ("big.jpg", big.getvalue()),
+                       ("astronaut.png", image_bytes("astronaut.png"))):
+        meta = [{"is_yolo": True}, {"is_yolo": True, "is_ocr": True}, {"is_yolo": True, "is_llm": True},
+                {"is_yolo": True, "is_ocr": True, "is_llm": True}]
+        r = client.post(BATCH, **v1_request([(name, data)] * len(meta), meta, api_key=api_key))
+        items = r.json()["result"]["items"]
+        assert all(i["status"] == "done" for i in items), items
+        found = [[(d["name"], d["box"], d["confidence"]) for d in i["yolo"]["detections"]] for i in items]
+        for other in found[1:]:
+            assert [(n, b) for n, b, _ in other] == [(n, b) for n, b, _ in found[0]], name
+            assert all(abs(c - c0) <= 1e-4 for (_, _, c), (_, _, c0) in zip(other, found[0], strict=True))
+
+
+def test_yolo_on_bus_matches_ultralytics_predictor_figures(client: TestClient, api_key: str) -> None:
+    """nudenet's YOLOv8n at its 320 on bus.jpg: what Ultralytics' own predictor finds (rect letterbox for a
+    dynamic export, full decode, iou 0.7): two FEET_COVERED boxes at 0.264 and 0.252 (tests/test_parity.py runs
+    the predictor itself on every shared photo)."""
+    r = client.post(BATCH, **v1_request([("bus.jpg", image_bytes("bus.jpg"))], [{"is_yolo": True}], api_key=api_key))
+    found = r.json()["result"]["items"][0]["yolo"]["detections"]
+    assert [d["name"] for d in found] == ["FEET_COVERED", "FEET_COVERED"]
+    assert [round(d["confidence"], 3) for d in found] == [0.264, 0.252]

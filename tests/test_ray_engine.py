@@ -182,10 +182,13 @@ def test_ray_engine_results_equal_local_engine(served: RayServed, tmp_path: Path
             for name in ("astronaut.png", "bus.jpg", "rocket.jpg", "coffee.png")]
     data.append({"image_base64": _b64("serial-label.png"), "filename": "label.png", "is_ocr": True})
     data.append({"image_base64": _rotated_png(), "filename": "turned.png", "is_yolo": True, "is_ocr": True})
-    _stream(served.url, served.key, data[:1])  # the API learns the detector's input size (as a local load does)
+    # bus.jpg with other stages asked too: detection's result does not depend on them, here as in process.
+    data.append({"image_base64": _b64("bus.jpg"), "filename": "bus.jpg", "is_yolo": True, "is_ocr": True})
+    data.append({"image_base64": _b64("bus.jpg"), "filename": "bus.jpg", "is_yolo": True, "is_llm": True})
     remote = _finals(_stream(served.url, served.key, data))
 
     local_settings = _settings(tmp_path)
+    local_settings.llm = served.settings.llm  # the same loopback LLM
     local_key = _create_key(local_settings)
     with TestClient(create_app(local_settings)) as client:
         r = client.post(STREAM, json={"api_key": local_key, "data": data})
@@ -200,6 +203,8 @@ def test_ray_engine_results_equal_local_engine(served: RayServed, tmp_path: Path
     assert remote[0]["result"]["yolo"]["detections"][0]["name"] == "FACE_FEMALE"
     assert "SN-4X7Q-2291-B" in remote[4]["result"]["ocr"]["text"]
     assert remote[5]["result"]["image"] == {"width": 384, "height": 512}
+    assert remote[1]["result"]["yolo"] == remote[6]["result"]["yolo"] == remote[7]["result"]["yolo"]
+    assert [round(d["confidence"], 3) for d in remote[1]["result"]["yolo"]["detections"]] == [0.264, 0.252]
 
 
 def test_ray_engine_api_decodes_no_pixels_for_the_model_stages(served: RayServed, tmp_path: Path,

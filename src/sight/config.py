@@ -59,8 +59,8 @@ class YoloSettings(BaseModel):
                                "(yolo11n, yolo11s, yolo11m) downloads itself on first use if it is not here.")
     models_dir: Path | None = Field(None, description="Folder of *.onnx detectors named by file stem.")
     providers: list[str] | None = Field(None, description="ONNX Runtime providers; default: best present.")
-    conf: float = 0.25
-    iou: float = 0.45
+    conf: float = Field(0.25, description="Boxes scoring at most this are dropped (Ultralytics' default).")
+    iou: float = Field(0.7, description="Non-maximum suppression's overlap bound (Ultralytics' default).")
     max_det: int = 300
     intra_op_threads: int = Field(1, description="Threads one session run uses on the CPU (0: ONNX Runtime's "
                                   "default, one per core). One per run, one run per core is the fastest here.")

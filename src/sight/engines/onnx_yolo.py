@@ -69,18 +69,23 @@ def share_cpu_arena() -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Letterbox:
-    """How an image was fitted into the model input, to map boxes back."""
+    """How an image was fitted into the model input, to map boxes back: its resized size and the padding on
+    the left and top, and the original's size."""
 
-    gain: float
+    new_width: int
+    new_height: int
     left: int
     top: int
     width: int
     height: int
 
 
-def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping aspect ratio and pad to ``size`` (h, w), as Ultralytics does (OpenCV bilinear,
-    grey 114 padding, centred); returns an HWC uint8 RGB array."""
+def letterbox(image: Image.Image, size: tuple[int, int], stride: int = 32, *, rect: bool = False
+              ) -> tuple[np.ndarray, Letterbox]:
+    """Fit ``image`` into ``size`` (h, w) keeping its aspect ratio, as Ultralytics' predictor does: scale (up or
+    down) to fit, resize with OpenCV's bilinear filter, pad with grey 114, centred. ``rect`` (a model with
+    dynamic spatial axes): pad only up to the next multiple of ``stride``, not to the full square. Returns an HWC
+    uint8 RGB array."""
     import cv2
 
     if image.mode != "RGB":
@@ -89,26 +94,32 @@ def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, Le
     w, h = image.size
     gain = min(target_h / h, target_w / w)
     new_w, new_h = max(1, round(w * gain)), max(1, round(h * gain))
+    pad_w, pad_h = target_w - new_w, target_h - new_h
+    if rect:
+        pad_w, pad_h = pad_w % stride, pad_h % stride
+    left, top = round(pad_w / 2 - 0.1), round(pad_h / 2 - 0.1)
+    right, bottom = round(pad_w / 2 + 0.1), round(pad_h / 2 + 0.1)
     pixels = np.asarray(image)
     if (new_w, new_h) != (w, h):
         pixels = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    left, top = (target_w - new_w) // 2, (target_h - new_h) // 2
-    canvas = np.full((target_h, target_w, 3), PAD_VALUE, dtype=np.uint8)
+    canvas = np.full((new_h + top + bottom, new_w + left + right, 3), PAD_VALUE, dtype=np.uint8)
     canvas[top : top + new_h, left : left + new_w] = pixels
-    return canvas, Letterbox(gain, left, top, w, h)
+    return canvas, Letterbox(new_w, new_h, left, top, w, h)
 
 
 def to_tensor(canvases: Sequence[np.ndarray]) -> np.ndarray:
-    """HWC uint8 images -> BCHW float32 in 0..1, the layout Ultralytics exports take."""
+    """HWC uint8 images of one shape -> BCHW float32 in 0..1, the layout Ultralytics exports take."""
     batch = np.stack(canvases).transpose(0, 3, 1, 2)
     out = np.empty(batch.shape, dtype=np.float32)
-    np.multiply(batch, np.float32(1 / 255), out=out)
+    np.divide(batch, np.float32(255), out=out)
     return out
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy non-maximum suppression over xyxy ``boxes``; returns kept indices, best first."""
-    order = scores.argsort()[::-1]
+    """Greedy non-maximum suppression over xyxy ``boxes`` (torchvision's rule: a box is kept when its IoU with
+    every kept, better box is at most ``iou``; ties in score keep their order); returns kept indices, best
+    first."""
+    order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = boxes.T
     areas = (x2 - x1).clip(0) * (y2 - y1).clip(0)
     keep: list[int] = []
@@ -146,7 +157,7 @@ class OnnxYoloDetector:
         *,
         version: str = "1",
         conf: float = 0.25,
-        iou: float = 0.45,
+        iou: float = 0.7,
         max_det: int = 300,
         wide_session: ort.InferenceSession | None = None,
     ) -> None:
@@ -179,6 +190,8 @@ class OnnxYoloDetector:
             )
         batch_dim = inp.shape[0]
         self.dynamic_batch = not isinstance(batch_dim, int)
+        # Spatial axes the export left open: images are padded only to the stride, as Ultralytics' predictor does.
+        self.rect = not (isinstance(inp.shape[2], int) and isinstance(inp.shape[3], int))
 
     @classmethod
     def load(
@@ -257,15 +270,23 @@ class OnnxYoloDetector:
     ) -> list[list[Detection]]:
         """Each image with its own thresholds and classes, in one session call when the model allows."""
         wanted = [self.class_ids(options.classes) for _, options in jobs]
-        prepared = [letterbox(img, self.imgsz) for img, _ in jobs]
+        prepared = [letterbox(img, self.imgsz, self.stride, rect=self.rect) for img, _ in jobs]
         session = self.wide_session if wide and self.wide_session is not None else self.session
-        if self.dynamic_batch:
-            outputs = self._run(session, [c for c, _ in prepared])
+        outputs: list[np.ndarray | None] = [None] * len(jobs)
+        if self.dynamic_batch:  # one call per input shape (rect padding gives images of other shapes others)
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i, (canvas, _) in enumerate(prepared):
+                by_shape.setdefault(canvas.shape, []).append(i)
+            for indices in by_shape.values():
+                for i, out in zip(indices, self._run(session, [prepared[i][0] for i in indices]), strict=True):
+                    outputs[i] = out
         else:
-            outputs = np.concatenate([self._run(session, [c]) for c, _ in prepared])
+            for i, (canvas, _) in enumerate(prepared):
+                outputs[i] = self._run(session, [canvas])[0]
         return [
             self.decode(out, lb, options, w)
             for out, (_, lb), (_, options), w in zip(outputs, prepared, jobs, wanted, strict=True)
+            if out is not None
         ]
 
     def _run(self, session: ort.InferenceSession, canvases: Sequence[np.ndarray]) -> np.ndarray:
@@ -275,7 +296,8 @@ class OnnxYoloDetector:
     def decode(
         self, output: np.ndarray, lb: Letterbox, options: DetectOptions, wanted: np.ndarray | None
     ) -> list[Detection]:
-        """One image's raw output [4 + classes, anchors] -> detections in original pixels."""
+        """One image's raw output [4 + classes, anchors] -> detections in original pixels, as Ultralytics'
+        predictor finds them (class-aware NMS, best class per anchor, a strict ``> conf``)."""
         conf_thr = self.conf if options.conf is None else options.conf
         iou_thr = self.iou if options.iou is None else options.iou
         pred = output.T  # anchors x (4 + classes)
@@ -289,15 +311,16 @@ class OnnxYoloDetector:
             return []
         xywh, class_id, confidence = pred[keep, :4], class_id[keep], confidence[keep]
         if len(confidence) > MAX_NMS_CANDIDATES:
-            top = confidence.argsort()[::-1][:MAX_NMS_CANDIDATES]
+            top = np.argsort(-confidence, kind="stable")[:MAX_NMS_CANDIDATES]
             xywh, class_id, confidence = xywh[top], class_id[top], confidence[top]
         boxes = np.empty_like(xywh)
         boxes[:, :2] = xywh[:, :2] - xywh[:, 2:] / 2
         boxes[:, 2:] = xywh[:, :2] + xywh[:, 2:] / 2
         kept = nms(boxes + (class_id * MAX_WH)[:, None], confidence, iou_thr)[: self.max_det]
-        boxes = boxes[kept]
-        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - lb.left) / lb.gain).clip(0, lb.width)
-        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - lb.top) / lb.gain).clip(0, lb.height)
+        boxes = boxes[kept].astype(np.float64)
+        # Per axis, by the resized size actually used (its sides were rounded to whole pixels).
+        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - lb.left) / (lb.new_width / lb.width)).clip(0, lb.width)
+        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - lb.top) / (lb.new_height / lb.height)).clip(0, lb.height)
         return [
             Detection(
                 name=self.names.get(int(c), str(int(c))),

@@ -254,18 +254,13 @@ class Pipeline:
             await engines.provision(engines.detector_entry(ref, request_id))
 
     def _min_side(self, engines: EngineRegistry, opts: ItemOptions) -> int | None:
-        """How small the picture may be decoded: OCR needs every pixel; detection only its input size."""
-        if opts.is_ocr or not (opts.is_yolo or opts.is_llm):
+        """How small the picture may be decoded. Detection and OCR take the picture decoded in full, whatever
+        else is asked, so their results never depend on the other stages (a reduced decode gives other pixels
+        than a full one resized, and other boxes); an item that only asks the LLM may be decoded no smaller
+        than the image the LLM is sent."""
+        if opts.is_yolo or opts.is_ocr or not opts.is_llm:
             return None
-        needs = [self.settings.llm.max_image_side] if opts.is_llm else []
-        if opts.is_yolo:
-            try:
-                side = self.runtime.input_side(engines, engines.detector_entry(opts.yolo_model))
-            except SightError:
-                return None  # the detect stage reports the error
-            # Not loaded yet: assume a large input rather than load on the event loop.
-            needs.append(1280 if side is None else side)
-        return max(needs)
+        return self.settings.llm.max_image_side
 
     async def events(
         self, items: Sequence[WorkItem], query: str | None, request_id: str | None = None

@@ -88,11 +88,6 @@ class ModelRuntime(Protocol):
         """As ``detect``, for a shadow model: never queued ahead of answers."""
         ...
 
-    def input_side(self, engines: EngineRegistry, entry: ModelEntry) -> int | None:
-        """The long side of ``entry``'s input, if known without loading or waiting (safe on the event loop):
-        a picture need not be decoded larger for detection."""
-        ...
-
     async def read_text(self, engines: EngineRegistry, picture: Picture) -> Seen[OcrText]:
         """OCR on ``picture`` (decoded in full: text needs every pixel)."""
         ...

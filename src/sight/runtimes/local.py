@@ -133,11 +133,6 @@ class LocalRuntime:
             found = await anyio.to_thread.run_sync(detector.detect, image, options)
         return to_original(found, image.size, picture.full_size)
 
-    def input_side(self, engines: EngineRegistry, entry: ModelEntry) -> int | None:
-        detector = engines.loaded_detector(entry)
-        imgsz = getattr(detector, "imgsz", None)
-        return max(imgsz) if imgsz else None
-
     async def read_text(self, engines: EngineRegistry, picture: Picture) -> Seen[OcrText]:
         image = pixels(picture)
         timeout = self.settings.ocr.timeout

@@ -81,7 +81,6 @@ class RayRuntime:
         self.settings = settings
         self._serve = serve if serve is not None else import_serve()
         self._handles: dict[str, DeploymentHandle] = {}
-        self._sides: dict[str, int | None] = {}  # detector ref -> its input's long side, once asked
         self._deployed: set[str] = set()  # deployments seen in the application (refreshed on a miss)
         self._status_cache: tuple[float, Any] | None = None
         self._status_lock = anyio.Lock()
@@ -127,17 +126,11 @@ class RayRuntime:
         handle = await self.serve_handle(detector_serve_deployment(entry), f"model {entry.ref}")
         seen = await self.send(lambda: call(handle, DetectorReplica.detect, data, min_side, options),
                                self.settings.yolo.timeout, "detection")
-        if entry.ref not in self._sides:  # once per model: later items decode no larger than it needs
-            self._sides[entry.ref] = await self.send(lambda: call(handle, DetectorReplica.input_side), 30.0,
-                                                     "detection")
         if picture.data is None and picture.original not in (None, seen.original):
             # Sent a PNG of reduced pixels: the replica answered in those.
             assert picture.original is not None
             return Seen(to_original(seen.value, seen.original, picture.original), picture.original)
         return seen
-
-    def input_side(self, engines: EngineRegistry, entry: ModelEntry) -> int | None:
-        return self._sides.get(entry.ref)
 
     async def shadow_detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
                             options: DetectOptions) -> list[Detection]:

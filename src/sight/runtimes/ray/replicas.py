@@ -15,8 +15,6 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
-import anyio
-
 from sight.config import Settings
 from sight.errors import SightError
 from sight.images.budget import PixelBudget, decode_leased
@@ -107,11 +105,6 @@ class DetectorReplica(ModelReplica):
         """The model's state as this replica sees it (loaded, failed to load and why, downloading...)."""
         return model_state(self.engines, self.entry)
 
-    async def input_side(self) -> int | None:
-        """The long side of the model's input (the API decodes no larger for detection alone)."""
-        await self.engines.provision(self.entry)  # downloads (once) on the replica's node, not the API's
-        await anyio.to_thread.run_sync(self.engines.detector_for, self.entry)
-        return self.runtime.input_side(self.engines, self.entry)
 
 
 class OcrReplica(ModelReplica):
