@@ -304,6 +304,21 @@ def test_permanent_errors_are_not_retried(client: TestClient, llm: FakeLLMServer
     assert rows == [1]
 
 
+@both_stores
+def test_a_failed_request_keeps_the_stages_that_worked(client: TestClient) -> None:
+    """Detection fails (an unknown model: no retry), OCR read the label: the result keeps the text beside the
+    error, inline and in the blob store alike."""
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    api.add(bid, [{"batch_request_id": "label", "batch_request": {"vision_predict": {
+        "image_base64": _b64("serial-label.png"), "is_yolo": True, "yolo_model": "ghost", "is_ocr": True}}}])
+    _drain(client)
+    (entry,) = api.results(bid)["results"]
+    assert entry["error"]["code"] == "model_not_found" and entry["error_message"]
+    item = entry["batch_result"]["response"]["vision_predict"]
+    assert item["status"] == "error" and "SN-4X7Q-2291-B" in item["ocr"]["text"] and item["yolo"] is None
+
+
 async def _attempts(client: TestClient) -> list[int]:
     from sqlalchemy import select
 

@@ -112,6 +112,19 @@ def test_predict_cli_saves_json_only_for_an_image_that_failed(served: Served, co
         "the OCR lines are boxed"
 
 
+def test_predict_cli_saves_what_worked_for_an_image_whose_other_stage_failed(served: Served, tmp_path: Path) -> None:
+    """Detection fails (no such model), OCR read the label: the JSON holds both, the picture has the text boxed."""
+    out = tmp_path / "out"
+    done = served.predict(str(LABEL), "--model", "ghost", "--ocr", "--save", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "error (model_not_found)" in done.stdout and "Serial No: SN-4X7Q-2291-B" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["serial-label.json", "serial-label.png"]
+    item = json.loads((out / "serial-label.json").read_text())
+    assert item["error"]["code"] == "model_not_found" and "SN-4X7Q-2291-B" in item["ocr"]["text"]
+    label = Image.open(LABEL).convert("RGB")
+    assert ImageChops.difference(label, Image.open(out / "serial-label.png").convert("RGB")).getbbox()
+
+
 def test_annotate_draws_boxes_in_the_frame_of_the_decoded_picture(tmp_path: Path) -> None:
     from sight.cli.annotate import annotated
     from sight.schemas import ItemResult

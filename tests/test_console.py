@@ -221,6 +221,38 @@ def test_console_predict_streams_annotated_cards_and_item_errors(
     _assert_key_only_in_session_storage(browser, key)
 
 
+def test_console_keeps_what_worked_beside_a_failed_stage_and_each_image_picks_its_detector(
+        browser: WebDriver, settings: Settings, nudenet_detector: Detector, ocr_engine: OcrEngine, tmp_path: Path,
+        llm: FakeLLMServer) -> None:
+    """An image sent to a detector whose file is missing still shows its OCR text and the LLM's answer beside
+    the error; a typed query turns the LLM on, as `sight predict --query` does."""
+    models = {"nudenet": nudenet_path(), "broken": tmp_path / "missing.onnx"}
+    cfg = settings.model_copy(update={"yolo": settings.yolo.model_copy(update={"models": models})})
+    engines = EngineRegistry(cfg, detectors={"nudenet": nudenet_detector}, ocr=ocr_engine)
+    with LiveServer(create_app(cfg, engines=engines)) as live:
+        _open(browser, live, _key(live))
+        _pick(browser, "predict-files", [IMAGES / "serial-label.png"])
+        item = '#predict-queue li[data-name="serial-label.png"]'
+        select = _until(browser, lambda d: d.find_element(By.CSS_SELECTOR, f'{item} select[data-role="model"]'))
+        assert [o.text for o in select.find_elements(By.TAG_NAME, "option")] == ["default", "nudenet", "broken"]
+        select.find_element(By.CSS_SELECTOR, 'option[value="broken"]').click()
+        browser.find_element(By.CSS_SELECTOR, f'{item} input[data-stage="ocr"]').click()
+        llm_box = browser.find_element(By.CSS_SELECTOR, f'{item} input[data-stage="llm"]')
+        assert not llm_box.is_selected()
+        browser.find_element(By.ID, "predict-query").send_keys("find the serial number")
+        assert browser.find_element(By.CSS_SELECTOR, f'{item} input[data-stage="llm"]').is_selected()
+        browser.find_element(By.ID, "predict-run").click()
+        _until(browser, lambda d: "of 1 in" in d.find_element(By.ID, "predict-summary").text)
+        card = _card(browser, "serial-label.png")
+        assert card.get_attribute("data-status") == "error"
+        assert card.find_element(By.CSS_SELECTOR, ".item-error").get_attribute("data-code") in (
+            "model_not_found", "model_unavailable")
+        lines = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".ocr-lines .text")]
+        assert any("SN-4X7Q-2291-B" in line.replace(" ", "") for line in lines), lines
+        assert "SN-4X7Q-2291-B" in card.find_element(By.CSS_SELECTOR, ".llm .answer").text
+        assert llm.requests, "the LLM stage ran"
+
+
 def test_console_url_items_go_over_the_json_stream_with_boxes_on_a_blank_frame(
         browser: WebDriver, settings: Settings, engines: EngineRegistry, image_server: ImageServer) -> None:
     cfg = settings.model_copy(update={"fetch": FetchSettings(allow_networks=["127.0.0.0/8"])})

@@ -121,3 +121,19 @@ def test_client_disconnect_cancels_pending_work(
     cancelled = re.search(r"^sight_cancelled_items_total (\S+)$", metrics, re.M)
     assert cancelled and float(cancelled[1]) >= 1, "the server counts the item it cancelled"
     assert len(llm.requests) == 1, "no pending item called the LLM after the client left"
+
+
+def test_stream_error_line_keeps_the_stages_that_worked(live: LiveServer, llm: FakeLLMServer) -> None:
+    """An item whose one stage fails keeps every other stage's result: its error line carries them."""
+    key = _key(live)
+    llm.mode = "500"
+    data = [{"image_base64": _b64("serial-label.png"), "filename": "label.png", "is_ocr": True, "is_llm": True},
+            {"image_base64": _b64("astronaut.png"), "filename": "a.png", "is_yolo": True,
+             "yolo_model": "ghost", "is_ocr": True}]
+    r = httpx.post(live.url + STREAM_V2, json={"api_key": key, "data": data, "query": "serial?"}, timeout=60)
+    finals = {x["index"]: x for x in map(json.loads, r.text.splitlines()) if x["status"] in {"done", "error"}}
+    label, face = finals[0], finals[1]
+    assert label["status"] == "error" and label["error"]["code"] in {"llm_error", "llm_unavailable"}, label
+    assert "SN-4X7Q-2291-B" in label["result"]["ocr"]["text"] and label["result"]["status"] == "error"
+    assert face["status"] == "error" and face["error"]["code"] == "model_not_found", face
+    assert face["result"]["ocr"] is not None and face["result"]["yolo"] is None

@@ -48,7 +48,7 @@ async def _lines(pipeline: Pipeline, call: PredictCall) -> AsyncIterator[bytes]:
             yield _line(StreamDone(index=event.index, filename=event.filename, result=event))
         else:
             assert event.error is not None
-            yield _line(StreamError(index=event.index, filename=event.filename, error=event.error))
+            yield _line(StreamError(index=event.index, filename=event.filename, error=event.error, result=event))
     answer = await pipeline.answer(call.query, results)
     duration = round((time.perf_counter() - start) * 1000, 2)
     yield _line(StreamComplete(summary=summarize(results), answer=answer, duration_ms=duration))

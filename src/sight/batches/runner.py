@@ -68,6 +68,7 @@ class Runner:
                 task.cancel()
 
     async def _process(self, job: Claimed) -> None:
+        partial: dict[str, Any] | None = None  # a failed item's other stages: kept with its error
         try:
             payload = dict(job.payload)
             data = await self.blobs.get(job.blob_sha) if job.blob_sha else None
@@ -84,6 +85,7 @@ class Runner:
                 return
             assert result.error is not None
             error = result.error.model_dump()
+            partial = result.model_dump(mode="json", by_alias=True)
         except SightError as exc:
             error = exc.to_dict()
         except TimeoutError:
@@ -93,7 +95,7 @@ class Runner:
             with anyio.CancelScope(shield=True):
                 await self.queue.retry(self.worker, job.seq, error, delay)
         else:
-            await self._record(job, "failed", None, error)
+            await self._record(job, "failed", partial, error)
 
     async def _record(self, job: Claimed, state: str, result: dict[str, Any] | None,
                       error: dict[str, Any] | None) -> None:

@@ -344,7 +344,7 @@ class BatchStore:
                     found[sha] = UpstreamError("the stored result of this request could not be read; try again")
 
         async with anyio.create_task_group() as tg:
-            for sha in {r.result_sha for r in rows if r.state == "succeeded" and r.result_sha}:
+            for sha in {r.result_sha for r in rows if r.state in ("succeeded", "failed") and r.result_sha}:
                 tg.start_soon(get, sha)
         return found
 
@@ -355,9 +355,15 @@ class BatchStore:
             return BatchResultEntry.model_validate(
                 {"batch_request_id": r.request_id, "batch_result": {"response": {"vision_predict": result}}}
             )
-        failed = result.to_dict() if isinstance(result, SightError) else None
-        error = ErrorInfo.model_validate(failed or r.error or {"code": "internal", "message": "failed"})
-        return BatchResultEntry(batch_request_id=r.request_id, error_message=error.message, error=error)
+        if r.state == "succeeded":  # its stored result is gone or unreadable: that is its error
+            failed = result.to_dict() if isinstance(result, SightError) else None
+            error = ErrorInfo.model_validate(failed or r.error or {"code": "internal", "message": "failed"})
+            return BatchResultEntry(batch_request_id=r.request_id, error_message=error.message, error=error)
+        # A failed request keeps what its other stages found, beside its error (the item says status "error").
+        error = ErrorInfo.model_validate(r.error or {"code": "internal", "message": "failed"})
+        body = {"response": {"vision_predict": result}} if isinstance(result, dict) else None
+        return BatchResultEntry.model_validate({"batch_request_id": r.request_id, "batch_result": body,
+                                                "error_message": error.message, "error": error.model_dump()})
 
     # -- cancel and expiry -----------------------------------------------------------------------------
 

@@ -74,9 +74,9 @@ def _stream(events: Iterator[StreamEvent], names: list[str]) -> PredictBatchResp
             elif isinstance(event, StreamDone):
                 items[event.index] = event.result
                 bar.advance(task)
-            elif isinstance(event, StreamError):
-                items[event.index] = ItemResult(index=event.index, filename=event.filename, status="error",
-                                                error=event.error)
+            elif isinstance(event, StreamError):  # its other stages' results, when the server sent them
+                items[event.index] = event.result or ItemResult(index=event.index, filename=event.filename,
+                                                                status="error", error=event.error)
                 bar.advance(task)
             else:
                 complete = event
@@ -88,13 +88,13 @@ def _stream(events: Iterator[StreamEvent], names: list[str]) -> PredictBatchResp
 
 
 def _show(item: ItemResult, name: str) -> None:
-    if item.error is not None:
-        console.print(f"[bold]{escape(name)}[/bold]  [red]error[/red] ({item.error.code}): "
-                      f"{escape(item.error.message)}")
-        return
     size = f"{item.image.width}x{item.image.height}, " if item.image else ""
     took = sum(item.timings_ms.values())
-    console.print(f"[bold]{escape(name)}[/bold]  [green]done[/green]  ({size}{took:.0f} ms)")
+    if item.error is not None:  # and then what its other stages found, if anything
+        console.print(f"[bold]{escape(name)}[/bold]  [red]error[/red] ({item.error.code}): "
+                      f"{escape(item.error.message)}")
+    else:
+        console.print(f"[bold]{escape(name)}[/bold]  [green]done[/green]  ({size}{took:.0f} ms)")
     if item.yolo is not None:
         if item.yolo.detections:
             table = Table("name", "confidence", "box (x1, y1, x2, y2)",
@@ -139,6 +139,7 @@ def _save(answer: PredictBatchResponse, found: list[tuple[str, str | None, Path 
             stem = f"{stem}-{item.index}"
         used.add(stem)
         (folder / f"{stem}.json").write_text(item.model_dump_json(by_alias=True, indent=2) + "\n")
-        picture = annotated(path, item) if path is not None and item.status == "done" else None
+        has_boxes = item.yolo is not None or item.ocr is not None  # an item that failed may still have some
+        picture = annotated(path, item) if path is not None and has_boxes else None
         drawn = f" and {save_annotated(picture, path, folder, stem).name}" if picture and path else ""
         progress_console.print(f"saved {escape(stem)}.json{escape(drawn)} in {escape(str(folder))}")

@@ -131,10 +131,14 @@ class StreamDone(BaseModel):
 
 
 class StreamError(BaseModel):
+    """An item that failed. ``result``: what its other stages found (an item whose one stage failed keeps every
+    other stage's result), the item as the batch answer has it."""
+
     status: Literal["error"] = "error"
     index: int
     filename: str | None
     error: ErrorInfo
+    result: ItemResult | None = None
 
 
 class StreamComplete(BaseModel):

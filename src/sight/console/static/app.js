@@ -3,9 +3,9 @@ import { apiKey, showError } from "./api.js";
 import { initBatches, refreshBatches } from "./batches.js";
 import { $ } from "./dom.js";
 import { initModels, refreshModels } from "./models.js";
-import { initPredict } from "./predict.js";
+import { initPredict, refreshDetectors } from "./predict.js";
 
-const onShow = { predict: null, batches: refreshBatches, models: refreshModels };
+const onShow = { predict: refreshDetectors, batches: refreshBatches, models: refreshModels };
 
 function show(view) {
   if (!(view in onShow)) view = "predict";

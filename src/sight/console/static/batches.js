@@ -62,16 +62,19 @@ function upsert(batch, { first = false } = {}) {
   row.batch = batch;
   const s = batch.state;
   const pct = s.num_requests ? Math.floor((100 * finished(s)) / s.num_requests) : 0;
+  // An open batch nothing was added to yet is not "processing 0%": it waits for requests.
+  const empty = batch.status === "processing" && !s.num_requests;
+  const status = empty ? "open" : batch.status;
   row.tr.dataset.status = batch.status;
   row.tr.dataset.progress = pct;
   // Polling redraws the row: a keyboard user's focus stays on the same button.
   const focused = row.tr.contains(document.activeElement) ? document.activeElement.dataset.action : null;
   row.tr.replaceChildren(
     h("td", {}, h("span", { class: "name" }, batch.name), h("br"), h("small", { class: "muted" }, batch.batch_id)),
-    h("td", { data: { label: "Status" } }, h("span", { class: `badge ${batch.status}` }, batch.status)),
-    h("td", { class: "progress", data: { label: "Progress" } },
-      h("progress", { max: s.num_requests || 1, value: finished(s), "aria-label": `Progress of ${batch.name}` }),
-      h("span", { class: "pct" }, `${pct}%`)),
+    h("td", { data: { label: "Status" } }, h("span", { class: `badge ${batch.status}` }, status)),
+    h("td", { class: "progress", data: { label: "Progress" } }, empty ? h("span", { class: "muted" }, "no requests")
+      : [h("progress", { max: s.num_requests || 1, value: finished(s), "aria-label": `Progress of ${batch.name}` }),
+        h("span", { class: "pct" }, `${pct}%`)]),
     h("td", { data: { label: "Requests" } }, `${s.num_success} ok · ${s.num_error} failed · ${s.num_cancelled} cancelled · ${s.num_pending} pending`),
     h("td", { data: { label: "Created" } }, fmtTime(batch.create_time)),
     h("td", { class: "row-actions" },

@@ -1,12 +1,13 @@
 // The Predict view: queue images (files or URLs) with per-image stages, run them over the NDJSON stream
 // and fill one card per image as its line arrives.
-import { clearError, ndjson, request, showError } from "./api.js";
+import { clearError, getJSON, ndjson, request, showError } from "./api.js";
 import { $, dataUrl, dropZone, fmtMs, fmtPct, h } from "./dom.js";
 import { Overlay, colorFor } from "./overlay.js";
 
 const STAGES = { yolo: "YOLO", ocr: "OCR", llm: "LLM" };
-let queue = []; // {name, file | url, preview, yolo, ocr, llm}
+let queue = []; // {name, file | url, preview, yolo, ocr, llm, llmSet, model}
 let controller = null;
+let detectors = []; // the server's detector names, for the per-image choice ("" = the default detector)
 
 export function initPredict() {
   dropZone($("predict-drop"), $("predict-files"), addFiles);
@@ -14,12 +15,28 @@ export function initPredict() {
   $("predict-run").addEventListener("click", start);
   $("predict-stop").addEventListener("click", () => controller && controller.abort());
   $("predict-clear").addEventListener("click", clearAll);
+  // A query asks the LLM (as `sight predict --query` does), unless an image's LLM box was set by hand.
+  $("predict-query").addEventListener("input", () => {
+    const asked = Boolean($("predict-query").value.trim());
+    for (const item of queue) if (!item.llmSet) item.llm = asked;
+    renderQueue();
+  });
+}
+
+// The detectors an image may pick, from GET /v1/models (shown when the view opens with a key).
+export async function refreshDetectors() {
+  const { models } = await getJSON("v1/models");
+  detectors = [...new Set(models.filter((m) => m.task === "detect" && !m.shadow_of).map((m) => m.name))];
+  renderQueue();
+}
+
+function newItem(fields) {
+  const llm = Boolean($("predict-query").value.trim());
+  return { yolo: true, ocr: false, llm, llmSet: false, model: "", ...fields };
 }
 
 function addFiles(files) {
-  for (const file of files) {
-    queue.push({ name: file.name, file, preview: URL.createObjectURL(file), yolo: true, ocr: false, llm: false });
-  }
+  for (const file of files) queue.push(newItem({ name: file.name, file, preview: URL.createObjectURL(file) }));
   renderQueue();
 }
 
@@ -28,7 +45,7 @@ function addUrls() {
   for (const url of box.value.split(/\s+/).filter(Boolean)) {
     const name = url.split(/[?#]/)[0].split("/").filter(Boolean).pop() || url;
     // No preview: the page's Content-Security-Policy loads images from this server only.
-    queue.push({ name, url, preview: null, yolo: true, ocr: false, llm: false });
+    queue.push(newItem({ name, url, preview: null }));
   }
   box.value = "";
   renderQueue();
@@ -59,15 +76,23 @@ function renderQueue() {
     h("span", { class: "stages", role: "group", "aria-label": `Stages for ${item.name}` },
       Object.entries(STAGES).map(([stage, label]) => h("label", {},
         h("input", { type: "checkbox", checked: item[stage], data: { stage },
-                     onchange: (e) => { item[stage] = e.target.checked; } }),
+                     onchange: (e) => {
+                       item[stage] = e.target.checked;
+                       if (stage === "llm") item.llmSet = true;
+                     } }),
         ` ${label}`))),
+    detectors.length > 1 ? h("label", { class: "model" }, "Detector ",
+      h("select", { "aria-label": `Detector for ${item.name}`, data: { role: "model" },
+                    onchange: (e) => { item.model = e.target.value; } },
+        h("option", { value: "", selected: !item.model }, "default"),
+        detectors.map((name) => h("option", { value: name, selected: item.model === name }, name)))) : null,
     h("button", { type: "button", "aria-label": `Remove ${item.name}`, onclick: () => remove(item) }, "Remove"))));
 }
 
 const placeholder = (text) => h("span", { class: "thumb none", "aria-hidden": "true" }, text);
 
 function options(item) {
-  return { is_yolo: item.yolo, is_ocr: item.ocr, is_llm: item.llm };
+  return { is_yolo: item.yolo, is_ocr: item.ocr, is_llm: item.llm, ...(item.model ? { yolo_model: item.model } : {}) };
 }
 
 // Files only: the multipart stream. Any URL: the JSON stream (v2), files going as base64.
@@ -159,7 +184,11 @@ class Card {
   update(event) {
     if (event.status === "processing") this.status("running");
     else if (event.status === "done") this.show(event.result);
-    else if (event.status === "error") this.fail(event.error);
+    // A failed stage keeps what the others found: the line carries the item's results beside its error.
+    else if (event.status === "error") {
+      if (event.result) this.show(event.result);
+      else this.fail(event.error);
+    }
   }
 
   settle() {
@@ -173,7 +202,7 @@ class Card {
   }
 
   show(result) {
-    this.status("done");
+    this.status(result.status === "error" ? "error" : "done");
     const overlay = result.image ? this.overlay(result.image) : null;
     if (result.yolo) this.body.append(this.yolo(result.yolo, overlay));
     if (result.ocr) this.body.append(this.ocr(result.ocr, overlay));
