@@ -409,6 +409,30 @@ def test_limits_and_tokens_are_validated(client: TestClient) -> None:
     assert len(page["batches"]) == 2 and len(rest["batches"]) == 3 and rest["pagination_token"] is None
 
 
+def test_pagination_tokens_with_out_of_range_cursors_are_400s(client: TestClient) -> None:
+    """Well-formed tokens for the right listing whose cursor no database column can hold: 400, never a 500."""
+    from sight.batches import paging
+
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    seq = client.portal.call(_batch_seq, client, bid)
+    for cursor in (10**30, -(2**63) - 1, -1, 2**63):
+        for path, kind, scope in (("/v1/batches", "batches", 0), (f"/v1/batches/{bid}/requests", "requests", seq),
+                                  (f"/v1/batches/{bid}/results", "results", seq)):
+            r = api.get(path, pagination_token=paging.encode(kind, scope, cursor))
+            assert r.status_code == 400, (path, cursor, r.text)
+            assert r.json()["detail"] == {"code": "invalid_input", "message": "invalid pagination_token"}
+
+
+async def _batch_seq(client: TestClient, batch_id: str) -> int:
+    from sqlalchemy import select
+
+    from sight.storage.tables import Batch
+
+    async with client.app.state.services.db.connect() as conn:  # type: ignore[attr-defined]
+        return int((await conn.execute(select(Batch.seq).where(Batch.id == batch_id))).scalar_one())
+
+
 def test_oversized_request_answers_413(settings: Settings, database_url: str, engines: EngineRegistry) -> None:
     cfg = _settings(settings, database_url).model_copy(update={"images": ImageSettings(max_bytes=50_000)})
     with TestClient(create_app(cfg, engines=engines)) as client:

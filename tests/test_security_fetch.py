@@ -7,6 +7,7 @@ import ipaddress
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -64,6 +65,66 @@ async def test_private_metadata_schemes_and_ports_are_refused_before_any_io(url:
             await fetcher.fetch(url)
     finally:
         await fetcher.aclose()
+
+
+TRANSLATED = ["http://[::ffff:0:127.0.0.1]/a.png", "http://[::ffff:0:7f00:1]/a.png", "http://[::ffff:0:10.0.0.1]/",
+              "http://[::ffff:0:169.254.169.254]/", "http://[0:0:0:0:ffff:0:8.8.8.8]/a.png"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("url", TRANSLATED)
+async def test_ipv4_translated_addresses_are_refused_before_any_io(url: str) -> None:
+    """IPv4-translated addresses (::ffff:0:a.b.c.d, SIIT) are refused whole, whatever they carry: the guard's
+    verdict, before any DNS or connection."""
+    async def no_dns(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        raise AssertionError("an address literal is not resolved")
+
+    fetcher = ImageFetcher(FetchSettings(), 10_000_000, resolver=no_dns)
+    try:
+        with pytest.raises(UrlNotAllowedError):
+            await fetcher.fetch(url)
+    finally:
+        await fetcher.aclose()
+
+
+def _redirecting(location: str, asked: list[str]) -> httpx.MockTransport:
+    """A transport (no network at all) where the public image host answers with a redirect to ``location``;
+    any other host asked for is recorded, which the test must never see."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url.host))
+        return httpx.Response(302, headers={"Location": location})
+
+    return httpx.MockTransport(handle)
+
+
+async def _public(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    return [ipaddress.IPv4Address("93.184.216.34")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("url", TRANSLATED[:2])
+async def test_a_redirect_to_an_ipv4_translated_address_is_refused(url: str) -> None:
+    asked: list[str] = []
+    fetcher = ImageFetcher(FetchSettings(), 10_000_000, transport=_redirecting(url, asked), resolver=_public)
+    try:
+        with pytest.raises(UrlNotAllowedError):
+            await fetcher.fetch("http://images.example/a.png")
+    finally:
+        await fetcher.aclose()
+    assert asked == ["93.184.216.34"], "only the checked public address was asked"
+
+
+@pytest.mark.anyio
+async def test_a_redirect_to_a_url_httpx_cannot_parse_is_fetch_failed() -> None:
+    asked: list[str] = []
+    fetcher = ImageFetcher(FetchSettings(), 10_000_000, transport=_redirecting("http:\\\\127.0.0.1/", asked),
+                           resolver=_public)
+    try:
+        with pytest.raises(FetchFailedError, match="redirected to an invalid URL"):
+            await fetcher.fetch("http://images.example/a.png")
+    finally:
+        await fetcher.aclose()
+    assert asked == ["93.184.216.34"]
 
 
 @pytest.mark.anyio

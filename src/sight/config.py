@@ -27,6 +27,8 @@ class ServerSettings(BaseModel):
     item_concurrency: int = Field(4, description="Items of one request processed at once.")
     max_queue: int = Field(256, description="Items admitted per model at once; past it requests get 503.")
     retry_after: int = Field(2, description="Retry-After seconds sent with 503 overloaded.")
+    max_json_depth: int = Field(64, description="Deepest nesting of arrays and objects in JSON Sight parses "
+                                "(v1 metadata, deployment bodies); deeper answers 400.")
     log_level: str = "info"
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from sight.api import bodies
 from sight.errors import AuthenticationError, InvalidInputError
 from sight.services import Services
 from sight.storage.keys import Principal
@@ -53,7 +53,7 @@ async def json_body_principal(request: Request) -> Principal:
     it validates the body, so a request without a valid key answers 401 whatever else is wrong with it."""
     body_key = None
     try:
-        parsed = json.loads(await request.body())
+        parsed = bodies.loads(await request.body(), get_services(request).settings.server.max_json_depth)
     except ValueError:
         parsed = None  # the body's own validation reports it, once the caller is known
     if isinstance(parsed, dict) and isinstance(parsed.get("api_key"), str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,9 +10,12 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
+from sight.api import bodies
+from sight.api.deps import authenticate
 from sight.errors import InvalidInputError, PayloadTooLargeError
 from sight.pipeline.items import ImageInput, WorkItem
 from sight.schemas import ItemOptions, PredictRequestV2
+from sight.storage.keys import Principal
 
 FORM_FIELD_BYTES = 1024 * 1024  # a metadata/query field; files are not bound by this
 
@@ -32,6 +34,7 @@ class PredictCall:
     query: str | None
     api_key: str | None
     form: FormData | None = None
+    principal: Principal | None = None  # who sent it, when known already (v1: checked before its metadata)
     on_close: list[Callable[[], None]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -51,8 +54,9 @@ def _text_field(form: FormData, name: str) -> str | None:
     return value
 
 
-async def read_v1(request: Request, max_files: int) -> PredictCall:
-    """Parse the multipart body: ``files`` with parallel ``metadata`` JSON strings."""
+async def read_v1(request: Request, max_files: int, max_json_depth: int) -> PredictCall:
+    """Parse the multipart body: ``files`` with parallel ``metadata`` JSON strings. The caller's key (header or
+    ``api_key`` field) is checked before any ``metadata`` is decoded."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidInputError("expected a multipart/form-data body with files and metadata")
@@ -65,14 +69,16 @@ async def read_v1(request: Request, max_files: int) -> PredictCall:
             raise PayloadTooLargeError(f"{exc.detail} (at most {max_files} files a request)") from exc
         raise InvalidInputError(f"malformed multipart body: {exc.detail}") from exc
     try:
-        call = _items_from_form(form)
+        principal = await authenticate(request, _text_field(form, "api_key"))
+        call = _items_from_form(form, max_json_depth)
     except BaseException:
         await form.close()
         raise
+    call.principal = principal
     return call
 
 
-def _items_from_form(form: FormData) -> PredictCall:
+def _items_from_form(form: FormData, max_json_depth: int) -> PredictCall:
     files = form.getlist("files")
     metadata = form.getlist("metadata")
     if not files:
@@ -87,9 +93,11 @@ def _items_from_form(form: FormData) -> PredictCall:
         if not isinstance(raw, str):
             raise InvalidInputError(f"metadata[{index}] must be a JSON text field")
         try:
-            parsed = json.loads(raw)
+            parsed = bodies.loads(raw, max_json_depth)
         except ValueError as exc:
             raise InvalidInputError(f"metadata[{index}] is not valid JSON") from exc
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"metadata[{index}]: {exc.message}") from exc
         if not isinstance(parsed, dict):
             raise InvalidInputError(f"metadata[{index}] must be a JSON object")
         try:

@@ -8,6 +8,9 @@ import json
 
 from sight.errors import InvalidInputError
 
+# Cursors are row sequence numbers: 64-bit, never negative (PostgreSQL's bigint, SQLite's INTEGER).
+MAX_CURSOR = 2**63 - 1
+
 
 def encode(kind: str, scope: int, after: int) -> str:
     raw = json.dumps({"k": kind, "s": scope, "a": after}, separators=(",", ":")).encode()
@@ -20,8 +23,10 @@ def decode(token: str | None, kind: str, scope: int) -> int | None:
         return None
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if data["k"] == kind and data["s"] == scope and isinstance(data["a"], int):
-            return int(data["a"])
+        after = data["a"]
+        if (data["k"] == kind and data["s"] == scope and isinstance(after, int) and not isinstance(after, bool)
+                and 0 <= after <= MAX_CURSOR):
+            return int(after)
     except (binascii.Error, ValueError, KeyError, TypeError):
         pass
     raise InvalidInputError("invalid pagination_token")

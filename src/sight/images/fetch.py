@@ -67,9 +67,14 @@ class ImageFetcher:
                 raise FetchFailedError("the image server timed out") from exc
             except httpx.HTTPError as exc:
                 raise FetchFailedError(f"could not fetch the image: {type(exc).__name__}") from exc
+            except httpx.InvalidURL as exc:  # httpx reads a redirect's Location as it receives the answer
+                raise FetchFailedError("the image server redirected to an invalid URL") from exc
             try:
                 if response.status_code in REDIRECT_STATUS and "location" in response.headers:
-                    current = target.url.join(response.headers["location"])
+                    try:
+                        current = target.url.join(response.headers["location"])
+                    except (httpx.InvalidURL, ValueError) as exc:  # e.g. http:\\host: not a URL httpx can follow
+                        raise FetchFailedError("the image server redirected to an invalid URL") from exc
                     continue
                 if response.status_code != 200:
                     raise FetchFailedError(f"the image server answered HTTP {response.status_code}")

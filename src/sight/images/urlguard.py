@@ -49,6 +49,9 @@ BLOCKED_NETWORKS = tuple(
     )
 )
 NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# IPv4-translated addresses (SIIT, RFC 2765: ::ffff:0:a.b.c.d) and the other IPv6 forms that carry an IPv4
+# address in their low 32 bits: refused whole, whatever the address they carry.
+TRANSLATED_NETWORKS = (ipaddress.ip_network("::ffff:0:0:0/96"),)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -61,13 +64,15 @@ def embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
         found.append(addr.sixtofour)
     if addr.teredo:
         found.extend(addr.teredo)
-    if any(addr in net for net in NAT64_PREFIXES) or int(addr) >> 32 == 0:
-        found.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))  # NAT64 / IPv4-compatible
+    if any(addr in net for net in (*NAT64_PREFIXES, *TRANSLATED_NETWORKS)) or int(addr) >> 32 == 0:
+        found.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))  # NAT64 / translated / IPv4-compatible
     return found
 
 
 def is_blocked(addr: IPAddress) -> bool:
     if any(addr in net for net in BLOCKED_NETWORKS if net.version == addr.version):
+        return True
+    if isinstance(addr, ipaddress.IPv6Address) and any(addr in net for net in TRANSLATED_NETWORKS):
         return True
     if isinstance(addr, ipaddress.IPv6Address):
         return any(is_blocked(v4) for v4 in embedded_ipv4(addr))

@@ -5,13 +5,13 @@ field Modelbit clients read."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from sight.api import bodies
 from sight.api.deps import ServicesDep, authenticate
 from sight.api.errors import error_headers, status_for
 from sight.errors import InvalidInputError, OverloadedError, SightError
@@ -44,7 +44,7 @@ async def call_deployment(deployment: str, ref: str, request: Request, services:
     try:
         principal = await authenticate(request)
         try:
-            body = json.loads(await request.body())
+            body = bodies.loads(await request.body(), services.settings.server.max_json_depth)
         except ValueError as exc:
             raise InvalidInputError("the body is not valid JSON") from exc
         reject_invalid_text(body)

@@ -62,7 +62,7 @@ async def _admit(request: Request, services: ServicesDep, call: PredictCall,
                  principal: Principal | None = None) -> None:
     """Authenticate (unless done already), charge the team's quota (429), take capacity for the call's items
     (503 when full); the capacity is given back when the call closes."""
-    principal = principal or await authenticate(request, call.api_key)
+    principal = principal or call.principal or await authenticate(request, call.api_key)
     services.pipeline.pixels.check()  # past the decode queue's bound: 503 before the team's quota is charged
     await services.quota.charge(principal.team_id, len(call.items))
     ticket = services.admission.admit(demands(call.items, services.settings.yolo.default_model))
@@ -93,7 +93,7 @@ async def _run_stream(request: Request, services: ServicesDep, call: PredictCall
 @router.post("/batch", response_model=PredictBatchResponse, responses=ERRORS, openapi_extra=MULTIPART_BODY)
 async def predict_batch(request: Request, services: ServicesDep) -> PredictBatchResponse:
     """Run the chosen stages on every uploaded file; items come back in input order."""
-    call = await read_v1(request, services.settings.server.max_files)
+    call = await read_v1(request, services.settings.server.max_files, services.settings.server.max_json_depth)
     return await _run_batch(request, services, call)
 
 
@@ -109,7 +109,7 @@ async def predict_batch_v2(
              openapi_extra=MULTIPART_BODY)
 async def predict_stream(request: Request, services: ServicesDep) -> StreamingResponse:
     """NDJSON: a ``processing`` line when an item starts, ``done``/``error`` as it ends, ``complete`` last."""
-    call = await read_v1(request, services.settings.server.max_files)
+    call = await read_v1(request, services.settings.server.max_files, services.settings.server.max_json_depth)
     return await _run_stream(request, services, call)
 
 
