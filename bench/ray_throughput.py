@@ -1,5 +1,5 @@
-"""Images/s through the Ray engine (Sight's Serve application on a local one-node Ray cluster) as a ratio to
-the local engine (`sight serve` in-process, as predict_throughput.py runs it), measured in the same run; where
+"""Images/s through the Ray runtime (Sight's Serve application on a local one-node Ray cluster) as a ratio to
+the local runtime (`sight serve` in-process, as predict_throughput.py runs it), measured in the same run; where
 the Ray overhead goes; and a short placement run on a two-node loopback ``Cluster``.
 
     python bench/ray_throughput.py                                # 1 and 8 clients, 2 rounds, placement
@@ -8,13 +8,13 @@ the Ray overhead goes; and a short placement run on a two-node loopback ``Cluste
 Both sides: YOLO only (yolo11n-untrained at 640), 8 JPEG photos per batch request. Ray: the HTTP API is the
 Serve ingress behind Serve's proxy, the detector ``--replicas`` replicas of ``--replica-cpus`` logical CPUs
 each, taking ``--ongoing`` calls at once (max_ongoing_requests) and running ``--replica-slots`` of them at a
-time (default: its whole CPUs, at least one); the local engine has one run slot per core. On one
+time (default: its whole CPUs, at least one); the local runtime has one run slot per core. On one
 machine both share the same cores (the Ray side also pays for the proxy, the API replica and the detector
-replicas as separate processes), so the ratio is the cost of the Ray engine, not what it scales to: that
+replicas as separate processes), so the ratio is the cost of the Ray runtime, not what it scales to: that
 needs more machines. Rounds alternate local and Ray; read the median ratios.
 
 CPU: at the largest client count, CPU milliseconds per image spent by each process on the machine (from
-/proc), local engine and Ray engine: what the Ray engine costs that the local one does not, and where.
+/proc), local runtime and Ray runtime: what the Ray runtime costs that the local one does not, and where.
 
 Overhead: per image, sequential, one client: the detector in this process (decode + detect, as a replica
 runs it), the same through a ``DeploymentHandle`` (Ray's routing, pickling the bytes, the replica's actor
@@ -203,7 +203,7 @@ def compare(args: argparse.Namespace, workdir: Path) -> None:
                 ratios.setdefault(clients, []).append(remote / local)
                 print(f"round {round_no}  x{clients:<2d} local {local:6.2f} img/s   ray {remote:6.2f} img/s   "
                       f"ratio {remote / local:.2f}", flush=True)
-        print("\nmedian ratio, Ray engine images/s to the local engine's:")
+        print("\nmedian ratio, Ray runtime images/s to the local runtime's:")
         for clients, rows in ratios.items():
             print(f"  {clients} client(s): {statistics.median(rows):.2f}   ({', '.join(f'{r:.2f}' for r in rows)})")
         clients = max(args.clients)

@@ -126,18 +126,75 @@ def test_the_checker_sees_imports_inside_functions_and_skips_type_checking_ones(
     assert _imports(tree) == ["sight.services", "sight.config"]
 
 
+def _handle_like(node: ast.expr) -> bool:
+    """An expression that may be a Serve handle: awaited, or named for one."""
+    return isinstance(node, ast.Await) or "handle" in ast.unparse(node).lower()
+
+
+class _RemoteCalls(ast.NodeVisitor):
+    """Where ``.remote(...)`` is sent (by enclosing function), and every method name given as a string."""
+
+    def __init__(self, module: str) -> None:
+        self.scope = [module]
+        self.sends: list[str] = []
+        self.by_name: list[str] = []
+
+    def _enter(self, node: ast.AST, name: str) -> None:
+        self.scope.append(name)
+        self.generic_visit(node)
+        self.scope.pop()
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:  # noqa: N802
+        self._enter(node, node.name)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:  # noqa: N802
+        self._enter(node, node.name)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:  # noqa: N802
+        self._enter(node, "<lambda>")
+
+    def visit_Call(self, node: ast.Call) -> None:  # noqa: N802
+        where = ".".join(self.scope)
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "remote":
+            self.sends.append(where)
+        if isinstance(node.func, ast.Name) and node.func.id == "getattr" and node.args and _handle_like(node.args[0]):
+            self.by_name.append(f"{where}: getattr({ast.unparse(node.args[0])}, ...)")
+        for keyword in node.keywords:
+            if keyword.arg == "method_name" and isinstance(keyword.value, ast.Constant):
+                self.by_name.append(f"{where}: method_name={keyword.value.value!r}")
+        self.generic_visit(node)
+
+
+def remote_calls(sources: dict[str, Path]) -> _RemoteCalls:
+    seen = _RemoteCalls("")
+    for name, path in sources.items():
+        visitor = _RemoteCalls(name)
+        visitor.visit(ast.parse(path.read_text(), str(path)))
+        seen.sends += visitor.sends
+        seen.by_name += visitor.by_name
+    return seen
+
+
 def test_ray_replicas_are_called_through_their_typed_methods_only() -> None:
     """No method name in a string: ``.remote(...)`` is sent in one place (``replicas.call``, which takes the
-    replica class's own method), and nothing calls ``getattr`` with a literal name on a handle."""
-    sends = []
-    for name, path in MODULES.items():
-        tree = ast.parse(path.read_text(), str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef):
-                for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
-                    if isinstance(call.func, ast.Attribute) and call.func.attr == "remote":
-                        sends.append(f"{name}.{node.name}")
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
-                    and len(node.args) > 1 and isinstance(node.args[0], ast.Name) and "handle" in node.args[0].id):
-                sends.append(f"{name}: getattr({node.args[0].id}, ...)")
-    assert sends == ["sight.runtimes.ray.replicas.call"]
+    replica class's own method); no ``getattr`` with a literal name, no ``method_name="..."``."""
+    seen = remote_calls(MODULES)
+    assert seen.sends == ["sight.runtimes.ray.replicas.call"], seen.sends
+    assert seen.by_name == [], seen.by_name
+
+
+def test_the_remote_call_checker_sees_what_it_must(tmp_path: Path) -> None:
+    code = tmp_path / "old.py"
+    code.write_text("async def detect(self, handle):\n    return await self._call(lambda: handle.input_side.remote())\n"
+                    "async def ask(self, runtime, method):\n    handle = getattr(await runtime.h(), method)\n"
+                    "    handle.options(method_name='condense')\n")
+    seen = remote_calls({"old": code})
+    assert seen.sends == ["old.detect.<lambda>"]
+    assert seen.by_name == ["old.ask: getattr(await runtime.h(), ...)", "old.ask: method_name='condense'"]
+
+
+def test_imports_are_absolute() -> None:
+    relative = [name for name, path in MODULES.items()
+                for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                if isinstance(node, ast.ImportFrom) and node.level > 0]
+    assert relative == [], "relative imports would slip past the layer checks"

@@ -409,6 +409,19 @@ def test_limits_and_tokens_are_validated(client: TestClient) -> None:
     assert len(page["batches"]) == 2 and len(rest["batches"]) == 3 and rest["pagination_token"] is None
 
 
+def test_a_request_with_neither_or_both_image_fields_is_the_adds_400(client: TestClient) -> None:
+    api = _api(client, "a")
+    bid = api.create()["batch_id"]
+    for image in ({}, {"image_url": "https://example.com/a.png", "image_base64": _b64("coffee.png")}):
+        r = api.post(f"/v1/batches/{bid}/requests", {"batch_requests": [
+            _vp(image_base64=_b64("coffee.png"), is_yolo=True), {"batch_request": {"vision_predict": {
+                **image, "is_yolo": True}}}]})
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"] == {"code": "invalid_input", "message":
+                                      "batch_requests[1]: give exactly one of image_url and image_base64"}
+    assert api.batch(bid)["state"]["num_requests"] == 0, "a refused add adds nothing"
+
+
 def test_pagination_tokens_with_out_of_range_cursors_are_400s(client: TestClient) -> None:
     """Well-formed tokens for the right listing whose cursor no database column can hold: 400, never a 500."""
     from sight.batches import paging

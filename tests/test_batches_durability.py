@@ -98,11 +98,11 @@ def _diagnose(database_url: str, processes: list[SightProcess]) -> str:
 
     from sqlalchemy import func, select
 
-    from sight.storage.db import create_engine
+    from sight.storage.db import open_db
     from sight.storage.tables import BatchRequest
 
     async def rows() -> list[tuple[object, ...]]:
-        engine = create_engine(database_url)
+        engine = open_db(database_url)
         try:
             async with engine.connect() as conn:
                 r = BatchRequest
@@ -144,11 +144,11 @@ def _redone_requests(database_url: str) -> int:
 
     from sqlalchemy import func, select
 
-    from sight.storage.db import create_engine
+    from sight.storage.db import open_db
     from sight.storage.tables import BatchRequest
 
     async def count() -> int:
-        engine = create_engine(database_url)
+        engine = open_db(database_url)
         try:
             async with engine.connect() as conn:
                 return int((await conn.execute(

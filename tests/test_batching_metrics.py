@@ -25,6 +25,7 @@ from sight.models.registry import EngineRegistry
 from sight.runtimes.batching import DetectionBatcher
 from sight.runtimes.local import LocalRuntime
 from sight.runtimes.slots import RunSlots
+from tests.conftest import nudenet_path
 from tests.helpers import image_bytes, v1_request
 from tests.servers import LiveServer
 
@@ -82,11 +83,20 @@ def test_cpu_detectors_take_the_direct_path_unless_gathering_on_cpu_is_asked(
     registry = EngineRegistry(on, detectors={"n": nudenet_detector})
     entry = registry.detector_entry("n")
     detector = registry.detector_for(entry)
-    assert LocalRuntime(on, Metrics()).batcher(entry, detector, lambda _n: None) is None, "gathering buys a CPU nothing"
+    runtime = LocalRuntime(on, Metrics())
+    assert runtime.batcher(registry, entry, detector, lambda _n: None) is None, "gathering buys a CPU nothing"
     forced = on.model_copy(update={"yolo": on.yolo.model_copy(update={"batch_on_cpu": True})})
     registry = EngineRegistry(forced, detectors={"n": nudenet_detector})
     detector = registry.detector_for(entry)
-    assert LocalRuntime(forced, Metrics()).batcher(entry, detector, lambda _n: None) is not None
+    runtime = LocalRuntime(forced, Metrics())
+    batcher = runtime.batcher(registry, entry, detector, lambda _n: None)
+    assert batcher is not None and runtime.batcher(registry, entry, detector, lambda _n: None) is batcher
+    # A reload that replaces the model: the new detector gets its own; the old one, idle, is let go.
+    replaced = EngineRegistry(forced, detectors={"n": OnnxYoloDetector.load("n", nudenet_path())})
+    again = replaced.detector_for(entry)
+    fresh = runtime.batcher(replaced, entry, again, lambda _n: None)
+    assert fresh is not None and fresh is not batcher and fresh.detector is again
+    assert runtime.batchers == [fresh], "the replaced detector's batcher is gone"
 
 
 class OverlapCounter:

@@ -27,7 +27,8 @@ from sight.images.fetch import ImageFetcher
 from sight.images.heap import trim_heap
 from sight.metrics import Metrics
 from sight.models.registry import EngineHub, EngineRegistry
-from sight.pipeline.pipeline import ImageInput, Pipeline, WorkItem
+from sight.pipeline.items import ImageInput, WorkItem
+from sight.pipeline.pipeline import Pipeline
 from sight.pipeline.shadow import ShadowRunner
 from sight.schemas import ItemOptions
 from tests.conftest import IMAGES

@@ -153,6 +153,13 @@ def test_multi_model_predict_runs_each_with_its_own_status(rclient: TestClient) 
     assert type(out["duration_ms"]) is int and out["duration_ms"] >= 0
     no_input = rclient.post("/v1/predict", json={"predictions": [{"model_name": "faces"}]}, headers=auth).json()
     assert no_input["predictions"][0]["status"] == "BadRequest"
+    # Neither or both image fields: that prediction's input error, its siblings run.
+    mixed = rclient.post("/v1/predict", headers=auth, json={"predictions": [
+        {"model_name": "faces", "input": {"image_base64": _b64("astronaut.png"), "image_url": "https://x/a.png"}},
+        {"model_name": "faces", "input": {}},
+        {"model_name": "faces", "input": {"image_base64": _b64("astronaut.png")}}]}).json()["predictions"]
+    assert [p["status"] for p in mixed] == ["BadRequest", "BadRequest", "Success"]
+    assert all("exactly one of image_url and image_base64" in p["error_message"] for p in mixed[:2])
 
 
 def test_single_model_predict_status_codes(rclient: TestClient, image_server: ImageServer) -> None:

@@ -1,7 +1,7 @@
 """``sight serve --runtime ray`` as a newcomer runs it: no cluster running, so it starts one, deploys Sight's
 Serve application, answers on its port with the models' states from the cluster, and stops on SIGTERM.
 
-Its own module: the two-node cluster of test_ray_engine.py is shut down before this runs, so ``auto`` finds
+Its own module: the two-node cluster of test_ray_runtime.py is shut down before this runs, so ``auto`` finds
 no cluster to join.
 """
 
@@ -21,7 +21,7 @@ pytest.importorskip("ray", reason="pip install 'sight[ray]'")
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_sight_serve_engine_ray_starts_a_cluster_deploys_and_answers(tmp_path: Path) -> None:
+def test_sight_serve_runtime_ray_starts_a_cluster_deploys_and_answers(tmp_path: Path) -> None:
     port = free_port()
     env = sight_env(tmp_path, SIGHT_RUNTIME__API__NUM_CPUS="0.25", SIGHT_RUNTIME__DETECTOR__NUM_CPUS="0.5",
                     SIGHT_RUNTIME__OCR__NUM_CPUS="0.5", SIGHT_RUNTIME__APP_NAME="sight-cli")

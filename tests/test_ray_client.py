@@ -1,7 +1,7 @@
 """The Ray runtime's client asks Serve's status as it does for the models' states: cached and with a timeout,
 also when it looks up a Serve deployment it has not seen. Serve here is a stand-in for Ray's ``serve`` module
 (its ``status``, ``get_deployment_handle`` and ``get_replica_context``): the behaviour on a real cluster is
-tests/test_ray_engine.py's."""
+tests/test_ray_runtime.py's."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from sight.config import RuntimeSettings, Settings
 from sight.errors import EngineUnavailableError
 
-# Ray's own import-time warnings, as in tests/test_ray_engine.py.
+# Ray's own import-time warnings, as in tests/test_ray_runtime.py.
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 MiB = 1024 * 1024
 
@@ -91,6 +94,8 @@ class LLMSettings(BaseModel):
                               "base URL lists, or the first vision model of a discovered Ollama, by name.")
     api_key: SecretStr | None = None
     timeout: float = Field(60.0, description="Seconds one attempt at the backend may take.")
+    deadline: float = Field(90.0, gt=0, description="Seconds the LLM stage of an item may take in all, its retries "
+                            "and their waits included, in process and on Ray (retries stop at it).")
     connect_timeout: float = 5.0
     retries: int = 2
     backoff: float = 0.5
@@ -101,11 +106,6 @@ class LLMSettings(BaseModel):
     ollama_url: str = Field("http://127.0.0.1:11434", description="Where discovery looks for Ollama.")
     discover_interval: float = Field(5.0, description="Seconds between probes while no LLM has been found.")
     probe_timeout: float = Field(2.0, description="Seconds one discovery request may take (connect: at most 1).")
-
-    @property
-    def deadline(self) -> float:
-        """Seconds the LLM stage may take in all, its retries included: the one bound both runtimes apply."""
-        return (self.retries + 1) * self.timeout
 
 
 class JobsSettings(BaseModel):
@@ -197,8 +197,8 @@ class ReplicaSettings(BaseModel):
     max_ongoing_requests: int = Field(32, description="Requests one replica takes at once. A model replica queues "
                                       "them for its run slots itself: a low value leaves Serve's router to hold "
                                       "them back and probe replicas instead, which leaves cores idle "
-                                      "(docs/benchmarks.md, \"Ray engine\").")
-    max_queued_requests: int = Field(-1, description="Requests a caller queues for the deployment before it "
+                                      "(docs/benchmarks.md, \"Ray runtime\").")
+    max_queued_requests: int = Field(-1, description="Requests a caller queues for the Serve deployment before it "
                                      "answers 503 overloaded (-1: no bound).")
 
     def ray_options(self) -> dict[str, object]:
@@ -228,11 +228,46 @@ class RuntimeSettings(BaseModel):
     retries: int = Field(2, description="Times a call is retried on another replica when its replica dies.")
 
 
-class _LegacyRuntimeEnv(BaseSettings, RuntimeSettings):
-    """``SIGHT_ENGINE__*``: the runtime group's former name, read where ``SIGHT_RUNTIME__*`` leaves a field unset."""
+class _FormerRuntimeNames(PydanticBaseSettingsSource):
+    """``SIGHT_ENGINE__*``, the runtime group's former name, read from the environment and the dotenv file the
+    settings read (``SIGHT_ENGINE__DETECTOR__NUM_GPUS`` is ``runtime.detector.num_gpus``), below every other
+    source: a ``SIGHT_RUNTIME__*`` value wins field by field. Present, it logs one deprecation line a process."""
 
-    model_config = SettingsConfigDict(env_prefix="SIGHT_ENGINE__", env_nested_delimiter="__", env_file=".env",
-                                      extra="ignore")
+    PREFIX = "SIGHT_ENGINE__"
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.dotenv = dotenv
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # values come from __call__ as a whole
+
+    def __call__(self) -> dict[str, Any]:
+        global _warned_legacy
+        found: dict[str, str] = {}
+        dotenv_vars: Mapping[str, str | None] = getattr(self.dotenv, "env_vars", {}) or {}
+        for source in (dotenv_vars, os.environ):  # the environment wins, as for the current names
+            for key, value in source.items():
+                if key.upper().startswith(self.PREFIX) and value is not None:
+                    found[key.upper()] = value
+        if not found:
+            return {}
+        if not _warned_legacy:
+            _warned_legacy = True
+            logging.getLogger("sight.config").warning(
+                "SIGHT_ENGINE__* settings are deprecated: rename them SIGHT_RUNTIME__* (read now: %s)",
+                ", ".join(sorted(found)))
+        nested: dict[str, Any] = {}
+        for key, value in found.items():
+            *path, leaf = key.removeprefix(self.PREFIX).lower().split("__")
+            node = nested
+            for part in path:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    break
+            else:
+                node[leaf] = value
+        return {"runtime": nested}
 
 
 _warned_legacy = False
@@ -262,26 +297,14 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./sight.db"
     bootstrap_team: str = "default"
 
-    @model_validator(mode="after")
-    def _legacy_runtime_names(self) -> Settings:
-        """Fields of ``runtime`` left unset and given as ``SIGHT_ENGINE__*`` (environment or ``.env``) take that
-        value, with one deprecation line in the log per process."""
-        global _warned_legacy
-        env_file = self.model_config.get("env_file")
-        if not any(name.upper().startswith("SIGHT_ENGINE__") for name in os.environ) and not (
-                isinstance(env_file, str) and Path(env_file).is_file()
-                and "SIGHT_ENGINE__" in Path(env_file).read_text(errors="replace").upper()):
-            return self
-        legacy = _LegacyRuntimeEnv()
-        taken = {name: getattr(legacy, name) for name in legacy.model_fields_set - self.runtime.model_fields_set}
-        if taken:
-            self.runtime = self.runtime.model_copy(update=taken)
-            if not _warned_legacy:
-                _warned_legacy = True
-                logging.getLogger("sight.config").warning(
-                    "SIGHT_ENGINE__* settings are deprecated: rename them SIGHT_RUNTIME__* (read now: %s)",
-                    ", ".join(f"SIGHT_ENGINE__{name.upper()}" for name in sorted(taken)))
-        return self
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, _FormerRuntimeNames(settings_cls, dotenv_settings),
+                file_secret_settings)
 
     @property
     def models_dir(self) -> Path:

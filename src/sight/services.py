@@ -34,7 +34,7 @@ from sight.policies.quota import TeamRateLimiter
 from sight.runtimes.base import ModelRuntime
 from sight.runtimes.local import LocalRuntime
 from sight.storage.blobs import BlobStore, open_blob_store
-from sight.storage.db import create_engine, migrate
+from sight.storage.db import migrate, open_db
 from sight.storage.keys import KeyStore
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ async def open_services(
     settings: Settings, *, engines: EngineRegistry | None = None, with_runner: bool = False
 ) -> AsyncIterator[Services]:
     """Open the database (migrating it), engines and clients; close them on exit."""
-    db = create_engine(settings.database_url)
+    db = open_db(settings.database_url)
     hub = EngineHub(engines or EngineRegistry(settings))
     fetcher = ImageFetcher(settings.fetch, settings.images.max_bytes)
     metrics = Metrics()
@@ -95,7 +95,7 @@ async def open_services(
     try:
         await migrate(db)
         runtime = model_runtime(settings, metrics)
-        if not runtime.remote:  # on Ray the deployments load their own models
+        if not runtime.remote:  # on Ray the replicas load their own models
             await anyio.to_thread.run_sync(preload, hub.current, settings.registry.eager)
         await hub.current.probe_llm()  # a local Ollama, if there is one (about a second at most when there is not)
         pipeline = Pipeline(settings, hub, fetcher, metrics, shadows, pixels, runtime)

@@ -15,7 +15,7 @@ from pydantic_core import PydanticSerializationError
 
 from sight.api.forms import PredictCall
 from sight.pipeline.pipeline import Pipeline
-from sight.pipeline.results import summarize
+from sight.pipeline.results import kept_stages, summarize
 from sight.schemas import ErrorInfo, ItemResult, StreamComplete, StreamDone, StreamError, StreamProcessing
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ async def _lines(pipeline: Pipeline, call: PredictCall) -> AsyncIterator[bytes]:
             yield _line(StreamDone(index=event.index, filename=event.filename, result=event))
         else:
             assert event.error is not None
-            yield _line(StreamError(index=event.index, filename=event.filename, error=event.error, result=event))
+            yield _line(StreamError(index=event.index, filename=event.filename, error=event.error,
+                                    result=event if kept_stages(event) else None))
     answer = await pipeline.answer(call.query, results)
     duration = round((time.perf_counter() - start) * 1000, 2)
     yield _line(StreamComplete(summary=summarize(results), answer=answer, duration_ms=duration))

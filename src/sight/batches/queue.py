@@ -33,9 +33,9 @@ class Claimed:
 
 
 class JobQueue:
-    def __init__(self, engine: AsyncEngine, settings: JobsSettings) -> None:
-        self._sessions = session_factory(engine)
-        self._reads = session_factory(engine, readonly=True)
+    def __init__(self, db: AsyncEngine, settings: JobsSettings) -> None:
+        self._sessions = session_factory(db)
+        self._reads = session_factory(db, readonly=True)
         self.settings = settings
         self.clock: Callable[[], datetime] = now  # what "now" is: tests move it forward instead of sleeping
 

@@ -28,7 +28,8 @@ from sight.config import JobsSettings
 from sight.errors import SightError
 from sight.pipeline.items import ImageInput, WorkItem
 from sight.pipeline.pipeline import Pipeline
-from sight.schemas import ItemOptions
+from sight.pipeline.results import kept_stages
+from sight.schemas import ImageRef, ItemOptions
 from sight.storage.blobs.base import BlobStore
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class Runner:
             item = WorkItem(
                 index=0,
                 filename=payload.get("filename"),
-                image=ImageInput(data=data) if data is not None else ImageInput.url(str(payload.get("image_url"))),
+                # Stored bytes, or the URL the request gave (checked per item: a row with neither fails alone).
+                image=ImageInput(data=data) if data is not None else ImageInput(ref=ImageRef(
+                    image_url=payload.get("image_url"))),
                 options=ItemOptions.model_validate(payload),
             )
             with anyio.fail_after(self.settings.request_timeout):
@@ -85,7 +88,7 @@ class Runner:
                 return
             assert result.error is not None
             error = result.error.model_dump()
-            partial = result.model_dump(mode="json", by_alias=True)
+            partial = result.model_dump(mode="json", by_alias=True) if kept_stages(result) else None
         except SightError as exc:
             error = exc.to_dict()
         except TimeoutError:

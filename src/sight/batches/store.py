@@ -51,7 +51,6 @@ from sight.storage.tables import Batch, BatchRequest
 log = logging.getLogger(__name__)
 OPEN_STATES = ("pending", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
-BLOB_CHUNK = 400  # blob names per reference lookup, asked of two columns (800 bound parameters: fine anywhere)
 BLOB_PUTS = 8  # images of one add stored at once (an object store answers each in a round trip or two)
 BLOB_GETS = 16  # stored results of one page of results fetched at once
 RESULT_GONE = "the stored result of this request is gone"
@@ -91,10 +90,10 @@ class Counts:
 
 
 class BatchStore:
-    def __init__(self, engine: AsyncEngine, settings: Settings, blobs: BlobStore,
+    def __init__(self, db: AsyncEngine, settings: Settings, blobs: BlobStore,
                  ocr_name: Callable[[], str] = lambda: "rapidocr") -> None:
-        self._sessions = session_factory(engine)
-        self._reads = session_factory(engine, readonly=True)
+        self._sessions = session_factory(db)
+        self._reads = session_factory(db, readonly=True)
         self.settings = settings
         self.blobs = blobs
         self._ocr_name = ocr_name  # the catalog's name for the OCR model (a registry file may rename it)

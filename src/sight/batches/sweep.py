@@ -21,17 +21,19 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sight.batches.store import BLOB_CHUNK, OPEN_STATES, now
+from sight.batches.store import OPEN_STATES, now
 from sight.config import Settings
 from sight.storage.blobs.base import BlobStore
 from sight.storage.db import session_factory
 from sight.storage.tables import Batch, BatchRequest
 
+BLOB_CHUNK = 400  # blob names per reference lookup, asked of two columns (800 bound parameters: fine anywhere)
+
 
 class BatchSweeper:
-    def __init__(self, engine: AsyncEngine, settings: Settings, blobs: BlobStore) -> None:
-        self._sessions = session_factory(engine)
-        self._reads = session_factory(engine, readonly=True)
+    def __init__(self, db: AsyncEngine, settings: Settings, blobs: BlobStore) -> None:
+        self._sessions = session_factory(db)
+        self._reads = session_factory(db, readonly=True)
         self.settings = settings
         self.blobs = blobs
         self.clock: Callable[[], datetime] = now  # what "now" is: tests move it forward instead of sleeping

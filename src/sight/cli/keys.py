@@ -21,16 +21,16 @@ T = TypeVar("T")
 
 def with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
     """Open the database (migrating it), run ``action(store)``, close it."""
-    from sight.storage.db import create_engine, migrate
+    from sight.storage.db import migrate, open_db
     from sight.storage.keys import KeyStore
 
     async def run() -> T:
-        engine = create_engine(settings.database_url)
+        db = open_db(settings.database_url)
         try:
-            await migrate(engine)
-            return await action(KeyStore(engine))
+            await migrate(db)
+            return await action(KeyStore(db))
         finally:
-            await engine.dispose()
+            await db.dispose()
 
     with exit_on_error():
         return asyncio.run(run())

@@ -4,7 +4,7 @@ to it when freed, and the heap's free pages handed back after a burst (glibc onl
 Pillow holds a decoded picture in blocks of up to 16 MiB. By default glibc raises its mmap threshold to the
 largest block freed so far (up to 32 MiB), after which every picture is carved from per-thread heaps that keep
 the memory after the burst. What these settings cost and save is measured in docs/benchmarks.md ("Decode
-memory", and the local engine's heap tuning).
+memory", and "Local runtime" on the heap tuning).
 """
 
 from __future__ import annotations

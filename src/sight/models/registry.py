@@ -62,6 +62,10 @@ class EngineRegistry:
         """The detector for ``entry`` if it is already loaded (never loads; safe on the event loop)."""
         return self._detectors.get(entry.ref)
 
+    def loaded_by_ref(self, ref: str) -> Detector | None:
+        """The loaded detector of ``ref`` (``name:version``), if this snapshot holds one."""
+        return self._detectors.get(ref)
+
     # -- detectors -------------------------------------------------------------------------------------
 
     def detector_entry(self, ref: str | None, request_id: str | None = None) -> ModelEntry:

@@ -23,7 +23,7 @@ from sight.engines.base import DetectOptions, Grounding
 from sight.errors import InvalidInputError, NotFoundError, SightError
 from sight.pipeline.items import ImageInput, WorkItem
 from sight.pipeline.pipeline import Pipeline
-from sight.pipeline.results import detections_json, ocr_result
+from sight.pipeline.results import detections_json, llm_result, ocr_result
 from sight.schemas import ItemOptions
 
 BUILTINS = ("detect", "ocr", "analyze", "predict")
@@ -155,7 +155,7 @@ class Deployments:
             raise InvalidInputError("query must be text")
         picture = await self.pipeline.load_picture(image_source(image), {})
         answer = await self.pipeline.analyze(self.pipeline.hub.current, picture, query, Grounding(), None)
-        return {"answer": answer.answer, "model": answer.model}
+        return llm_result(answer).model_dump(include={"answer", "model"})
 
     async def _builtin_predict(self, image: Any, options: dict[str, Any] | None = None) -> dict[str, Any]:
         opts = item_options(options) if options else ItemOptions(is_yolo=True)

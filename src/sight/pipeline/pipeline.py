@@ -232,14 +232,16 @@ class Pipeline:
                 shadow_client, shadow_model = self.runtime.llm_client(engines, shadow, shadow.ref)
 
                 async def run(c: VisionLLM = shadow_client, m: str | None = shadow_model) -> str:
-                    return (await c.analyze(jpeg, query or "", grounding, m)).answer
+                    with self._llm_deadline():
+                        return (await c.analyze(jpeg, query or "", grounding, m)).answer
 
                 self.shadows.spawn(primary.ref, shadow.ref, run, answer.answer)
         return answer
 
     @contextmanager
     def _llm_deadline(self) -> Iterator[None]:
-        """The one bound on an LLM call, its retries included, wherever the LLM client runs."""
+        """The one bound on an LLM call, its retries and their waits included, wherever the LLM client runs
+        (``SIGHT_LLM__DEADLINE``)."""
         deadline = self.settings.llm.deadline
         try:
             with anyio.fail_after(deadline):

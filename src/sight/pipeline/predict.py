@@ -13,7 +13,7 @@ from sight.errors import FetchFailedError, InvalidInputError, NotFoundError, Sig
 from sight.models.registry import EngineRegistry
 from sight.pipeline.items import ImageInput
 from sight.pipeline.pipeline import Pipeline
-from sight.pipeline.results import detections_json, ocr_result
+from sight.pipeline.results import detections_json, llm_result, ocr_result
 from sight.runtimes.base import Picture
 from sight.schemas import PredictInput, PredictionOut, PredictionSpec
 
@@ -82,5 +82,4 @@ class MultiPredictor:
         if task == "ocr":
             return ocr_result((await self.pipeline.read_text(engines, picture)).value).model_dump()
         answer = await self.pipeline.analyze(engines, picture, inp.query, Grounding(), ref, request_id)
-        return {"answer": answer.answer, "model": answer.model,
-                "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens}}
+        return llm_result(answer).model_dump()

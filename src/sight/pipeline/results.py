@@ -44,6 +44,11 @@ def llm_result(answer: LLMAnswer) -> LlmResult:
     return LlmResult(answer=answer.answer, model=answer.model, usage=usage)
 
 
+def kept_stages(item: ItemResult) -> bool:
+    """Whether a stage of ``item`` produced a result: a failed item carries those beside its error."""
+    return item.yolo is not None or item.ocr is not None or item.llm is not None
+
+
 def summarize(results: Sequence[ItemResult]) -> Summary:
     done = sum(r.status == "done" for r in results)
     return Summary(total=len(results), done=done, error=len(results) - done)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from sight.errors import OverloadedError
 
 if TYPE_CHECKING:
-    from sight.pipeline.pipeline import WorkItem
+    from sight.pipeline.items import WorkItem
 
 
 def demands(items: Iterable[WorkItem], default_detector: str) -> Counter[str]:

@@ -57,6 +57,11 @@ class DetectionBatcher:
     def waiting(self) -> int:
         return len(self._pending)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing running: dropping it loses no call."""
+        return not self._pending and not self._running and (self._consumer is None or self._consumer.done())
+
     async def detect(self, image: Image.Image, options: DetectOptions) -> list[Detection]:
         future: asyncio.Future[list[Detection]] = asyncio.get_running_loop().create_future()
         self._pending.append((image, options, future))

@@ -42,7 +42,7 @@ class LocalRuntime:
         self.settings = settings
         self.metrics = metrics
         self._slots: dict[str, RunSlots] = {}
-        self._batchers: dict[str, tuple[Detector, DetectionBatcher]] = {}
+        self._batchers: dict[tuple[str, int], DetectionBatcher] = {}  # (ref, id of its detector) -> batcher
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
 
     async def detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
@@ -72,7 +72,7 @@ class LocalRuntime:
         try:
             with anyio.fail_after(timeout):
                 detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
-                batcher = self.batcher(entry, detector, self.metrics.batch_size.labels(entry.ref).observe)
+                batcher = self.batcher(engines, entry, detector, self.metrics.batch_size.labels(entry.ref).observe)
                 if batcher is not None:
                     return await batcher.detect(image, options)
                 can_run_wide = alone and isinstance(detector, WideDetector) and detector.can_run_wide
@@ -100,24 +100,33 @@ class LocalRuntime:
             log.info("%s: %d session run(s) at once", "CPU detectors" if key == CPU_SLOTS else key, capacity)
         return self._slots[key]
 
-    def batcher(self, entry: ModelEntry, detector: Detector,
+    def batcher(self, engines: EngineRegistry, entry: ModelEntry, detector: Detector,
                 on_batch: Callable[[int], None]) -> DetectionBatcher | None:
-        """The gathering front of ``entry``'s ``detector``, when batching is on and the model allows it (one per
-        loaded detector: a reload that replaces the detector gets a new one)."""
+        """The gathering front of ``entry``'s ``detector``, when batching is on and the model allows it: one per
+        loaded detector, so the items of an old and a new catalog snapshot of a replaced model each gather on
+        their own; one whose detector ``engines`` no longer holds is dropped once idle."""
         y = self.settings.yolo
         if y.batch_max_size <= 1 or not getattr(detector, "dynamic_batch", False):
             return None
         if on_cpu(detector) and not y.batch_on_cpu:
             return None  # gathering costs a CPU as much as single runs, plus the wait: take the direct path
-        held = self._batchers.get(entry.ref)
-        if held is None or held[0] is not detector:
+        for (ref, ident), old in list(self._batchers.items()):
+            current = engines.loaded_by_ref(ref)
+            if (current is None or id(current) != ident) and old.idle:
+                del self._batchers[(ref, ident)]  # its model was reloaded or removed: let its session go
+        key = (entry.ref, id(detector))
+        if key not in self._batchers:
             from sight.runtimes.batching import DetectionBatcher
 
-            batcher = DetectionBatcher(detector, max_size=y.batch_max_size,  # type: ignore[arg-type]
-                                       max_wait=y.batch_max_wait_ms / 1000, slots=self.run_slots(entry, detector),
-                                       on_batch=on_batch)
-            held = self._batchers[entry.ref] = (detector, batcher)
-        return held[1]
+            self._batchers[key] = DetectionBatcher(
+                detector, max_size=y.batch_max_size, max_wait=y.batch_max_wait_ms / 1000,  # type: ignore[arg-type]
+                slots=self.run_slots(entry, detector), on_batch=on_batch)
+        return self._batchers[key]
+
+    @property
+    def batchers(self) -> list[DetectionBatcher]:
+        """The gathering fronts held now, one per loaded detector that gathers."""
+        return list(self._batchers.values())
 
     def limiter(self, key: str, capacity: int) -> anyio.CapacityLimiter:
         """The limiter named ``key`` (OCR, shadows), made with ``capacity`` on first use."""

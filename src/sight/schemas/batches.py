@@ -93,7 +93,8 @@ class BatchResultBody(BaseModel):
 
 class BatchResultEntry(BaseModel):
     """One finished request: ``batch_result`` when it succeeded; ``error`` (and ``error_message``) when it failed,
-    then with ``batch_result`` too when some of its stages worked (the item, whose ``status`` is ``error``)."""
+    then with ``batch_result`` too when some of its stages worked (the item, whose ``status`` is ``error``, with
+    what they found)."""
 
     batch_request_id: str
     batch_result: BatchResultBody | None = None

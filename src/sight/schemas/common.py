@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StrictStr
+from pydantic.dataclasses import dataclass
 
 from sight.errors import InvalidInputError
 
@@ -45,7 +45,8 @@ def reject_invalid_text(value: Any, where: str = "body") -> None:
 @dataclass(frozen=True, slots=True)
 class Box:
     """A box in an image's pixels, top-left (x1, y1) to bottom-right (x2, y2): what engines find and what the
-    wire carries (the one box type)."""
+    wire carries (the one box type). A pydantic dataclass: its coordinates are floats whatever an engine hands
+    it (ints, NumPy scalars)."""
 
     x1: float
     y1: float

@@ -131,8 +131,8 @@ class StreamDone(BaseModel):
 
 
 class StreamError(BaseModel):
-    """An item that failed. ``result``: what its other stages found (an item whose one stage failed keeps every
-    other stage's result), the item as the batch answer has it."""
+    """An item that failed. ``result``, when some of its stages worked: the item as the batch answer has it,
+    with what those stages found (an item whose one stage failed keeps every other stage's result)."""
 
     status: Literal["error"] = "error"
     index: int

@@ -1,4 +1,5 @@
-"""Async engine and session factory; SQLite tuned for durability, PostgreSQL through the same URL."""
+"""The database: SQLAlchemy's async engine (called ``db`` throughout Sight: "engine" means a model engine) and
+sessions on it; SQLite tuned for durability, PostgreSQL through the same URL."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-def create_engine(database_url: str) -> AsyncEngine:
+def open_db(database_url: str) -> AsyncEngine:
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
         connect_args: dict[str, Any] = {}
@@ -22,9 +23,9 @@ def create_engine(database_url: str) -> AsyncEngine:
         return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if url.database and url.database != ":memory:":
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    db = create_async_engine(url, connect_args={"timeout": 30})
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(db.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, begin transactions: see _begin_immediate.
         dbapi_conn.isolation_level = None
@@ -35,23 +36,23 @@ def create_engine(database_url: str) -> AsyncEngine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(db.sync_engine, "begin")
     def _begin(conn: Any) -> None:
         # Writers take the write lock up front: a deferred transaction that later writes can fail with
         # SQLITE_BUSY whatever the busy timeout, and claims must be atomic across processes. Readers
         # (session_factory(readonly=True)) begin deferred and, under WAL, never block anyone.
         conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}")
 
-    return engine
+    return db
 
 
-def session_factory(engine: AsyncEngine, *, readonly: bool = False) -> async_sessionmaker[Any]:
-    """Sessions on ``engine``; ``readonly`` ones must not write (on SQLite they begin DEFERRED)."""
-    bind = engine.execution_options(sqlite_begin="DEFERRED") if readonly else engine
+def session_factory(db: AsyncEngine, *, readonly: bool = False) -> async_sessionmaker[Any]:
+    """Sessions on ``db``; ``readonly`` ones must not write (on SQLite they begin DEFERRED)."""
+    bind = db.execution_options(sqlite_begin="DEFERRED") if readonly else db
     return async_sessionmaker(bind, expire_on_commit=False)
 
 
-async def migrate(engine: AsyncEngine) -> None:
+async def migrate(db: AsyncEngine) -> None:
     """Bring the schema to the newest Alembic revision (idempotent)."""
     from alembic import command
     from alembic.config import Config
@@ -62,10 +63,10 @@ async def migrate(engine: AsyncEngine) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
-    async with engine.begin() as conn:
+    async with db.begin() as conn:
         await conn.run_sync(upgrade)
 
 
-async def ping(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
+async def ping(db: AsyncEngine) -> None:
+    async with db.connect() as conn:
         await conn.execute(text("SELECT 1"))

@@ -50,9 +50,9 @@ class KeyInfo:
 
 
 class KeyStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._sessions = session_factory(engine)
-        self._reads = session_factory(engine, readonly=True)
+    def __init__(self, db: AsyncEngine) -> None:
+        self._sessions = session_factory(db)
+        self._reads = session_factory(db, readonly=True)
 
     async def has_teams(self) -> bool:
         async with self._reads() as s:

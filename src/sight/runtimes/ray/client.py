@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,10 +47,12 @@ STATUS_TTL = 2.0  # seconds a Serve status answers for the models' states
 STATUS_TIMEOUT = 5.0
 
 
-def serve_deployment_health(deployment: Any) -> tuple[str, int]:
-    """A deployment's status as ``serve status`` writes it (HEALTHY, UPDATING, ...) and its running replicas."""
-    running = sum(n for state, n in deployment.replica_states.items() if getattr(state, "value", state) == "RUNNING")
-    return str(getattr(deployment.status, "value", deployment.status)), running
+def serve_deployment_health(serve_deployment: Any) -> tuple[str, int]:
+    """A Serve deployment's status as ``serve status`` writes it (HEALTHY, UPDATING, ...) and its running
+    replicas."""
+    running = sum(n for state, n in serve_deployment.replica_states.items()
+                  if getattr(state, "value", state) == "RUNNING")
+    return str(getattr(serve_deployment.status, "value", serve_deployment.status)), running
 
 
 def import_serve() -> Any:
@@ -81,7 +84,7 @@ class RayRuntime:
         self.settings = settings
         self._serve = serve if serve is not None else import_serve()
         self._handles: dict[str, DeploymentHandle] = {}
-        self._deployed: set[str] = set()  # deployments seen in the application (refreshed on a miss)
+        self._serve_deployments: set[str] = set()  # seen in the application (refreshed on a miss)
         self._status_cache: tuple[float, Any] | None = None
         self._status_lock = anyio.Lock()
         self._replica_states: dict[str, tuple[float, ModelState]] = {}
@@ -94,25 +97,25 @@ class RayRuntime:
 
     async def serve_handle(self, name: str, what: str) -> DeploymentHandle:
         """The handle of Serve deployment ``name``; ``EngineUnavailableError`` at once if the application has
-        none (a call to a missing deployment would wait for replicas that never come). Serve's status is asked
+        none (a call to a missing Serve deployment would wait for replicas that never come). Serve's status is asked
         as for the models' states: cached, with a timeout."""
-        if name not in self._deployed:
+        if name not in self._serve_deployments:
             app = self.app_name()
             try:
                 status = await self._status()
             except Exception as exc:  # the cluster is gone, unreachable or too slow
                 raise EngineUnavailableError(f"{what}: Ray Serve did not answer ({type(exc).__name__})") from exc
             application = status.applications.get(app)
-            self._deployed = set(application.deployments) if application is not None else set()
-            if name not in self._deployed:
+            self._serve_deployments = set(application.deployments) if application is not None else set()
+            if name not in self._serve_deployments:
                 raise EngineUnavailableError(f"{what} is not deployed in the Ray Serve application {app!r}: "
                                              "declare it and deploy the application again")
         return self.handle(name)
 
     def app_name(self) -> str:
-        """The application whose deployments run the models: inside Serve (the API as the ingress) the one
+        """The application whose Serve deployments run the models: inside Serve (the API as the ingress) the one
         this replica belongs to, whatever it was deployed as (`serve run` names it ``default``); elsewhere
-        ``engine.app_name``."""
+        ``runtime.app_name``."""
         from ray.serve.exceptions import RayServeException
 
         try:
@@ -145,7 +148,7 @@ class RayRuntime:
                    ) -> tuple[VisionLLM, str | None]:
         """A client of the LLM Serve deployment, which resolves ``entry`` (by its ref) and ``ref`` as this process
         would and holds the connections to the backends (and, without a base URL, looks for Ollama on its
-        node). The backend model name is the deployment's to pick: None here."""
+        node). The backend model name is the replica's to pick: None here."""
         return RemoteVisionLLM(self, entry.ref if entry is not None else None, ref), None
 
     async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
@@ -165,21 +168,21 @@ class RayRuntime:
             down = ModelState(state="unavailable", reason=f"Ray Serve did not answer ({type(exc).__name__})")
             return {entry.ref: down for entry in entries if entry.task in ("detect", "ocr")}
         application = status.applications.get(app)
-        deployments = application.deployments if application is not None else {}
-        self._deployed = set(deployments)
+        serve_deployments = application.deployments if application is not None else {}
+        self._serve_deployments = set(serve_deployments)
         states: dict[str, ModelState] = {}
 
-        async def one(entry: ModelEntry) -> None:  # each deployment's replica is asked at once, not in turn
+        async def one(entry: ModelEntry) -> None:  # each Serve deployment's replica is asked at once
             name = detector_serve_deployment(entry) if entry.task == "detect" else OCR_SERVE_DEPLOYMENT
-            deployment = deployments.get(name)
-            if deployment is None:
-                states[entry.ref] = ModelState(state="unavailable", reason=f"no deployment {name!r} in the Ray "
-                                               f"Serve application {app!r}: declare it and deploy again")
+            serve_deployment = serve_deployments.get(name)
+            if serve_deployment is None:
+                states[entry.ref] = ModelState(state="unavailable", reason=f"no Serve deployment {name!r} in the "
+                                               f"Ray Serve application {app!r}: declare it and deploy again")
                 return
-            health, running = serve_deployment_health(deployment)
+            health, running = serve_deployment_health(serve_deployment)
             if health in ("UNHEALTHY", "DEPLOY_FAILED"):
                 states[entry.ref] = ModelState(state="failed", reason=f"Ray Serve deployment {name!r} is "
-                                               f"{health}: {deployment.message}")
+                                               f"{health}: {serve_deployment.message}")
             elif running:
                 seen = await self._replica_state(name)
                 states[entry.ref] = seen if seen is not None and seen.state != "ready" else ModelState(
@@ -226,16 +229,16 @@ class RayRuntime:
             return picture.data, picture.min_side
         return await anyio.to_thread.run_sync(encode, picture)
 
-    async def send(self, request: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
-        """Make ``request`` (a ``call`` of a replica's method) within ``seconds``, again (at most
-        ``runtime.retries`` times) when the replica died under it: Serve routes the retry to a live replica.
-        Ray's errors become Sight's here, at the edge."""
+    async def send(self, request: Callable[[], Awaitable[T]], seconds: float | None, what: str) -> T:
+        """Make ``request`` (a ``call`` of a replica's method) within ``seconds`` (None: the caller bounds it),
+        again (at most ``runtime.retries`` times) when the replica died under it: Serve routes the retry to a live
+        replica. Ray's errors become Sight's here, at the edge."""
         from ray import exceptions as ray_errors
         from ray.serve import exceptions as serve_errors
 
         attempts = self.settings.runtime.retries + 1
         try:
-            with anyio.fail_after(seconds):
+            with anyio.fail_after(math.inf if seconds is None else seconds):
                 for attempt in range(1, attempts + 1):
                     try:
                         return await request()
@@ -261,8 +264,8 @@ class RayRuntime:
 
 
 class RemoteVisionLLM:
-    """A ``VisionLLM`` whose calls go to the LLM Serve deployment's replicas (``LlmReplica``), bounded as in
-    process (``LLMSettings.deadline``)."""
+    """A ``VisionLLM`` whose calls go to the LLM Serve deployment's replicas (``LlmReplica``). The pipeline bounds
+    them as in process (``SIGHT_LLM__DEADLINE``)."""
 
     def __init__(self, runtime: RayRuntime, entry_ref: str | None, ref: str | None) -> None:
         self.runtime, self.entry_ref, self.ref = runtime, entry_ref, ref
@@ -272,13 +275,13 @@ class RemoteVisionLLM:
         handle = await self.runtime.serve_handle(LLM_SERVE_DEPLOYMENT, "the LLM client")
         return await self.runtime.send(
             lambda: call(handle, LlmReplica.analyze, self.entry_ref, self.ref, image_jpeg, query, grounding),
-            self.runtime.settings.llm.deadline, "the LLM")
+            None, "the LLM")
 
     async def condense(self, query: str, answers: list[tuple[str, str]], model: str | None = None) -> LLMAnswer:
         handle = await self.runtime.serve_handle(LLM_SERVE_DEPLOYMENT, "the LLM client")
         return await self.runtime.send(
             lambda: call(handle, LlmReplica.condense, self.entry_ref, self.ref, query, answers),
-            self.runtime.settings.llm.deadline, "the LLM")
+            None, "the LLM")
 
     async def aclose(self) -> None:
         return None  # the Serve deployment holds the connections

@@ -1,4 +1,4 @@
-"""The Ray engine on a real two-node Ray cluster (loopback): same results as the local engine, replicas on
+"""The Ray runtime on a real two-node Ray cluster (loopback): same results as the local runtime, replicas on
 both nodes, a replica killed mid-stream loses no item, an overloaded deployment answers 503.
 
 One cluster and one Serve application for the module; every wait is on an event (a response, Serve's
@@ -65,7 +65,7 @@ DETECTOR = "detect-nudenet-v1"
 APP = "sight"
 
 
-def _settings(tmp: Path, **engine: Any) -> Settings:
+def _settings(tmp: Path, **runtime: Any) -> Settings:
     return Settings(
         _env_file=None,
         database_url=f"sqlite+aiosqlite:///{tmp / 'sight.db'}",
@@ -73,7 +73,7 @@ def _settings(tmp: Path, **engine: Any) -> Settings:
         server=ServerSettings(max_files=64, item_concurrency=4),
         yolo=YoloSettings(models={"nudenet": nudenet_path()}, default_model="nudenet"),
         models=ModelsSettings(offline=True),
-        runtime=RuntimeSettings(**engine),
+        runtime=RuntimeSettings(**runtime),
     )
 
 
@@ -177,7 +177,7 @@ def _rotated_png() -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
-def test_ray_engine_results_equal_local_engine(served: RayServed, tmp_path: Path) -> None:
+def test_ray_runtime_results_equal_local_runtime(served: RayServed, tmp_path: Path) -> None:
     data = [{"image_base64": _b64(name), "filename": name, "is_yolo": True}
             for name in ("astronaut.png", "bus.jpg", "rocket.jpg", "coffee.png")]
     data.append({"image_base64": _b64("serial-label.png"), "filename": "label.png", "is_ocr": True})
@@ -207,7 +207,7 @@ def test_ray_engine_results_equal_local_engine(served: RayServed, tmp_path: Path
     assert [round(d["confidence"], 3) for d in remote[1]["result"]["yolo"]["detections"]] == [0.264, 0.252]
 
 
-def test_ray_engine_api_decodes_no_pixels_for_the_model_stages(served: RayServed, tmp_path: Path,
+def test_ray_runtime_api_decodes_no_pixels_for_the_model_stages(served: RayServed, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Detection and OCR items: the API (in this process) checks each header and sends the bytes as
     uploaded; only the replicas decode. A JPEG whose header is sound but whose pixels are cut off fails on
@@ -236,7 +236,7 @@ def test_ray_engine_api_decodes_no_pixels_for_the_model_stages(served: RayServed
     assert finals[3]["result"]["ocr"]["text"], finals[3]
 
 
-def test_ray_engine_reports_a_model_its_replica_cannot_load(served: RayServed) -> None:
+def test_ray_runtime_reports_a_model_its_replica_cannot_load(served: RayServed) -> None:
     """The broken detector's replica runs (the application is up), /v1/models says failed with the load
     error its replica met, and its items fail with that reason while the others' run."""
     with TestClient(create_app(served.settings)) as client:
@@ -253,7 +253,7 @@ def test_ray_engine_reports_a_model_its_replica_cannot_load(served: RayServed) -
     assert finals[1]["status"] == "done"
 
 
-def test_ray_engine_llm_calls_go_through_the_llm_deployment(served: RayServed, llm: FakeLLMServer) -> None:
+def test_ray_runtime_llm_calls_go_through_the_llm_deployment(served: RayServed, llm: FakeLLMServer) -> None:
     """Through the Serve proxy: an OCR + LLM item and a YOLO + LLM item with a query. The LLM deployment asks
     the loopback backend with the grounding, and condenses the two answers into the batch answer."""
     query = "find me the serial number from the images"
@@ -272,7 +272,7 @@ def test_ray_engine_llm_calls_go_through_the_llm_deployment(served: RayServed, l
     assert _replicas("llm"), "the LLM deployment runs"
 
 
-def test_ray_engine_detector_replicas_on_both_nodes_serve_a_stream(served: RayServed) -> None:
+def test_ray_runtime_detector_replicas_on_both_nodes_serve_a_stream(served: RayServed) -> None:
     replicas = _replicas(DETECTOR)
     assert len(replicas) == 2
     assert len({a["Address"]["NodeID"] for a in replicas}) == 2, "Serve spreads replicas over the nodes"
@@ -297,7 +297,7 @@ def _calls_per_replica(log_dir: Path) -> dict[str, int]:
             for p in log_dir.glob(f"replica_{APP}_{DETECTOR}_*.log")}
 
 
-def test_ray_engine_worker_node_removed_mid_stream_loses_no_item(served: RayServed, tmp_path: Path,
+def test_ray_runtime_worker_node_removed_mid_stream_loses_no_item(served: RayServed, tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """A whole worker node goes (its raylet and every actor on it) while a stream runs: the calls on its
     detector replica fail over to the head's (bounded retries), every item ends once, the stream completes.
@@ -332,16 +332,16 @@ def test_ray_engine_worker_node_removed_mid_stream_loses_no_item(served: RayServ
     finals = _finals(lines)
     assert sorted(finals) == list(range(24)), "every item ends in exactly one final state"
     assert lines[-1]["status"] == "complete" and sum(x["status"] == "complete" for x in lines) == 1
-    # Retries are bounded (engine.retries) and land on the head's replica: no item fails for the removal.
+    # Retries are bounded (runtime.retries) and land on the head's replica: no item fails for the removal.
     assert all(x["status"] == "done" for x in finals.values()), [x for x in finals.values() if x["status"] != "done"]
-    # Each call is sent at most engine.retries more times (the calls in flight on the lost replica, usually 1-2).
+    # Each call is sent at most runtime.retries more times (the calls in flight on the lost replica, usually 1-2).
     retried = [r.getMessage() for r in caplog.records if "replica lost" in r.getMessage()]
     assert len(retried) <= settings.runtime.retries * len(data), retried
     _wait_running(DETECTOR)
     _wait_running("api", replicas=1)
 
 
-def test_ray_engine_replica_killed_mid_stream_loses_no_item(served: RayServed) -> None:
+def test_ray_runtime_replica_killed_mid_stream_loses_no_item(served: RayServed) -> None:
     victim = _replicas(DETECTOR)[0]
     handle = ray.get_actor(victim["Name"], namespace="serve")
     killed: list[int] = []
@@ -357,7 +357,7 @@ def test_ray_engine_replica_killed_mid_stream_loses_no_item(served: RayServed) -
     finals = _finals(lines)
     assert sorted(finals) == list(range(40)), "every item ends in exactly one final state"
     assert lines[-1]["status"] == "complete" and sum(x["status"] == "complete" for x in lines) == 1
-    # Retries are bounded (engine.retries) and land on the live replica: no item fails for the kill.
+    # Retries are bounded (runtime.retries) and land on the live replica: no item fails for the kill.
     assert all(x["status"] == "done" for x in finals.values()), [x for x in finals.values() if x["status"] != "done"]
     _wait_running(DETECTOR)  # Serve replaces the replica: later tests see two again
 
@@ -370,7 +370,7 @@ def _wait_running(deployment: str, rounds: int = 600, replicas: int = 2) -> None
     wait_until(running, f"{deployment} back to {replicas} healthy replicas", timeout=rounds * 0.05, poll=0.05)
 
 
-def test_ray_engine_overloaded_deployment_answers_503_with_retry_after(served: RayServed, tmp_path: Path) -> None:
+def test_ray_runtime_overloaded_deployment_answers_503_with_retry_after(served: RayServed, tmp_path: Path) -> None:
     """A deployment that queues at most one request (Serve's max_queued_requests): the rest are refused
     at once with Serve's BackPressureError, which Sight answers as 503 overloaded with Retry-After."""
     from sight.models.registry import EngineRegistry
@@ -402,7 +402,7 @@ def test_ray_engine_overloaded_deployment_answers_503_with_retry_after(served: R
     assert refused.json()["detail"]["code"] == "overloaded"
 
 
-def test_ray_engine_model_without_deployment_fails_its_items_at_once(served: RayServed, tmp_path: Path) -> None:
+def test_ray_runtime_model_without_deployment_fails_its_items_at_once(served: RayServed, tmp_path: Path) -> None:
     """A detector declared after the application was built has no deployment: its items fail with
     engine_unavailable at once (a call would wait for replicas that never come), their siblings run."""
     settings = _settings(tmp_path, kind="ray", app_name=APP)
@@ -424,12 +424,12 @@ def test_ray_engine_model_without_deployment_fails_its_items_at_once(served: Ray
     assert "replica(s)" in models["nudenet"]["state"]["reason"]
     assert models["rapidocr"]["state"]["state"] == "ready", models["rapidocr"]
     assert models["later"]["state"]["state"] == "unavailable" and not models["later"]["loaded"]
-    assert "no deployment 'detect-later-v1'" in models["later"]["state"]["reason"]
+    assert "no Serve deployment 'detect-later-v1'" in models["later"]["state"]["reason"]
     assert ready["states"]["nudenet:1"] == {"state": "ready"} and ready["states"]["later:1"] == {"state": "unavailable"}
     assert set(ready["loaded"]) == {"nudenet:1", "rapidocr:1"}
 
 
-def test_ray_engine_serve_config_matches_the_application(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_runtime_serve_config_matches_the_application(monkeypatch: pytest.MonkeyPatch) -> None:
     """deploy/serve-config.yaml validates as a Serve config, names exactly the application's deployments
     (built by its import_path from its env_vars), and deploy/rayservice.yaml embeds the same application."""
     _import_ray()
@@ -457,7 +457,7 @@ def test_ray_engine_serve_config_matches_the_application(monkeypatch: pytest.Mon
         {k: v for k, v in application.items() if k != "runtime_env"}
 
 
-def test_app_and_serve_app_import_no_ray_until_the_ray_engine_runs() -> None:
+def test_app_and_serve_app_import_no_ray_until_the_ray_runtime_runs() -> None:
     code = ("import sys; from sight.api.app import create_app; import sight.serve_app, sight.runtimes.ray.client; "
             "create_app(); assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
@@ -465,7 +465,7 @@ def test_app_and_serve_app_import_no_ray_until_the_ray_engine_runs() -> None:
 
 @pytest.mark.anyio
 async def test_ray_runtime_retries_a_lost_replica_a_bounded_number_of_times(tmp_path: Path) -> None:
-    """A call whose replica dies is sent again at most ``engine.retries`` times, then the item fails with
+    """A call whose replica dies is sent again at most ``runtime.retries`` times, then the item fails with
     engine_unavailable; back-pressure is never retried (it is the caller's 503)."""
     _import_ray()
     from ray.exceptions import ActorDiedError
