@@ -326,6 +326,27 @@ aliases = ["latest"]
     assert rclient.post("/v1/predict", json=body, headers=user).json()["predictions"][0]["model_version"] == "3"
 
 
+def test_reload_imports_edited_user_functions_again(reg_settings: Settings, registry_file: Path, ocr_engine: Any
+                                                   ) -> None:
+    """"Edit and reload" runs the edited code: a reload imports every user function's module afresh."""
+    folder = registry_file.parent
+    (folder / "edited_fns.py").write_text("def scale(x):\n    return 2 * x\n")
+    (folder / "other_fns.py").write_text("def label(x):\n    return f'v1 {x}'\n")
+    registry_file.write_text(registry_toml(
+        '[[deployment]]\nname = "scale"\nfunction = "edited_fns:scale"\n\n'
+        '[[deployment]]\nname = "label"\nfunction = "other_fns:label"\n'))
+    with TestClient(create_app(reg_settings, engines=EngineRegistry(reg_settings, ocr=ocr_engine))) as c:
+        admin = _key(c, admin=True)
+        assert c.post("/v1/scale/latest", json={"data": 7}, headers=admin).json() == {"data": 14}
+        assert c.post("/v1/label/latest", json={"data": 1}, headers=admin).json() == {"data": "v1 1"}
+        (folder / "edited_fns.py").write_text("def scale(x):\n    return 3 * x  # fixed\n")
+        (folder / "other_fns.py").write_text("def label(x):\n    return f'second {x}'\n")
+        assert c.post("/v1/scale/latest", json={"data": 7}, headers=admin).json() == {"data": 14}, "until reload"
+        assert c.post("/v1/models:reload", headers=admin).status_code == 200
+        assert c.post("/v1/scale/latest", json={"data": 7}, headers=admin).json() == {"data": 21}
+        assert c.post("/v1/label/latest", json={"data": 1}, headers=admin).json() == {"data": "second 1"}
+
+
 def test_reload_under_load_fails_nothing(reg_settings: Settings, registry_file: Path) -> None:
     with LiveServer(create_app(reg_settings)) as live:
         key, _ = live.call(lambda: live.app.state.services.keys.create_key("a", is_admin=True))

@@ -13,6 +13,7 @@ import inspect
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -73,11 +74,34 @@ def parse_call(body: Any) -> tuple[bool, list[Any]]:
     return True, list(data)
 
 
+@dataclass(frozen=True, slots=True)
+class DeploymentCall:
+    """A call resolved and read, not yet run: which deployment, its function, and its rows (``[id, *args]`` for
+    a batch, else one ``args`` list). What it will run is known before it runs (admission, the quota)."""
+
+    name: str
+    fn: Fn
+    is_batch: bool
+    rows: list[Any]
+
+    @property
+    def runs(self) -> int:
+        """How many times the function will run: once per row of a batch, once for a single call."""
+        return len(self.rows) if self.is_batch else 1
+
+    def arguments(self) -> list[list[Any]]:
+        """Each run's arguments."""
+        return [list(row[1:]) for row in self.rows] if self.is_batch else [list(self.rows[0])]
+
+
 class Deployments:
     def __init__(self, pipeline: Pipeline, concurrency: int) -> None:
         self.pipeline = pipeline
         self.concurrency = concurrency
         self._functions: dict[str, Callable[..., Any]] = {}
+        self._catalog: object = None  # the catalog the cached functions were imported for
+        self._imported: set[str] = set()  # modules of user functions imported for this catalog
+        self._stale: set[str] = set()  # imported for an earlier catalog: imported again on next use
         registry_file = pipeline.settings.registry.path
         if registry_file is not None and str(registry_file.parent.resolve()) not in sys.path:
             sys.path.insert(0, str(registry_file.parent.resolve()))
@@ -104,18 +128,40 @@ class Deployments:
         return in_thread
 
     def _function(self, spec: str) -> Callable[..., Any]:
+        """The user function ``module:function``. After a reload of the registry (a new catalog), every module
+        of a user function is imported afresh on its next call: "edit and reload" runs the edited code."""
+        catalog = self.pipeline.hub.current.catalog
+        if catalog is not self._catalog:
+            self._stale |= self._imported  # each is imported again when one of its functions is next called
+            self._imported = set()
+            self._catalog = catalog
+            self._functions.clear()
+            importlib.invalidate_caches()
         if spec not in self._functions:
-            module, _, attr = spec.partition(":")
+            name, _, attr = spec.partition(":")
             try:
-                self._functions[spec] = getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as exc:
+                module = importlib.import_module(name)
+                if name in self._stale:
+                    module = importlib.reload(module)
+                    self._stale.discard(name)
+                self._functions[spec] = getattr(module, attr)
+            except (ImportError, AttributeError, SyntaxError) as exc:
                 raise NotFoundError(f"deployment function {spec} cannot be imported: {exc}") from exc
+            self._imported.add(name)
         return self._functions[spec]
 
-    async def call(self, name: str, ref: str, body: Any, request_id: str) -> dict[str, Any]:
+    def prepare(self, name: str, ref: str, body: Any, request_id: str) -> DeploymentCall:
+        """Resolve the deployment (``NotFoundError``) and read the body (``InvalidInputError``), running nothing."""
         fn = self.resolve(name, ref, request_id)
         is_batch, rows = parse_call(body)
-        if not is_batch:
+        return DeploymentCall(name, fn, is_batch, rows)
+
+    async def call(self, name: str, ref: str, body: Any, request_id: str) -> dict[str, Any]:
+        return await self.run(self.prepare(name, ref, body, request_id))
+
+    async def run(self, call: DeploymentCall) -> dict[str, Any]:
+        fn, rows = call.fn, call.rows
+        if not call.is_batch:
             return {"data": _jsonable(await fn(*rows[0]))}
         slots = asyncio.Semaphore(self.concurrency)
 

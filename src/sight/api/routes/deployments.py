@@ -15,6 +15,7 @@ from sight.api import bodies
 from sight.api.deps import ServicesDep, authenticate
 from sight.api.errors import error_headers, status_for
 from sight.errors import InvalidInputError, OverloadedError, SightError
+from sight.policies.admission import deployment_demands
 from sight.schemas import DeploymentErrorResponse, reject_invalid_text
 
 router = APIRouter(tags=["deployments"])
@@ -48,10 +49,16 @@ async def call_deployment(deployment: str, ref: str, request: Request, services:
         except ValueError as exc:
             raise InvalidInputError("the body is not valid JSON") from exc
         reject_invalid_text(body)
-        data = body.get("data") if isinstance(body, dict) else None
-        await services.quota.charge(principal.team_id, len(data) if isinstance(data, list) else 1)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        return JSONResponse(await services.deployments.call(deployment, ref, body, request_id))
+        # Resolved and read before anything is charged: an unknown deployment or a bad body costs nothing, and
+        # a call is charged what it runs (a batch one run per row, a single call once), once admitted.
+        call = services.deployments.prepare(deployment, ref, body, request_id)
+        ticket = services.admission.admit(deployment_demands(call, services.settings.yolo.default_model))
+        try:
+            await services.quota.charge(principal.team_id, call.runs)
+            return JSONResponse(await services.deployments.run(call))
+        finally:
+            ticket.release()
     except SightError as exc:
         status = status_for(exc)
         if isinstance(exc, OverloadedError):

@@ -13,6 +13,7 @@ from sight.api.deps import PrincipalDep, ServicesDep
 from sight.api.errors import documented
 from sight.errors import ForbiddenError, NotFoundError
 from sight.models.states import model_list, model_public
+from sight.policies.admission import prediction_demands
 from sight.schemas import (
     ErrorResponse,
     ModelDetail,
@@ -24,11 +25,13 @@ from sight.schemas import (
     PredictionSpec,
     ShadowAgreement,
 )
+from sight.storage.keys import Principal
 
 router = APIRouter(prefix="/v1", tags=["models"])
 ERRORS = documented(s400="Invalid request", s401="Missing or invalid key", s403="An admin key is needed",
                     s404="No such model",
-                    s413="Request body too large", s429="Team quota used up")
+                    s413="Request body too large", s429="Team quota used up",
+                    s503="At capacity for a model; retry after the Retry-After seconds")
 RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200,
                                          description="Pins A/B splits: a retry with this id hits the same version.")]
 STATUS_CODES = {"Success": 200, "BadRequest": 400, "InternalError": 500}
@@ -75,16 +78,27 @@ async def get_model(name: str, _principal: PrincipalDep, services: ServicesDep) 
 @router.post("/predict", response_model=MultiPredictResponse, responses=ERRORS)
 async def predict(body: MultiPredictRequest, principal: PrincipalDep, services: ServicesDep,
                   request_id: RequestId = None) -> MultiPredictResponse:
-    """Run several predictions concurrently; always 200 once authenticated, each with its own status."""
-    await services.quota.charge(principal.team_id, len(body.predictions))
+    """Run several predictions concurrently; 200 once authenticated and admitted, each with its own status."""
     start = time.perf_counter()
-    outs = await services.predictor.predict_all(body.input, body.predictions, request_id or uuid.uuid4().hex)
+    outs = await _run(services, principal, body.input, body.predictions, request_id)
     return MultiPredictResponse(duration_ms=round((time.perf_counter() - start) * 1000), predictions=outs)
+
+
+async def _run(services: ServicesDep, principal: Principal, shared: PredictInput | None,
+               specs: list[PredictionSpec], request_id: str | None) -> list[PredictionOut]:
+    """Admit the predictions (503 past a model's capacity, costing nothing), charge the team, run them."""
+    need = prediction_demands(services.engines.catalog, shared, specs)
+    ticket = services.admission.admit(need)
+    try:
+        await services.quota.charge(principal.team_id, len(specs))
+        return await services.predictor.predict_all(shared, specs, request_id or uuid.uuid4().hex)
+    finally:
+        ticket.release()
 
 
 @router.get("/models/{name}/predict", response_model=PredictionOut,
             responses={400: {"model": PredictionOut}, 500: {"model": PredictionOut}, 401: {"model": ErrorResponse},
-                       429: {"model": ErrorResponse}})
+                       429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 async def predict_model(
     name: str, principal: PrincipalDep, services: ServicesDep,
     image_url: Annotated[str | None, Query()] = None, image_base64: Annotated[str | None, Query()] = None,
@@ -92,8 +106,7 @@ async def predict_model(
     request_id: RequestId = None,
 ) -> JSONResponse:
     """One prediction; the HTTP status follows its ``status`` (200, 400 or 500)."""
-    await services.quota.charge(principal.team_id, 1)
     spec = PredictionSpec(model_name=name, model_version=version,
                           input=PredictInput(image_url=image_url, image_base64=image_base64, query=query))
-    (out,) = await services.predictor.predict_all(None, [spec], request_id or uuid.uuid4().hex)
+    (out,) = await _run(services, principal, None, [spec], request_id)
     return JSONResponse(out.model_dump(), status_code=STATUS_CODES[out.status])

@@ -63,10 +63,11 @@ async def _admit(request: Request, services: ServicesDep, call: PredictCall,
     """Authenticate (unless done already), charge the team's quota (429), take capacity for the call's items
     (503 when full); the capacity is given back when the call closes."""
     principal = principal or call.principal or await authenticate(request, call.api_key)
-    services.pipeline.pixels.check()  # past the decode queue's bound: 503 before the team's quota is charged
-    await services.quota.charge(principal.team_id, len(call.items))
+    # Refused (503) before the team's quota is charged: a request shed for capacity costs nothing.
+    services.pipeline.pixels.check()  # past the decode queue's bound
     ticket = services.admission.admit(demands(call.items, services.settings.yolo.default_model))
     call.on_close.append(ticket.release)
+    await services.quota.charge(principal.team_id, len(call.items))
 
 
 async def _run_batch(request: Request, services: ServicesDep, call: PredictCall,
