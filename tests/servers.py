@@ -151,9 +151,14 @@ class _LLMHandler(_Quiet):
             self._send(200, b'{"choices": [{"mess')
             return
         text = owner.reply(body)
+        finish = "stop"
+        if mode == "huge":  # a backend that ignores max_tokens: 10 MB of answer
+            text = ("SN-4X7Q-2291-B é " * 600_000)[:10_000_000]
+        elif mode == "cut":  # a backend that stopped at max_tokens
+            finish = "length"
         payload = {
             "id": "chatcmpl-test", "object": "chat.completion", "model": body.get("model"),
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107},
         }
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):

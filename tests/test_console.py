@@ -245,8 +245,7 @@ def test_console_keeps_what_worked_beside_a_failed_stage_and_each_image_picks_it
         _until(browser, lambda d: "of 1 in" in d.find_element(By.ID, "predict-summary").text)
         card = _card(browser, "serial-label.png")
         assert card.get_attribute("data-status") == "error"
-        assert card.find_element(By.CSS_SELECTOR, ".item-error").get_attribute("data-code") in (
-            "model_not_found", "model_unavailable")
+        assert card.find_element(By.CSS_SELECTOR, ".item-error").get_attribute("data-code") == "model_unavailable"
         lines = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".ocr-lines .text")]
         assert any("SN-4X7Q-2291-B" in line.replace(" ", "") for line in lines), lines
         assert "SN-4X7Q-2291-B" in card.find_element(By.CSS_SELECTOR, ".llm .answer").text

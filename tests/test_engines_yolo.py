@@ -9,7 +9,7 @@ from PIL import Image
 from sight.config import ImageSettings
 from sight.engines.base import DetectOptions, Detector
 from sight.engines.onnx_yolo import OnnxYoloDetector, nms
-from sight.errors import InvalidInputError, ModelNotFoundError
+from sight.errors import InvalidInputError, ModelUnavailableError
 from sight.images.decode import decode_image
 from tests.conftest import IMAGES, YOLO11N_UNTRAINED
 from tests.helpers import exif_rotated_jpeg, image_bytes
@@ -100,6 +100,6 @@ def test_yolo11n_untrained_loads_and_returns_no_confident_boxes() -> None:
     assert detector.detect_many(images, DetectOptions()) == [[], []]
 
 
-def test_yolo_missing_file_is_model_not_found(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ModelNotFoundError):
+def test_yolo_missing_file_is_model_unavailable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ModelUnavailableError):
         OnnxYoloDetector.load("ghost", tmp_path / "ghost.onnx")

@@ -113,3 +113,21 @@ def test_unconfigured_or_unreachable_llm_is_llm_unavailable(
         assert items[0]["error"]["code"] == "llm_unavailable", base_url
         assert items[0]["yolo"]["detections"]
         assert items[1]["status"] == "done"
+
+
+def test_an_answer_past_max_tokens_is_cut_and_marked_truncated(client: TestClient, api_key: str,
+                                                              llm: FakeLLMServer) -> None:
+    """A backend that ignores max_tokens sends 10 MB: the answer keeps max_tokens x 16 bytes (512 x 16 here),
+    cut between characters, and says it was cut; one that stopped at max_tokens says so too."""
+    files = [("a.png", image_bytes("astronaut.png"))]
+    llm.mode = "huge"
+    item = client.post(BATCH, **v1_request(files, [{"is_llm": True}], api_key=api_key)).json()["result"]["items"][0]
+    answer = item["llm"]["answer"]
+    assert item["status"] == "done" and item["llm"]["truncated"] is True
+    assert len(answer.encode()) <= 512 * 16 and answer.startswith("SN-4X7Q-2291-B é SN-4X7Q-2291-B")
+    llm.mode = "cut"
+    item = client.post(BATCH, **v1_request(files, [{"is_llm": True}], api_key=api_key)).json()["result"]["items"][0]
+    assert item["llm"]["truncated"] is True and item["llm"]["answer"] == "I see an image."
+    llm.mode = "ok"
+    item = client.post(BATCH, **v1_request(files, [{"is_llm": True}], api_key=api_key)).json()["result"]["items"][0]
+    assert item["llm"]["truncated"] is False

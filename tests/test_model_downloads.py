@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
 from sight.config import LLMSettings, ModelsSettings, Settings, YoloSettings
-from sight.errors import InvalidInputError, ModelNotFoundError, StageTimeoutError
+from sight.errors import InvalidInputError, ModelNotFoundError, ModelUnavailableError, StageTimeoutError
 from sight.models import official
 from sight.models.catalog import Catalog
 from sight.models.files import ModelFiles
@@ -154,7 +154,7 @@ def test_failed_download_is_a_clear_error_and_leaves_no_file(
     else:
         files_server.modes["/yolo11n.onnx"] = mode  # type: ignore[assignment]
         source = ModelSource.parse(official_on_loopback.source)
-    with pytest.raises(ModelNotFoundError) as caught:
+    with pytest.raises(ModelUnavailableError) as caught:
         files.ensure("yolo11n", source, timeout=60)
     message = caught.value.message
     assert words in message
@@ -164,7 +164,7 @@ def test_failed_download_is_a_clear_error_and_leaves_no_file(
     assert files.state(source).state == "failed"
 
 
-def test_item_reports_model_not_found_with_what_to_do_when_the_download_fails(
+def test_item_reports_model_unavailable_with_what_to_do_when_the_download_fails(
     tmp_path: Path, files_server: ModelFileServer, official_on_loopback: OfficialModel,
 ) -> None:
     files_server.modes["/yolo11n.onnx"] = "404"
@@ -175,13 +175,32 @@ def test_item_reports_model_not_found_with_what_to_do_when_the_download_fails(
         body = {"data": [{"image_base64": base64.b64encode(image_bytes("bus.jpg")).decode(), "is_yolo": True},
                          {"image_base64": base64.b64encode(image_bytes("coffee.png")).decode(), "is_yolo": False}]}
         items = client.post(V2, json=body, headers={"Authorization": f"Bearer {key}"}).json()["result"]["items"]
-        assert items[0]["error"]["code"] == "model_not_found"
+        assert items[0]["error"]["code"] == "model_unavailable"
         assert "sight models pull yolo11n" in items[0]["error"]["message"]
         assert items[1]["status"] == "done"  # its sibling is untouched
         assert client.get("/readyz").json()["checks"]["states"]["yolo11n:1"] == {"state": "failed"}
         (model,) = [m for m in client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["models"]
                     if m["name"] == "yolo11n"]
         assert model["state"]["state"] == "failed" and "HTTP 404" in model["state"]["reason"]
+
+
+def test_a_model_that_exists_but_cannot_be_had_is_503_and_internal_error_with_the_reason(
+    tmp_path: Path, files_server: ModelFileServer, official_on_loopback: OfficialModel,
+) -> None:
+    """Declared, not downloadable: the request was right and the server cannot serve it. Deployments answer 503
+    (never 404: the model exists), multi-model predict InternalError (never BadRequest), both with the reason."""
+    files_server.modes["/yolo11n.onnx"] = "404"
+    app = create_app(_settings(tmp_path))
+    with TestClient(app) as client:
+        key, _ = client.portal.call(app.state.services.keys.create_key, "team")
+        auth = {"Authorization": f"Bearer {key}"}
+        image = base64.b64encode(image_bytes("bus.jpg")).decode()
+        detect = client.post("/v1/detect/latest", json={"data": image}, headers=auth)
+        assert detect.status_code == 503, detect.text
+        assert detect.json()["detail"]["code"] == "model_unavailable" and "HTTP 404" in detect.json()["error"]
+        body = {"input": {"image_base64": image}, "predictions": [{"model_name": "yolo11n"}]}
+        (prediction,) = client.post("/v1/predict", json=body, headers=auth).json()["predictions"]
+        assert prediction["status"] == "InternalError" and "HTTP 404" in prediction["error_message"]
 
 
 def test_credentials_in_a_model_url_never_reach_clients_or_logs(
@@ -200,7 +219,7 @@ def test_credentials_in_a_model_url_never_reach_clients_or_logs(
         body = {"data": [{"image_base64": base64.b64encode(image_bytes("coffee.png")).decode(), "is_yolo": True}]}
         seen = [client.post(V2, json=body, headers=auth).text, client.get("/v1/models", headers=auth).text,
                 client.get("/readyz").text, client.get("/v1/models/remote", headers=auth).text]
-    assert "model_not_found" in seen[0] and "/other.onnx" in seen[0]
+    assert "model_unavailable" in seen[0] and "/other.onnx" in seen[0]
     # Sight's own log lines (httpx logs every URL at INFO: `sight serve` keeps it at WARNING).
     for text in [*seen, *(r.getMessage() for r in caplog.records if r.name.startswith("sight"))]:
         assert "s3cr3t" not in text and "T0K" not in text and "mirror-user" not in text, text
@@ -211,11 +230,11 @@ def test_failure_is_remembered_for_retry_seconds_then_retried(tmp_path: Path, fi
     source = ModelSource.parse(files_server.source("other.onnx"))
     remembered = ModelFiles(ModelsSettings(retry_seconds=3600), tmp_path)
     for _ in range(3):
-        with pytest.raises(ModelNotFoundError):
+        with pytest.raises(ModelUnavailableError):
             remembered.ensure("other", source, timeout=30)
     assert files_server.gets("other.onnx") == 1
     retried = ModelFiles(ModelsSettings(retry_seconds=0), tmp_path)
-    with pytest.raises(ModelNotFoundError):
+    with pytest.raises(ModelUnavailableError):
         retried.ensure("other", source, timeout=30)
     files_server.modes["/other.onnx"] = "ok"
     path = retried.ensure("other", source, timeout=30)
@@ -228,7 +247,7 @@ def test_offline_never_downloads(tmp_path: Path, files_server: ModelFileServer,
     settings = _settings(tmp_path, offline=True)
     files = ModelFiles(settings.models, settings.models_dir)
     for text in (official_on_loopback.source, files_server.source("other.onnx"), "hf://acme/det/best.onnx"):
-        with pytest.raises(ModelNotFoundError, match="SIGHT_MODELS__OFFLINE"):
+        with pytest.raises(ModelUnavailableError, match="SIGHT_MODELS__OFFLINE"):
             files.ensure("m", ModelSource.parse(text), timeout=30)
     assert files_server.hits == []
     assert files.state(ModelSource.parse(official_on_loopback.source)).state == "failed"
@@ -279,11 +298,11 @@ def test_hugging_face_source_downloads_through_huggingface_hub(tmp_path: Path, f
     # Offline, the cached file still serves; a file never fetched is a clear error.
     offline = ModelFiles(settings.model_copy(update={"offline": True}), tmp_path / "models")
     assert offline.ensure("det", source, timeout=30) == path
-    with pytest.raises(ModelNotFoundError, match="SIGHT_MODELS__OFFLINE"):
+    with pytest.raises(ModelUnavailableError, match="SIGHT_MODELS__OFFLINE"):
         offline.ensure("x", ModelSource.parse("hf://acme/detectors/other.onnx"), timeout=30)
     # A pinned hash that does not match is refused.
     wrong = ModelSource.parse("hf://acme/detectors/other.onnx#sha256=" + "0" * 64)
-    with pytest.raises(ModelNotFoundError, match="does not match"):
+    with pytest.raises(ModelUnavailableError, match="does not match"):
         files.ensure("x", wrong, timeout=60)
 
 

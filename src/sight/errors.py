@@ -21,6 +21,7 @@ __all__ = [
     "LLMError",
     "LLMUnavailableError",
     "ModelNotFoundError",
+    "ModelUnavailableError",
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
@@ -92,6 +93,13 @@ class EngineUnavailableError(SightError):
 
 class LLMUnavailableError(EngineUnavailableError):
     code = "llm_unavailable"
+
+
+class ModelUnavailableError(EngineUnavailableError):
+    """A model the catalog declares whose file cannot be had now: its download failed, downloads are off, or
+    its path holds no file. The request was right; the server cannot serve it (503)."""
+
+    code = "model_unavailable"
 
 
 class UpstreamError(SightError):

@@ -48,6 +48,7 @@ class LLMAnswer:
     model: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    truncated: bool = False  # the backend stopped at max_tokens, or Sight cut an answer past its byte bound
 
 
 @dataclass(frozen=True, slots=True)

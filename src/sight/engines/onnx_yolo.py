@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sight.engines.base import Box, Detection, DetectOptions
-from sight.errors import EngineUnavailableError, InvalidInputError, ModelNotFoundError
+from sight.errors import EngineUnavailableError, InvalidInputError, ModelUnavailableError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -209,7 +209,7 @@ class OnnxYoloDetector:
         import onnxruntime as ort
 
         if not path.is_file():
-            raise ModelNotFoundError(f"model {name!r}: no ONNX file at {path}")
+            raise ModelUnavailableError(f"model {name!r}: no ONNX file at {path}")
         chosen = pick_providers(providers)
 
         def session(threads: int, spin: bool = True) -> ort.InferenceSession:

@@ -36,6 +36,11 @@ CONDENSE_PROMPT = (
 DEFAULT_QUERY = "Describe this image."
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 10.0
+# A chat completion's body is read up to this, whatever max_tokens says (a backend that ignores it must not fill
+# the server's memory); past it the call fails. The answer itself is cut at max_tokens x this many bytes, a
+# bound no tokenizer's tokens reach, and marked truncated.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+BYTES_PER_TOKEN = 16
 SUGGESTED_OLLAMA_MODEL = "qwen2.5vl:3b"
 SETUP_HINT = (f"start Ollama and `ollama pull {SUGGESTED_OLLAMA_MODEL}`, or set SIGHT_LLM__BASE_URL "
               "(vLLM, llama.cpp, any OpenAI-compatible server) and SIGHT_LLM__MODEL")
@@ -52,6 +57,14 @@ def grounding_text(grounding: Grounding) -> str:
     if grounding.ocr_text:
         parts.append(f"OCR read this text in the image:\n{grounding.ocr_text}")
     return "\n\n".join(parts)
+
+
+def cap_text(text: str, max_bytes: int) -> tuple[str, bool]:
+    """``text`` cut to at most ``max_bytes`` of UTF-8 (never inside a character), and whether it was cut."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text, False
+    return data[:max_bytes].decode(errors="ignore"), True
 
 
 class OpenAIVisionLLM:
@@ -122,7 +135,7 @@ class OpenAIVisionLLM:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = await self._client.post("chat/completions", json=body)
+                response = await self._post(body)
             except httpx.TimeoutException as exc:
                 if last:
                     raise StageTimeoutError(f"vision LLM did not answer within {self.settings.timeout}s") from exc
@@ -137,8 +150,20 @@ class OpenAIVisionLLM:
                 log.warning("vision LLM answered %s; retrying", response.status_code)
                 await anyio.sleep(self._backoff(attempt, response.headers.get("retry-after")))
                 continue
-            return self._parse(response, model)
+            return self._parse(response, model, self.settings.max_tokens * BYTES_PER_TOKEN)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _post(self, body: dict[str, Any]) -> httpx.Response:
+        """POST a chat completion and read its answer, at most ``MAX_RESPONSE_BYTES`` of it."""
+        assert self._client is not None
+        async with self._client.stream("POST", "chat/completions", json=body) as response:
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_RESPONSE_BYTES:
+                    raise LLMError(f"the vision LLM sent more than {MAX_RESPONSE_BYTES} bytes; it ignores "
+                                   "max_tokens (SIGHT_LLM__MAX_TOKENS)")
+        return httpx.Response(response.status_code, headers=response.headers, content=bytes(data))
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
@@ -149,23 +174,25 @@ class OpenAIVisionLLM:
         return float(self.settings.backoff * (2**attempt))
 
     @staticmethod
-    def _parse(response: httpx.Response, model: str) -> LLMAnswer:
+    def _parse(response: httpx.Response, model: str, max_answer_bytes: int) -> LLMAnswer:
         if response.status_code != 200:
             raise LLMError(f"vision LLM answered HTTP {response.status_code}")
         try:
             payload = response.json()
-            choice = payload["choices"][0]["message"]
-            content = choice["content"]
+            first = payload["choices"][0]
+            content = first["message"]["content"]
             if isinstance(content, list):  # some servers return content parts
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
             if not isinstance(content, str):
                 raise TypeError("content is not text")
             usage = payload.get("usage") or {}
+            answer, cut = cap_text(content.strip(), max_answer_bytes)
             return LLMAnswer(
-                answer=content.strip(),
+                answer=answer,
                 model=str(payload.get("model") or model),
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
+                truncated=cut or first.get("finish_reason") == "length",
             )
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise LLMError("vision LLM returned a malformed chat completion") from exc

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from sight.errors import ModelNotFoundError, StageTimeoutError
+from sight.errors import ModelUnavailableError, StageTimeoutError
 from sight.models.official import official_for_url
 from sight.models.sources import ModelSource, license_line
 
@@ -51,7 +51,7 @@ FileStateName = Literal["present", "missing", "downloading", "failed"]
 
 
 class DownloadError(Exception):
-    """Why one download failed, in words for the user (wrapped in ``ModelNotFoundError`` at the edge)."""
+    """Why one download failed, in words for the user (wrapped in ``ModelUnavailableError`` at the edge)."""
 
 
 @dataclass(slots=True)
@@ -138,9 +138,9 @@ class ModelFiles:
         if present is not None:
             return _resolved(present)
         if source.kind == "path":
-            return _failed(ModelNotFoundError(f"model {name!r}: no ONNX file at {source.location}"))
+            return _failed(ModelUnavailableError(f"model {name!r}: no ONNX file at {source.location}"))
         if self.settings.offline:
-            return _failed(ModelNotFoundError(self._offline_message(name, source)))
+            return _failed(ModelUnavailableError(self._offline_message(name, source)))
         key = self._key(source)
         with self._lock:
             d = self._downloads.get(key)
@@ -193,11 +193,11 @@ class ModelFiles:
         except DownloadError as exc:
             d.failed_at = time.monotonic()
             log.error("model %s: download from %s failed: %s", name, source, exc)
-            d.future.set_exception(ModelNotFoundError(self._failed_message(name, source, str(exc))))
+            d.future.set_exception(ModelUnavailableError(self._failed_message(name, source, str(exc))))
         except Exception as exc:  # a bug or an unforeseen library error: still a clear item error
             d.failed_at = time.monotonic()
             log.exception("model %s: download from %s failed", name, source)
-            d.future.set_exception(ModelNotFoundError(self._failed_message(name, source, type(exc).__name__)))
+            d.future.set_exception(ModelUnavailableError(self._failed_message(name, source, type(exc).__name__)))
         else:
             d.future.set_result(path)
 

@@ -41,7 +41,7 @@ def ocr_result(text: OcrText) -> OcrResult:
 
 def llm_result(answer: LLMAnswer) -> LlmResult:
     usage = LlmUsage(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens)
-    return LlmResult(answer=answer.answer, model=answer.model, usage=usage)
+    return LlmResult(answer=answer.answer, model=answer.model, usage=usage, truncated=answer.truncated)
 
 
 def kept_stages(item: ItemResult) -> bool:

@@ -85,6 +85,9 @@ class LlmResult(BaseModel):
     answer: str
     model: str
     usage: LlmUsage
+    truncated: bool = Field(False, description="The answer was cut: the backend stopped at max_tokens, or sent "
+                            "more than max_tokens can hold and Sight kept the first SIGHT_LLM__MAX_TOKENS x 16 "
+                            "bytes.")
 
 
 class ItemResult(BaseModel):
