@@ -10,6 +10,7 @@ import httpx
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from sight.config import Settings
 from tests.conftest import IMAGES
 from tests.helpers import image_bytes, key_parts, png_bytes, v1_request
 from tests.servers import LiveServer
@@ -262,3 +263,20 @@ def test_yolo_on_bus_matches_ultralytics_predictor_figures(client: TestClient, a
     found = r.json()["result"]["items"][0]["yolo"]["detections"]
     assert [d["name"] for d in found] == ["FEET_COVERED", "FEET_COVERED"]
     assert [round(d["confidence"], 3) for d in found] == [0.264, 0.252]
+
+
+def test_a_detector_put_into_the_models_folder_is_served_without_a_reload(
+    client: TestClient, api_key: str, settings: Settings
+) -> None:
+    from tests.conftest import nudenet_path
+
+    meta = [{"is_yolo": True, "yolo_model": "dropped"}]
+    files = [("a.png", image_bytes("astronaut.png"))]
+    missing = client.post(BATCH, **v1_request(files, meta, api_key=api_key)).json()["result"]["items"][0]
+    assert missing["error"]["code"] == "model_not_found"
+    assert "known: nudenet" in missing["error"]["message"] and str(settings.models_dir) in missing["error"]["message"]
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    (settings.models_dir / "dropped.onnx").symlink_to(nudenet_path())
+    found = client.post(BATCH, **v1_request(files, meta, api_key=api_key)).json()["result"]["items"][0]
+    assert found["status"] == "done", found["error"]
+    assert found["yolo"]["model"] == "dropped" and found["yolo"]["detections"][0]["name"] == "FACE_FEMALE"

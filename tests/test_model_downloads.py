@@ -340,3 +340,35 @@ def test_eager_start_loads_local_models_and_leaves_downloads_to_first_use(
                   for m in client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["models"]}
     assert states["local"] == "ready" and states["remote"] == "not_downloaded"
     assert files_server.hits == []
+
+
+def test_a_file_under_an_official_name_that_is_not_the_official_export_is_flagged(
+    tmp_path: Path, official_on_loopback: OfficialModel,
+) -> None:
+    """``yolo11n.onnx`` in the models folder, other bytes than the pinned export: served under that name, with a
+    warning in GET /v1/models and the start banner; the official bytes themselves carry none."""
+    from functools import partial
+
+    from rich.console import Console
+
+    from sight.cli.banner import render
+
+    settings = _settings(tmp_path)
+    settings.models_dir.mkdir(parents=True)
+    (settings.models_dir / "yolo11n.onnx").write_bytes(UNTRAINED + b"\0")  # not the pinned file
+    app = create_app(settings)
+    with TestClient(app) as client:
+        key, _ = client.portal.call(app.state.services.keys.create_key, "team")
+        (model,) = [m for m in client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["models"]
+                    if m["name"] == "yolo11n"]
+        assert "not the official Ultralytics yolo11n export" in model["warning"], model
+        console = Console(width=400, record=True)
+        console.print(render(app.state.services, None))
+        banner = console.export_text()
+        assert "warning" in banner and "not the official Ultralytics yolo11n export" in banner
+        (settings.models_dir / "yolo11n.onnx").write_bytes(UNTRAINED)  # the pinned bytes (here, on loopback)
+        admin, _ = client.portal.call(partial(app.state.services.keys.create_key, "admins", is_admin=True))
+        assert client.post("/v1/models:reload", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+        (model,) = [m for m in client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["models"]
+                    if m["name"] == "yolo11n"]
+        assert model["warning"] is None

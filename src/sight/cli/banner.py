@@ -59,6 +59,8 @@ def detector_line(engines: EngineRegistry, entry: ModelEntry) -> str:
         words += " (or now: sight models pull " + escape(entry.name) + ")"
     if state.reason and state.state in ("failed", "unavailable"):
         words += ": " + escape(state.reason)
+    if warning := engines.warning(entry):
+        words += " [yellow]warning[/yellow]: " + escape(warning)
     return escape(", ".join(parts)) + " - " + words
 
 

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from sight.errors import ModelUnavailableError, StageTimeoutError
-from sight.models.official import official_for_url
+from sight.models.official import OFFICIAL, official_for_url
 from sight.models.sources import ModelSource, license_line
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ class ModelFiles:
         self._lock = threading.Lock()
         self._downloads: dict[str, _Download] = {}
         self._verified: set[Path] = set()  # cached Hugging Face files whose pinned hash was checked once
+        self._mismatches: dict[tuple[str, int, int], str | None] = {}  # (path, size, mtime) -> warning
 
     # -- where files are -------------------------------------------------------------------------------
 
@@ -127,6 +128,26 @@ class ModelFiles:
         if self.settings.offline:
             return FileState("failed", reason="not downloaded, and downloads are off (SIGHT_MODELS__OFFLINE)")
         return FileState("missing", total=source.size)
+
+    def official_mismatch(self, name: str, source: ModelSource) -> str | None:
+        """A warning when ``source`` is the models folder's ``<name>.onnx`` for an official name (where its
+        download lands) and the file there is not that official export. Hashed once per file version."""
+        official = OFFICIAL.get(name)
+        path = Path(source.location) if source.kind == "path" else None
+        if official is None or path is None or path.resolve() != (self.models_dir / f"{name}.onnx").resolve():
+            return None
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._mismatches:
+            same = stat.st_size == official.size and _sha256_file(path) == official.sha256
+            self._mismatches[key] = None if same else (
+                f"{path} is not the official Ultralytics {name} export (its sha256 differs from the pinned one): "
+                f"it is served as {name!r} all the same. Rename the file, or declare it under its own name "
+                "(SIGHT_YOLO__MODELS or the registry file)")
+        return self._mismatches[key]
 
     # -- getting them ----------------------------------------------------------------------------------
 

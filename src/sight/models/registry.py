@@ -8,6 +8,7 @@ engines are run (run slots, gathered batches, limiters) is the runtime's busines
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from sight.models.files import FileState, ModelFiles
 from sight.models.sources import ModelSource
 
 log = logging.getLogger(__name__)
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # as the catalog names models
 
 
 class EngineRegistry:
@@ -90,6 +92,13 @@ class EngineRegistry:
         if entry.task != "detect" or not entry.source or entry.source.startswith("<"):
             return None
         return self.files.state(ModelSource.parse(entry.source))
+
+    def warning(self, entry: ModelEntry) -> str | None:
+        """What its user should know about ``entry`` (an official name served from a file that is not the
+        official export)."""
+        if entry.task != "detect" or not entry.source or entry.source.startswith("<"):
+            return None
+        return self.files.official_mismatch(entry.name, ModelSource.parse(entry.source))
 
     def detector_for(self, entry: ModelEntry) -> Detector:
         """The detector for ``entry``, downloading its file and loading it on first use. Blocking."""
@@ -225,6 +234,23 @@ class EngineHub:
     def __init__(self, current: EngineRegistry) -> None:
         self.current = current
         self._retired_clients: list[VisionLLM] = []
+        self._reloading = threading.Lock()
+
+    def discover(self, name: str) -> EngineRegistry | None:
+        """On a miss for ``name``: a ``<name>.onnx`` put into the models folder since the catalog was built is
+        served at once, without ``POST /v1/models:reload`` (the catalog is built again, as a reload does).
+        Returns the snapshot that declares it, or None."""
+        if not MODEL_NAME.match(name):
+            return None
+        if name in self.current.catalog.models:  # found already (by another item, or a reload)
+            return self.current
+        if not (self.current.settings.models_dir / f"{name}.onnx").is_file():
+            return None
+        with self._reloading:
+            if name not in self.current.catalog.models:
+                self.reload()
+                log.info("detector %s found in %s and served", name, self.current.settings.models_dir)
+        return self.current if name in self.current.catalog.models else None
 
     def reload(self) -> EngineRegistry:
         old = self.current

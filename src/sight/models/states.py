@@ -50,7 +50,7 @@ def model_public(engines: EngineRegistry, entry: ModelEntry, state: ModelState) 
     loaded = engines.is_loaded(entry) if entry.task == "llm" else state.state == "ready"
     return ModelPublic(name=entry.name, version=str(entry.version), task=entry.task,
                        aliases=engines.catalog.aliases_of(entry), loaded=loaded,
-                       state=state, source=source, shadow_of=entry.shadow_of)
+                       state=state, source=source, shadow_of=entry.shadow_of, warning=engines.warning(entry))
 
 
 def model_list(engines: EngineRegistry, states: Mapping[str, ModelState]) -> ModelList:

@@ -18,11 +18,18 @@ import anyio
 
 from sight.config import Settings
 from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
-from sight.errors import EngineUnavailableError, ImageTooLargeError, InvalidInputError, SightError, StageTimeoutError
+from sight.errors import (
+    EngineUnavailableError,
+    ImageTooLargeError,
+    InvalidInputError,
+    ModelNotFoundError,
+    SightError,
+    StageTimeoutError,
+)
 from sight.images.budget import Lease, PixelBudget, decode_leased
 from sight.images.decode import decode_base64, encode_jpeg, open_image
 from sight.metrics import Metrics
-from sight.models.catalog import ModelEntry
+from sight.models.catalog import ModelEntry, Task
 from sight.models.registry import EngineHub, EngineRegistry
 from sight.pipeline.items import ImageInput, WorkItem
 from sight.pipeline.results import llm_result, ocr_result, summarize, yolo_result
@@ -205,7 +212,7 @@ class Pipeline:
     ) -> tuple[ModelEntry, Seen[list[Detection]]]:
         """Run a detector (and, in the background, its shadows) on ``picture`` through the runtime; boxes in
         the original's pixels. ``alone``: the caller has no other image in flight (see ``LocalRuntime.detect``)."""
-        entry = engines.detector_entry(ref, request_id)
+        engines, entry = self.model(engines, ref or self.settings.yolo.default_model, request_id, "detect")
         seen = await self.runtime.detect(engines, entry, picture, options, alone=alone)
         for shadow in engines.catalog.shadows.get(entry.ref, []):
             self.shadows.spawn(entry.ref, shadow.ref,
@@ -249,11 +256,31 @@ class Pipeline:
         except TimeoutError as exc:
             raise StageTimeoutError(f"the vision LLM did not answer within {deadline:g}s") from exc
 
-    @staticmethod
-    async def _provision(engines: EngineRegistry, ref: str | None, request_id: str | None) -> None:
+    def model(self, engines: EngineRegistry, ref: str, request_id: str | None = None, task: Task | None = None
+              ) -> tuple[EngineRegistry, ModelEntry]:
+        """The catalog entry ``ref`` names, and the snapshot that holds it: on a miss, a detector file put into
+        the models folder since is picked up (``EngineHub.discover``); else the error says where detectors
+        come from."""
+        try:
+            return engines, engines.catalog.model(ref, request_id, task=task)
+        except ModelNotFoundError as exc:
+            name = ref.partition(":")[0]
+            found = self.hub.discover(name) if name not in engines.catalog.models else None
+            if found is None:
+                if name in engines.catalog.models:
+                    raise
+                known = ", ".join(sorted(m for m, v in engines.catalog.models.items()
+                                         if v.by_version[max(v.by_version)].task == (task or "detect")))
+                raise ModelNotFoundError(f"{exc.message} (known: {known or 'none'}); a detector is any "
+                                         f"<name>.onnx in {self.settings.models_dir}, or an entry of "
+                                         "SIGHT_YOLO__MODELS or the registry file") from exc
+            return found, found.catalog.model(ref, request_id, task=task)
+
+    async def _provision(self, engines: EngineRegistry, ref: str | None, request_id: str | None) -> None:
         """Wait for a detector's first download before decoding: a waiting item holds no decoded pixels."""
         with contextlib.suppress(SightError):  # the detect stage reports it
-            await engines.provision(engines.detector_entry(ref, request_id))
+            found, entry = self.model(engines, ref or self.settings.yolo.default_model, request_id, "detect")
+            await found.provision(entry)
 
     def _min_side(self, engines: EngineRegistry, opts: ItemOptions) -> int | None:
         """How small the picture may be decoded. Detection and OCR take the picture decoded in full, whatever

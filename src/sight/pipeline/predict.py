@@ -60,7 +60,7 @@ class MultiPredictor:
             if inp is None:
                 raise InvalidInputError("no input: give a shared input or one per prediction")
             ref = spec.model_name if version is None else f"{spec.model_name}:{version}"
-            entry = engines.catalog.model(ref, request_id)
+            engines, entry = self.pipeline.model(engines, ref, request_id)
             version = str(entry.version)
             picture = await (image_for(inp) if image_for else self.pipeline.load_picture(_source(inp), {}))
             prediction = await self._run(engines, entry.task, ref, picture, inp, request_id, alone)

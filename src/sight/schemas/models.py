@@ -31,6 +31,8 @@ class ModelPublic(BaseModel):
     state: ModelState
     source: str | None = None
     shadow_of: str | None = None
+    warning: str | None = Field(None, description="Something about this model its user should know (a file "
+                                "under an official name that is not the official export, say).")
 
 
 class LLMPublic(BaseModel):
