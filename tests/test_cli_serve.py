@@ -98,9 +98,35 @@ def test_batches_cli_adds_a_folder_files_and_urls_and_writes_jsonl(tmp_path: Pat
         assert [x["error"]["code"] for x in lines if "error" in x] == ["url_not_allowed"]
         other = _cli(tmp_path, "batches", "create", "to cancel", *opts).strip().splitlines()[-1]
         assert "cancelled" in _cli(tmp_path, "batches", "cancel", other, *opts)
+        empty = _cli(tmp_path, "batches", "create", "nothing yet", *opts).strip().splitlines()[-1]
+        listed = _cli(tmp_path, "batches", "list", *opts).splitlines()
+        assert [line.split()[0] for line in listed] == [empty, other, bid], "newest first"
+        assert "nothing yet  open, no requests" in listed[0] and "to cancel  cancelled" in listed[1]
+        assert "cli run  ended  4 requests" in listed[2]
+        assert len(_cli(tmp_path, "batches", "list", "--limit", "2", *opts).splitlines()) == 2
         bad = subprocess.run([*SIGHT, "batches", "status", "batch_nope", *opts], cwd=tmp_path,
                              env=sight_env(tmp_path), capture_output=True, text=True, timeout=60)
         assert bad.returncode == 1 and "not_found" in bad.stdout
+
+
+def test_models_list_asks_the_server_and_says_when_it_cannot(tmp_path: Path) -> None:
+    """The server's models with their states, whatever this shell's settings say; with no server, this
+    shell's settings, saying so."""
+    with _serve(tmp_path) as server:
+        key = server.first_key()
+        assert key
+        shell = {k: v for k, v in sight_env(tmp_path).items() if not k.startswith("SIGHT_YOLO__")}  # yolo11n here
+        listed = subprocess.run([*SIGHT, "models", "list", "--url", server.url, "--key", key], cwd=tmp_path,
+                                env={**shell, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert f"served by {server.url}" in listed.stdout and "nudenet" in listed.stdout
+        assert "yolo11n" not in listed.stdout and ("ready" in listed.stdout or "not_loaded" in listed.stdout)
+        assert "vision LLM: unavailable" in listed.stdout
+    alone = subprocess.run([*SIGHT, "models", "list", "--url", "http://127.0.0.1:9", "--key", key], cwd=tmp_path,
+                           env={**shell, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert "did not answer" in alone.stdout and "showing this shell's settings instead (no states)" in alone.stdout
+    assert "yolo11n" in alone.stdout
 
 
 def test_serve_banner_tells_the_truth_and_pull_downloads_before_serving(tmp_path: Path) -> None:

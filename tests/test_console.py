@@ -312,6 +312,13 @@ def test_console_batch_reaches_full_progress_and_downloads_results(
     assert sorted(r["batch_request_id"] for r in results) == ["1-astronaut.png", "2-bus.jpg"]
     assert all(r["batch_result"]["response"]["vision_predict"]["yolo"] for r in results)
 
+    # A batch nothing was added to yet waits for requests: it does not read "processing 0%" for ever.
+    empty = httpx.post(live.url + "/v1/batches", json={"name": "nothing yet"},
+                       headers={"Authorization": f"Bearer {key}"}).json()["batch_id"]
+    browser.find_element(By.ID, "batch-refresh").click()
+    waiting = _until(browser, lambda d: d.find_element(By.CSS_SELECTOR, f'#batch-table tr[data-batch-id="{empty}"]'))
+    assert "open" in waiting.text and "no requests" in waiting.text and "0%" not in waiting.text
+
     _screenshot(browser, artifacts, "batches-desktop")
     _screenshot(browser, artifacts, "batches-phone", phone=True)
     _assert_key_only_in_session_storage(browser, key)

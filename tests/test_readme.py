@@ -1,4 +1,4 @@
-"""Every ```bash block of README.md runs against a real ``sight serve``, or says why it cannot.
+"""Every ```bash and ```python block of README.md runs against a real ``sight serve``, or says why it cannot.
 
 A block is marked by an HTML comment on the line before its fence (GitHub does not render it):
 
@@ -15,6 +15,7 @@ verdicts from ``UNMARKED``; any other block runs as written. Each block runs on 
 examples write never land in the real checkout), with ``KEY`` exported and ``http://127.0.0.1:8000`` pointing
 at the test server. Inside it ``curl`` is a function that adds ``--fail-with-body`` and keeps every response
 body for the checks below: each must be JSON (or NDJSON) with no error in it, and ``CHECKS`` looks closer.
+A ```python block runs with the same environment and ``KEY = os.environ["KEY"]`` set before it.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Block:
     section: str
     code: str
     marker: str | None
+    lang: str = "bash"
 
     @property
     def name(self) -> str:
@@ -106,21 +108,22 @@ class Block:
 
 def readme_blocks() -> list[Block]:
     blocks: list[Block] = []
-    section, previous, start, marker = "", "", 0, None
+    section, previous, start, marker, lang = "", "", 0, None, "bash"
     code: list[str] | None = None
     for n, line in enumerate(README.read_text().splitlines(), 1):
         if code is not None:
             if line.startswith("```"):
-                blocks.append(Block(start, section, "\n".join(code) + "\n", marker))
+                blocks.append(Block(start, section, "\n".join(code) + "\n", marker, lang))
                 code = None
             else:
                 code.append(line)
             continue
         if line.startswith("## "):
             section = line[3:].strip()
-        if line.strip() == "```bash":
+        if line.strip() in ("```bash", "```python"):
             match = MARKER.fullmatch(previous.strip())
             code, start, marker = [], n, match.group(1) if match else None
+            lang = line.strip().removeprefix("```")
         assert not re.match(r"```\s*(sh|shell|console|zsh)\s*$", line), f"README line {n}: fence it as ```bash"
         if line.strip():
             previous = line
@@ -218,14 +221,20 @@ def run_block(block: Block, stage: Stage, tmp: Path) -> Run:
     checkout.mkdir()
     responses.mkdir()
     (tmp / "shared").symlink_to(SHARED, target_is_directory=True)
-    script = tmp / "block.sh"
-    script.write_text(PREAMBLE + adapt(block, stage))
+    if block.lang == "python":
+        script = tmp / "block.py"
+        script.write_text('import os\nKEY = os.environ["KEY"]  # added by tests/test_readme.py\n' + adapt(block, stage))
+        command = [sys.executable, str(script)]
+    else:
+        script = tmp / "block.sh"
+        script.write_text(PREAMBLE + adapt(block, stage))
+        command = ["bash", "-e", "-o", "pipefail", str(script)]
     env = {**stage.env, "KEY": stage.key, "SIGHT_CLIENT__URL": stage.server.url,
            "READMETEST_RESPONSES": str(responses), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     llm_before, fetches_before = len(stage.llm.requests), len(stage.images.hits)
     # Its own process group, so a block that overruns goes down with everything it started.
-    proc = subprocess.Popen(["bash", "-e", "-o", "pipefail", str(script)], cwd=checkout, env=env, text=True,
+    proc = subprocess.Popen(command, cwd=checkout, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=BLOCK_TIMEOUT)
@@ -358,6 +367,12 @@ def check_predict_cli(run: Run) -> None:
     assert SERIAL in json.dumps(label), label
 
 
+def check_python_client(run: Run) -> None:
+    statuses = run.stdout.split()
+    assert statuses[0] == "processing" and statuses[-1] == "complete" and "done" in statuses, run.stdout
+    assert run.fetches and set(run.fetches) == {"/images/bus.jpg"}, run.fetches
+
+
 def check_models_cli(run: Run) -> None:
     assert "yolo11n" in run.stdout and "rapidocr" in run.stdout, run.stdout
 
@@ -373,6 +388,7 @@ CHECKS: dict[str, Callable[[Run], None]] = {
     "sight keys create": check_keys,
     "sight models list": check_models_cli,
     "sight predict ": check_predict_cli,
+    "from sight.client import Client": check_python_client,
 }
 
 

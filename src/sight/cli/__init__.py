@@ -9,7 +9,7 @@ import typer
 
 from sight.cli import batches, keys, models, predict, serve
 
-app = typer.Typer(help="Sight: a self-hostable vision inference server.", no_args_is_help=True)
+app = typer.Typer(help="Sight: a self-hostable vision inference server.", no_args_is_help=True, rich_markup_mode=None)
 app.command()(serve.serve)
 app.command()(serve.worker)
 app.command()(predict.predict)

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sight.cli.console import KeyOpt, UrlOpt, client, console, exit_on_error
 from sight.schemas import BatchPublic, VisionPredict
 
-app = typer.Typer(help="Durable async batches on a running server.", no_args_is_help=True)
+app = typer.Typer(help="Durable async batches on a running server.", no_args_is_help=True, rich_markup_mode=None)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CHUNK = 100
 
@@ -34,10 +35,12 @@ def sources(items: list[str]) -> Iterator[tuple[str, str | None, Path | None]]:
             raise typer.BadParameter(f"{item} is neither a URL, a file nor a folder")
 
 
-def _print_batch(b: BatchPublic) -> None:
+def _print_batch(b: BatchPublic, *, name: bool = False) -> None:
     s = b.state
-    console.print(f"{b.batch_id}  [bold]{b.status}[/bold]  {s.num_requests} requests: {s.num_success} ok, "
-                  f"{s.num_error} failed, {s.num_cancelled} cancelled, {s.num_pending} pending")
+    label = f"  {escape(b.name)}" if name else ""
+    status = "open, no requests" if b.status == "processing" and not s.num_requests else b.status
+    console.print(f"{b.batch_id}{label}  [bold]{status}[/bold]  {s.num_requests} requests: {s.num_success} ok, "
+                  f"{s.num_error} failed, {s.num_cancelled} cancelled, {s.num_pending} pending", soft_wrap=True)
 
 
 @app.command()
@@ -46,6 +49,27 @@ def create(name: str, url: UrlOpt = None, key: KeyOpt = None) -> None:
     with exit_on_error(), client(url, key) as sight:
         batch = sight.create_batch(name)
     print(batch.batch_id)
+
+
+@app.command("list")
+def list_batches(
+    limit: Annotated[int, typer.Option(help="Most batches to show, newest first.", min=1)] = 20,
+    url: UrlOpt = None, key: KeyOpt = None,
+) -> None:
+    """This team's batches, newest first: id, status and progress of each."""
+    shown = 0
+    with exit_on_error(), client(url, key) as sight:
+        token = None
+        while shown < limit:
+            page = sight.list_batches(limit=min(100, limit - shown), token=token)
+            for batch in page.batches:
+                _print_batch(batch, name=True)
+                shown += 1
+            token = page.pagination_token
+            if not token or not page.batches:
+                break
+    if not shown:
+        console.print("no batches yet (sight batches create NAME makes one)")
 
 
 @app.command()

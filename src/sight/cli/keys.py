@@ -15,7 +15,7 @@ from sight.config import Settings
 if TYPE_CHECKING:
     from sight.storage.keys import KeyStore
 
-app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app = typer.Typer(help="Manage API keys.", no_args_is_help=True, rich_markup_mode=None)
 T = TypeVar("T")
 
 

@@ -12,15 +12,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from sight.cli.console import console, print_error
+from sight.cli.console import KeyOpt, UrlOpt, console, print_error
 from sight.config import Settings
-from sight.errors import SightError
+from sight.errors import SightError, StageTimeoutError, UpstreamError
 from sight.models.catalog import Catalog
 from sight.models.files import ModelFiles
 from sight.models.official import OFFICIAL
 from sight.models.sources import ModelSource, license_line
 
-app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app = typer.Typer(help="The model registry.", no_args_is_help=True, rich_markup_mode=None)
 ULTRALYTICS = re.compile(r"^yolo(v8|11|12)[nsmlx]$|^yolov5[nsmlx]u$")
 LOCAL_HINT = ("To serve a model you already have, export it to ONNX where the weights are "
               "(yolo export model=yolo11n.pt format=onnx dynamic=True) and set "
@@ -28,9 +28,21 @@ LOCAL_HINT = ("To serve a model you already have, export it to ONNX where the we
 
 
 @app.command("list")
-def list_models() -> None:
-    """Every declared model version (settings and registry file), as GET /v1/models lists them."""
+def list_models(
+    url: UrlOpt = None, key: KeyOpt = None,
+    local: Annotated[bool, typer.Option("--local", help="List what this shell's settings declare, without "
+                                        "asking the server.")] = False,
+) -> None:
+    """What the server serves (GET /v1/models: every version with its state, and the vision LLM). When no server
+    answers, what this shell's settings and registry file declare, without states, and it says so."""
     settings = Settings()
+    if not local:
+        why = _list_served(url or settings.client.url, key or (settings.client.api_key.get_secret_value()
+                                                               if settings.client.api_key else None))
+        if why is None:
+            return
+        console.print(f"[yellow]{escape(why)}[/yellow]: showing this shell's settings instead (no states)",
+                      soft_wrap=True)
     try:
         catalog = Catalog.from_settings(settings)
     except SightError as exc:
@@ -41,6 +53,34 @@ def list_models() -> None:
         table.add_row(m.name, str(m.version), m.task, ", ".join(catalog.aliases_of(m)), m.source or m.model or "",
                       m.shadow_of or "")
     console.print(table)
+
+
+def _list_served(url: str, key: str | None) -> str | None:
+    """Print the server's models; or say why not (None: printed)."""
+    from sight.client import Client
+
+    if not key:
+        return f"no API key for the server at {url} (--key or SIGHT_CLIENT__API_KEY)"
+    try:
+        with Client(url, key, max_attempts=1) as sight:
+            listing = sight.list_models()
+    except (UpstreamError, StageTimeoutError) as exc:
+        return f"the server at {url} did not answer ({exc.message})"
+    except SightError as exc:
+        return f"the server at {url} refused the listing ({exc.code}: {exc.message})"
+    table = Table("name", "version", "task", "aliases", "state", "source", title=f"served by {url}")
+    for m in listing.models:
+        state = m.state.state + (f": {m.state.reason}" if m.state.reason else "")
+        if m.warning:
+            state += f" (warning: {m.warning})"
+        table.add_row(escape(m.name), m.version, m.task, escape(", ".join(m.aliases)), escape(state),
+                      escape(m.source or ""))
+    console.print(table)
+    if listing.llm is not None:
+        llm = listing.llm
+        where = f"{llm.backend} {llm.model} at {llm.base_url}" if llm.state == "ready" else (llm.reason or "")
+        console.print(f"vision LLM: {llm.state} - {escape(where)}", soft_wrap=True)
+    return None
 
 
 def download(name: str, source: ModelSource, settings: Settings) -> Path:
