@@ -1,6 +1,9 @@
 """Nothing lost, nothing doubled: workers and the API server are SIGKILLed mid-batch and restarted.
 
-Real subprocesses, a real database (SQLite file or PostgreSQL), seeded kill points.
+Real subprocesses, a real database (SQLite file or PostgreSQL), seeded kill points. Every request asks the
+vision LLM (a loopback server in this process): the first call of a request whose query says "hold" is held
+there (a later attempt answers at once), so a kill always lands on requests in flight while others finish
+around it. Events, not the clock, decide when to kill.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from PIL import Image
 
 from tests.helpers import image_bytes, wait_until
 from tests.processes import SightProcess, SightServer, sight_env
+from tests.servers import FakeLLMServer
+
+pytestmark = pytest.mark.slow  # starts `sight` subprocesses
 
 REQUESTS = 200
 FAST_LEASES = {
@@ -54,8 +60,8 @@ class Client:
         bid = self.http.post("/v1/batches", json={"name": "durability"}).json()["batch_id"]
         images = _images()
         requests = [{"batch_request_id": f"r{i:03d}", "batch_request": {"vision_predict": {
-            "image_base64": images[i % len(images)], "filename": f"{i}.jpg", "is_yolo": True}}}
-            for i in range(REQUESTS)]
+            "image_base64": images[i % len(images)], "filename": f"{i}.jpg", "is_yolo": True, "is_llm": True,
+            "query": f"hold r{i:03d}" if i % 4 == 0 else "go"}}} for i in range(REQUESTS)]
         ids: list[str] = []
         for start in range(0, REQUESTS, 50):
             r = self.http.post(f"/v1/batches/{bid}/requests", json={"batch_requests": requests[start:start + 50]})
@@ -169,6 +175,7 @@ def _check_exactly_once(client: Client, bid: str, ids: list[str]) -> None:
     for r in results:
         item = r["batch_result"]["response"]["vision_predict"]
         assert item["status"] == "done" and item["filename"] == f"{int(r['batch_request_id'][1:])}.jpg"
+        assert item["llm"]["answer"]
 
 
 @pytest.fixture
@@ -176,10 +183,44 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
+@pytest.fixture
+def llm(llm_server: FakeLLMServer) -> Iterator[FakeLLMServer]:
+    """The loopback LLM: the first call of each request that asks it to "hold" waits for the test's gate (or
+    for its caller to die); every other call answers at once."""
+    llm_server.reset()
+    calls: dict[str, int] = {}
+
+    def mode(body: dict[str, Any]) -> str:
+        text = FakeLLMServer.user_text(body)
+        if "hold r" not in text:
+            return "ok"
+        request = text.split("hold ", 1)[1].split()[0]
+        calls[request] = calls.get(request, 0) + 1
+        return "gate" if calls[request] == 1 else "ok"
+
+    llm_server.mode_for = mode
+    yield llm_server
+    llm_server.gate.set()
+
+
+def _held(llm: FakeLLMServer) -> int:
+    """Calls the LLM holds now: received in gate mode, not yet ended (answered, or hung up on)."""
+    with llm.lock:
+        return len({FakeLLMServer.user_text(r["body"]) for r in llm.requests if "hold r" in
+                    FakeLLMServer.user_text(r["body"])}) - len(llm.held)
+
+
+def _env(workdir: Path, database_url: str, llm: FakeLLMServer, **extra: str) -> dict[str, str]:
+    return sight_env(workdir, database_url, SIGHT_LLM__BASE_URL=llm.url, SIGHT_LLM__MODEL="fake-vl",
+                     SIGHT_LLM__DEADLINE="120", SIGHT_LLM__TIMEOUT="120", SIGHT_LLM__RETRIES="0",
+                     **FAST_LEASES, **extra)
+
+
 @pytest.mark.timeout(300)
-def test_workers_killed_at_random_points_lose_and_double_nothing(workdir: Path, database_url: str) -> None:
+def test_workers_killed_at_random_points_lose_and_double_nothing(workdir: Path, database_url: str,
+                                                                llm: FakeLLMServer) -> None:
     rng = random.Random(1234)
-    env = sight_env(workdir, database_url, SIGHT_JOBS__RUN_IN_SERVER="false", **FAST_LEASES)
+    env = _env(workdir, database_url, llm, SIGHT_JOBS__RUN_IN_SERVER="false")
     server = SightServer(workdir, env)
     workers: list[SightProcess] = []
     try:
@@ -191,12 +232,14 @@ def test_workers_killed_at_random_points_lose_and_double_nothing(workdir: Path, 
             for _kill in range(4):
                 pair = [SightProcess(["worker"], workdir, env) for _ in range(2)]
                 workers += pair
-                # A seeded kill point: a few more requests done, counted, not timed.
+                # A seeded kill point, counted, not timed: a few more requests done around the held ones, and
+                # some held at the LLM, in flight in these workers.
                 done = client.wait_progress(bid, done + rng.randint(0, 8))
+                wait_until(lambda: _held(llm) >= 1, "a request of these workers in flight")
                 for worker in pair:
                     worker.kill()
-                done = client.state(bid)["state"]["num_success"]
-                assert done < REQUESTS, "the kills must land while work remains"
+                wait_until(lambda: _held(llm) == 0, "the killed workers' calls hung up")
+            llm.gate.set()  # from now on every call answers
             workers += [SightProcess(["worker"], workdir, env) for _ in range(2)]
             try:
                 _check_exactly_once(client, bid, ids)
@@ -210,23 +253,26 @@ def test_workers_killed_at_random_points_lose_and_double_nothing(workdir: Path, 
 
 
 @pytest.mark.timeout(300)
-def test_api_server_restarted_mid_batch_finishes_it(workdir: Path, database_url: str) -> None:
-    env = sight_env(workdir, database_url, **FAST_LEASES)
+def test_api_server_restarted_mid_batch_finishes_it(workdir: Path, database_url: str, llm: FakeLLMServer) -> None:
+    env = _env(workdir, database_url, llm)
     server = SightServer(workdir, env)
     try:
         key = server.first_key()
         assert key
         with Client(server.url, key) as client:
             bid, ids = client.submit()
-            client.wait_progress(bid, 20)
+            client.wait_progress(bid, 5)  # the server's 4 run slots fill with held calls after a dozen are done
+            wait_until(lambda: _held(llm) >= 1, "requests in flight in the server")
         server.kill()
     finally:
         server.stop()
+    llm.gate.set()
     restarted = SightServer(workdir, env)
     try:
         assert restarted.first_key() is None
         with Client(restarted.url, key) as client:
             assert client.state(bid)["state"]["num_success"] < REQUESTS, "the restart happened mid-batch"
             _check_exactly_once(client, bid, ids)
+        assert _redone_requests(database_url) > 0, "the requests in flight at the kill were done again"
     finally:
         restarted.stop()

@@ -16,6 +16,8 @@ from tests.conftest import IMAGES
 from tests.processes import SIGHT, SightServer, sight_env
 from tests.servers import ImageServer
 
+pytestmark = pytest.mark.slow  # starts `sight` subprocesses
+
 ASTRONAUT = IMAGES / "astronaut.png"
 LABEL = IMAGES / "serial-label.png"
 

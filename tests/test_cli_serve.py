@@ -9,9 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers import image_bytes, key_parts
 from tests.processes import KEY_RE, SIGHT, SightServer, sight_env
+
+pytestmark = pytest.mark.slow  # starts `sight` subprocesses
 
 
 @contextmanager

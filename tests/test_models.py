@@ -392,6 +392,7 @@ def test_reload_under_load_fails_nothing(reg_settings: Settings, registry_file: 
         assert set(served) == {"1", "2"}, "requests moved between versions as the file changed"
 
 
+@pytest.mark.slow
 def test_models_cli_list_and_pull_without_the_extra(tmp_path: Path, registry_file: Path) -> None:
     env = sight_env(tmp_path, SIGHT_REGISTRY__PATH=str(registry_file))
 

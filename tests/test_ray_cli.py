@@ -18,7 +18,7 @@ from tests.helpers import wait_until
 from tests.processes import KEY_RE, SightProcess, free_port, sight_env
 
 pytest.importorskip("ray", reason="pip install 'sight[ray]'")
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_sight_serve_runtime_ray_starts_a_cluster_deploys_and_answers(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The Ray runtime on a real two-node Ray cluster (loopback): same results as the local runtime, replicas on
-both nodes, a replica killed mid-stream loses no item, an overloaded deployment answers 503.
+both nodes, a replica killed mid-stream loses no item, an overloaded Serve deployment answers 503. (A worker
+node removed mid-stream: tests/test_ray_failover.py, on a cluster of its own.)
 
-One cluster and one Serve application for the module; every wait is on an event (a response, Serve's
-status), bounded.
+One cluster and one Serve application for the module, public Ray APIs only; every wait is on an event (a
+response, Serve's status), bounded.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import asyncio
 import base64
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,143 +27,46 @@ import yaml
 from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
-from sight.config import (
-    LLMSettings,
-    ModelsSettings,
-    ReplicaSettings,
-    RuntimeSettings,
-    ServerSettings,
-    Settings,
-    YoloSettings,
-)
+from sight.config import ReplicaSettings, Settings
 from sight.errors import InvalidInputError
 from tests.conftest import IMAGES, ROOT, nudenet_path
-from tests.helpers import wait_until
+from tests.ray_cluster import (
+    APP,
+    DETECTOR,
+    STREAM,
+    RayServed,
+    b64,
+    create_key,
+    finals,
+    import_ray,
+    places,
+    running_replicas,
+    settings_for,
+    sight_on_ray,
+    stream,
+    wait_running,
+)
 from tests.servers import FakeLLMServer, LiveServer
 
-# Ray is imported by the tests that use it, not when pytest collects this module: the rest of the suite runs
-# without it in the process.
-ray: Any = None
-serve: Any = None
-
-
-def _import_ray() -> Any:
-    """Import Ray (skipping without ``sight[ray]``); its own pydantic deprecations are not ours."""
-    global ray, serve
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ray = pytest.importorskip("ray", reason="pip install 'sight[ray]'")
-        from ray import serve as ray_serve
-        from ray.cluster_utils import Cluster
-        from ray.serve._private import build_app  # noqa: F401  (the config test's)
-    serve = ray_serve
-    return Cluster
-
-pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::ResourceWarning")]
-
-STREAM = "/api/v1/inference/predict/stream/v2"
-DETECTOR = "detect-nudenet-v1"
-APP = "sight"
-
-
-def _settings(tmp: Path, **runtime: Any) -> Settings:
-    return Settings(
-        _env_file=None,
-        database_url=f"sqlite+aiosqlite:///{tmp / 'sight.db'}",
-        data_dir=tmp / "data",
-        server=ServerSettings(max_files=64, item_concurrency=4),
-        yolo=YoloSettings(models={"nudenet": nudenet_path()}, default_model="nudenet"),
-        models=ModelsSettings(offline=True),
-        runtime=RuntimeSettings(**runtime),
-    )
-
-
-def _b64(name: str) -> str:
-    return base64.b64encode((IMAGES / name).read_bytes()).decode()
-
-
-def _create_key(settings: Settings) -> str:
-    from sight.cli.keys import with_keys
-
-    async def create(store: Any) -> str:
-        key, _info = await store.create_key("team-ray", name="ray")
-        return str(key)
-
-    return with_keys(settings, create)
-
-
-class RayServed:
-    def __init__(self, settings: Settings, url: str, key: str, cluster: Any = None) -> None:
-        self.settings, self.url, self.key, self.cluster = settings, url, key, cluster
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, llm_server: FakeLLMServer) -> Iterator[RayServed]:
-    """Two nodes (2 logical CPUs each), Sight's application on them: two detector replicas, OCR, the LLM
-    clients (to the loopback LLM), the API."""
-    from sight.serve_app import build
+    """Sight on two nodes, with one more detector whose file is not a model: its replica starts, and reports why
+    it cannot serve."""
+    tmp = tmp_path_factory.mktemp("ray")
 
-    Cluster = _import_ray()  # noqa: N806
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=2)
-    ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
-    try:
-        tmp = tmp_path_factory.mktemp("ray")
-        tiny = ReplicaSettings(num_cpus=0.25, min_replicas=1, max_replicas=1, max_ongoing_requests=16)
-        settings = _settings(tmp, kind="ray", app_name=APP, retries=3, ocr=tiny, api=tiny, llm=tiny,
-                             # 2 at once per replica, 4 items at once per stream: both replicas are needed
-                             detector=ReplicaSettings(num_cpus=0.5, min_replicas=2, max_replicas=2,
-                                                         max_ongoing_requests=2))
-        settings.llm = LLMSettings(base_url=llm_server.url, model="fake-vl", discover=False)
-        # A detector whose file is not a model: its replica starts, and reports why it cannot serve.
+    def broken_detector(settings: Settings) -> None:
         (tmp / "broken.onnx").write_bytes(b"not an onnx model")
         (tmp / "models.toml").write_text(f'[[model]]\nname = "broken"\nsource = "{tmp / "broken.onnx"}"\n'
                                          'ray = { num_cpus = 0.25, min_replicas = 1, max_replicas = 1 }\n')
         settings.registry.path = tmp / "models.toml"
-        key = _create_key(settings)
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build(settings), name=APP, route_prefix="/")  # returns once every deployment is running
-        yield RayServed(settings, f"http://127.0.0.1:{port}", key, cluster)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
 
+    with sight_on_ray(tmp, llm_server.url, broken_detector) as ray_served:
+        yield ray_served
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _replicas(deployment: str) -> list[dict[str, Any]]:
-    """The live replica actors of ``deployment`` (name, node) from the cluster's actor table."""
-    from ray._private import state
-
-    wanted = f"ServeReplica:{APP}:{deployment}"
-    return [a for a in state.actors().values() if a["ActorClassName"] == wanted and a["State"] == "ALIVE"]
-
-
-def _stream(url: str, key: str, data: list[dict[str, Any]], on_line: Any = None) -> list[dict[str, Any]]:
-    lines: list[dict[str, Any]] = []
-    with httpx.stream("POST", url + STREAM, json={"api_key": key, "data": data}, timeout=120) as r:
-        assert r.status_code == 200, r.read()
-        for raw in r.iter_lines():
-            lines.append(json.loads(raw))
-            if on_line is not None:
-                on_line(lines[-1])
-    return lines
-
-
-def _finals(lines: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    finals = [x for x in lines if x["status"] in {"done", "error"}]
-    by_index = {x["index"]: x for x in finals}
-    assert len(by_index) == len(finals), "an item ended more than once"
-    return by_index
 
 
 def _rotated_png() -> str:
@@ -177,22 +82,23 @@ def _rotated_png() -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
+
 def test_ray_runtime_results_equal_local_runtime(served: RayServed, tmp_path: Path) -> None:
-    data = [{"image_base64": _b64(name), "filename": name, "is_yolo": True}
+    data = [{"image_base64": b64(name), "filename": name, "is_yolo": True}
             for name in ("astronaut.png", "bus.jpg", "rocket.jpg", "coffee.png")]
-    data.append({"image_base64": _b64("serial-label.png"), "filename": "label.png", "is_ocr": True})
+    data.append({"image_base64": b64("serial-label.png"), "filename": "label.png", "is_ocr": True})
     data.append({"image_base64": _rotated_png(), "filename": "turned.png", "is_yolo": True, "is_ocr": True})
     # bus.jpg with other stages asked too: detection's result does not depend on them, here as in process.
-    data.append({"image_base64": _b64("bus.jpg"), "filename": "bus.jpg", "is_yolo": True, "is_ocr": True})
-    data.append({"image_base64": _b64("bus.jpg"), "filename": "bus.jpg", "is_yolo": True, "is_llm": True})
-    remote = _finals(_stream(served.url, served.key, data))
+    data.append({"image_base64": b64("bus.jpg"), "filename": "bus.jpg", "is_yolo": True, "is_ocr": True})
+    data.append({"image_base64": b64("bus.jpg"), "filename": "bus.jpg", "is_yolo": True, "is_llm": True})
+    remote = finals(stream(served.url, served.key, data))
 
-    local_settings = _settings(tmp_path)
+    local_settings = settings_for(tmp_path)
     local_settings.llm = served.settings.llm  # the same loopback LLM
-    local_key = _create_key(local_settings)
+    local_key = create_key(local_settings)
     with TestClient(create_app(local_settings)) as client:
         r = client.post(STREAM, json={"api_key": local_key, "data": data})
-    local = _finals([json.loads(x) for x in r.text.splitlines()])
+    local = finals([json.loads(x) for x in r.text.splitlines()])
 
     assert sorted(remote) == sorted(local) == list(range(len(data)))
     for i in local:
@@ -217,23 +123,23 @@ def test_ray_runtime_api_decodes_no_pixels_for_the_model_stages(served: RayServe
     decoded: list[int] = []
     decode = PendingDecode.decode
     monkeypatch.setattr(PendingDecode, "decode", lambda self: decoded.append(1) or decode(self))
-    settings = _settings(tmp_path, kind="ray", app_name=APP)
-    key = _create_key(settings)
+    settings = settings_for(tmp_path, kind="ray", app_name=APP)
+    key = create_key(settings)
     jpeg = (IMAGES / "bus.jpg").read_bytes()
     data = [{"image_base64": _rotated_png(), "is_yolo": True},
             {"image_base64": base64.b64encode(jpeg[: len(jpeg) // 3]).decode(), "is_yolo": True},
-            {"image_base64": _b64("serial-label.png"), "is_ocr": True},
-            {"image_base64": _b64("bus.jpg"), "is_yolo": True, "is_ocr": True}]
+            {"image_base64": b64("serial-label.png"), "is_ocr": True},
+            {"image_base64": b64("bus.jpg"), "is_yolo": True, "is_ocr": True}]
     with TestClient(create_app(settings)) as client:
         r = client.post(STREAM, json={"api_key": key, "data": data})
-    finals = _finals([json.loads(x) for x in r.text.splitlines()])
+    ended = finals([json.loads(x) for x in r.text.splitlines()])
     assert decoded == [], "the API decoded pixels no stage of its own needed"
-    assert finals[0]["status"] == "done" and finals[0]["result"]["yolo"]["detections"], finals[0]
-    assert finals[0]["result"]["image"] == {"width": 384, "height": 512}
-    assert finals[1]["status"] == "error" and finals[1]["error"]["code"] == "invalid_image", finals[1]
-    assert "SN-4X7Q-2291-B" in finals[2]["result"]["ocr"]["text"]
-    assert finals[3]["status"] == "done" and finals[3]["result"]["yolo"]["detections"], finals[3]
-    assert finals[3]["result"]["ocr"]["text"], finals[3]
+    assert ended[0]["status"] == "done" and ended[0]["result"]["yolo"]["detections"], ended[0]
+    assert ended[0]["result"]["image"] == {"width": 384, "height": 512}
+    assert ended[1]["status"] == "error" and ended[1]["error"]["code"] == "invalid_image", ended[1]
+    assert "SN-4X7Q-2291-B" in ended[2]["result"]["ocr"]["text"]
+    assert ended[3]["status"] == "done" and ended[3]["result"]["yolo"]["detections"], ended[3]
+    assert ended[3]["result"]["ocr"]["text"], ended[3]
 
 
 def test_ray_runtime_reports_a_model_its_replica_cannot_load(served: RayServed) -> None:
@@ -242,23 +148,23 @@ def test_ray_runtime_reports_a_model_its_replica_cannot_load(served: RayServed) 
     with TestClient(create_app(served.settings)) as client:
         auth = {"Authorization": f"Bearer {served.key}"}
         models = {m["name"]: m for m in client.get("/v1/models", headers=auth).json()["models"]}
-        data = [{"image_base64": _b64("bus.jpg"), "is_yolo": True, "yolo_model": "broken"},
-                {"image_base64": _b64("bus.jpg"), "is_yolo": True}]
+        data = [{"image_base64": b64("bus.jpg"), "is_yolo": True, "yolo_model": "broken"},
+                {"image_base64": b64("bus.jpg"), "is_yolo": True}]
         r = client.post(STREAM, json={"api_key": served.key, "data": data})
     assert models["broken"]["state"]["state"] == "failed" and not models["broken"]["loaded"], models["broken"]
     assert "failed to load" in models["broken"]["state"]["reason"]
     assert models["nudenet"]["state"]["state"] == "ready"
-    finals = _finals([json.loads(x) for x in r.text.splitlines()])
-    assert finals[0]["error"]["code"] == "engine_unavailable" and "failed to load" in finals[0]["error"]["message"]
-    assert finals[1]["status"] == "done"
+    ended = finals([json.loads(x) for x in r.text.splitlines()])
+    assert ended[0]["error"]["code"] == "engine_unavailable" and "failed to load" in ended[0]["error"]["message"]
+    assert ended[1]["status"] == "done"
 
 
 def test_ray_runtime_llm_calls_go_through_the_llm_deployment(served: RayServed, llm: FakeLLMServer) -> None:
     """Through the Serve proxy: an OCR + LLM item and a YOLO + LLM item with a query. The LLM deployment asks
     the loopback backend with the grounding, and condenses the two answers into the batch answer."""
     query = "find me the serial number from the images"
-    data = [{"image_base64": _b64("serial-label.png"), "filename": "label.png", "is_ocr": True, "is_llm": True},
-            {"image_base64": _b64("astronaut.png"), "filename": "astro.png", "is_yolo": True, "is_llm": True}]
+    data = [{"image_base64": b64("serial-label.png"), "filename": "label.png", "is_ocr": True, "is_llm": True},
+            {"image_base64": b64("astronaut.png"), "filename": "astro.png", "is_yolo": True, "is_llm": True}]
     r = httpx.post(served.url + "/api/v1/inference/predict/batch/v2",
                    json={"api_key": served.key, "data": data, "query": query}, timeout=120)
     assert r.status_code == 200, r.text
@@ -269,123 +175,62 @@ def test_ray_runtime_llm_calls_go_through_the_llm_deployment(served: RayServed, 
     assert result["answer"].startswith("CONDENSED:") and "label.png" in result["answer"]
     texts = [FakeLLMServer.user_text(x["body"]) for x in llm.requests if FakeLLMServer.image_urls(x["body"])]
     assert len(texts) == 2 and any("FACE_FEMALE" in t for t in texts), texts
-    assert _replicas("llm"), "the LLM deployment runs"
+    assert running_replicas("llm") == 1, "the LLM Serve deployment runs"
 
 
 def test_ray_runtime_detector_replicas_on_both_nodes_serve_a_stream(served: RayServed) -> None:
-    replicas = _replicas(DETECTOR)
-    assert len(replicas) == 2
-    assert len({a["Address"]["NodeID"] for a in replicas}) == 2, "Serve spreads replicas over the nodes"
-    log_dir = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
-    before = _calls_per_replica(log_dir)
-    data = [{"image_base64": _b64("astronaut.png" if i % 2 else "rocket.jpg"), "is_yolo": True} for i in range(40)]
-    lines = _stream(served.url, served.key, data)
-    finals = _finals(lines)
-    assert sorted(finals) == list(range(40))
-    assert all(x["status"] == "done" for x in finals.values())
+    ray, _serve, _cluster = import_ray()
+    data = [{"image_base64": b64("astronaut.png" if i % 2 else "rocket.jpg"), "is_yolo": True} for i in range(40)]
+    lines = stream(served.url, served.key, data)
+    ended = finals(lines)
+    assert sorted(ended) == list(range(40))
+    assert all(x["status"] == "done" for x in ended.values())
     assert lines[-1]["status"] == "complete"
-    after = _calls_per_replica(log_dir)
-    served_by = {name for name, n in after.items() if n > before.get(name, 0)}
-    assert len(served_by) == 2, f"both replicas served items: {after} (before: {before})"
-
-
-def _calls_per_replica(log_dir: Path) -> dict[str, int]:
-    """Detector calls each replica logged (Serve writes one access line per call, per replica file)."""
-    from sight.runtimes.ray.replicas import DetectorReplica
-
-    return {p.name: p.read_text().count(f"CALL {DetectorReplica.detect.__name__} OK")
-            for p in log_dir.glob(f"replica_{APP}_{DETECTOR}_*.log")}
-
-
-def test_ray_runtime_worker_node_removed_mid_stream_loses_no_item(served: RayServed, tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    """A whole worker node goes (its raylet and every actor on it) while a stream runs: the calls on its
-    detector replica fail over to the head's (bounded retries), every item ends once, the stream completes.
-    The API runs in this process (the driver, on the head node), so whatever else Serve placed on the worker
-    (its proxy, the application's API replica) does not decide the outcome. A node like it is added back
-    after, and Serve brings the detector to two replicas again."""
-    cluster = served.cluster
-    head = cluster.head_node.node_id
-    (worker,) = [n for n in cluster.worker_nodes if n.node_id != head]
-    # Runs before the replica-kill test, whose replacement replica Serve may place on either node.
-    assert any(a["Address"]["NodeID"] == worker.node_id for a in _replicas(DETECTOR)), \
-        "a detector replica runs on the worker node"
-    settings = _settings(tmp_path, kind="ray", app_name=APP, retries=3)
-    key = _create_key(settings)
-    removed: list[int] = []
-
-    def remove_after_a_few(line: dict[str, Any]) -> None:
-        if line["status"] in {"done", "error"} and not removed:
-            removed.append(line["index"])
-            cluster.remove_node(worker)
-
-    data = [{"image_base64": _b64("bus.jpg"), "is_yolo": True} for _ in range(24)]
-    caplog.set_level("WARNING", logger="sight.runtimes.ray.client")
-    try:
-        with LiveServer(create_app(settings)) as live:
-            lines = _stream(live.url, key, data, on_line=remove_after_a_few)
-    finally:
-        if removed:
-            cluster.add_node(num_cpus=2)
-    assert removed, "the node was removed while the stream ran"
-    assert not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == worker.node_id), "the node is gone"
-    finals = _finals(lines)
-    assert sorted(finals) == list(range(24)), "every item ends in exactly one final state"
-    assert lines[-1]["status"] == "complete" and sum(x["status"] == "complete" for x in lines) == 1
-    # Retries are bounded (runtime.retries) and land on the head's replica: no item fails for the removal.
-    assert all(x["status"] == "done" for x in finals.values()), [x for x in finals.values() if x["status"] != "done"]
-    # Each call is sent at most runtime.retries more times (the calls in flight on the lost replica, usually 1-2).
-    retried = [r.getMessage() for r in caplog.records if "replica lost" in r.getMessage()]
-    assert len(retried) <= settings.runtime.retries * len(data), retried
-    _wait_running(DETECTOR)
-    _wait_running("api", replicas=1)
+    # Calls sent at once reach both replicas, which run on both nodes: their answers say where they ran.
+    seen = places(served.settings)
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len({p.replica for p in seen}) == 2, "both replicas answered"
+    assert {p.node for p in seen} == alive and len(alive) == 2, "Serve spreads the replicas over the nodes"
 
 
 def test_ray_runtime_replica_killed_mid_stream_loses_no_item(served: RayServed) -> None:
-    victim = _replicas(DETECTOR)[0]
-    handle = ray.get_actor(victim["Name"], namespace="serve")
+    victim = places(served.settings)[0]  # one of the detector's replica processes (on this machine)
     killed: list[int] = []
 
     def kill_after_a_few(line: dict[str, Any]) -> None:
         if line["status"] in {"done", "error"} and not killed:
             killed.append(line["index"])
-            ray.kill(handle, no_restart=True)
+            os.kill(victim.pid, signal.SIGKILL)
 
-    data = [{"image_base64": _b64("bus.jpg"), "is_yolo": True} for _ in range(40)]
-    lines = _stream(served.url, served.key, data, on_line=kill_after_a_few)
+    data = [{"image_base64": b64("bus.jpg"), "is_yolo": True} for _ in range(40)]
+    lines = stream(served.url, served.key, data, on_line=kill_after_a_few)
     assert killed, "the replica was killed while the stream ran"
-    finals = _finals(lines)
-    assert sorted(finals) == list(range(40)), "every item ends in exactly one final state"
+    ended = finals(lines)
+    assert sorted(ended) == list(range(40)), "every item ends in exactly one final state"
     assert lines[-1]["status"] == "complete" and sum(x["status"] == "complete" for x in lines) == 1
     # Retries are bounded (runtime.retries) and land on the live replica: no item fails for the kill.
-    assert all(x["status"] == "done" for x in finals.values()), [x for x in finals.values() if x["status"] != "done"]
-    _wait_running(DETECTOR)  # Serve replaces the replica: later tests see two again
-
-
-def _wait_running(deployment: str, rounds: int = 600, replicas: int = 2) -> None:
-    def running() -> bool:
-        status = serve.status().applications[APP].deployments[deployment]
-        return status.status == "HEALTHY" and len(_replicas(deployment)) == replicas
-
-    wait_until(running, f"{deployment} back to {replicas} healthy replicas", timeout=rounds * 0.05, poll=0.05)
+    assert all(x["status"] == "done" for x in ended.values()), [x for x in ended.values() if x["status"] != "done"]
+    wait_running(DETECTOR)  # Serve replaces the replica
+    assert victim.replica not in {p.replica for p in places(served.settings)}, "a new replica took its place"
 
 
 def test_ray_runtime_overloaded_deployment_answers_503_with_retry_after(served: RayServed, tmp_path: Path) -> None:
     """A deployment that queues at most one request (Serve's max_queued_requests): the rest are refused
     at once with Serve's BackPressureError, which Sight answers as 503 overloaded with Retry-After."""
+    _ray, serve, _cluster = import_ray()
     from sight.models.registry import EngineRegistry
     from sight.runtimes.ray.replicas import DetectorReplica, detector_serve_deployment
 
     tight = ReplicaSettings(num_cpus=0.25, max_ongoing_requests=1, max_queued_requests=1)
-    settings = _settings(tmp_path, kind="ray", app_name="tight", detector=tight)
+    settings = settings_for(tmp_path, kind="ray", app_name="tight", detector=tight)
     ref = "nudenet:1"
     entry = EngineRegistry(settings).catalog.model(ref, task="detect")
     dep = serve.deployment(name=detector_serve_deployment(entry), **tight.ray_options())(DetectorReplica)
     serve.run(dep.bind(settings, ref), name="tight", route_prefix=None)
-    key = _create_key(settings)
+    key = create_key(settings)
     try:
         with LiveServer(create_app(settings)) as live:
-            body = {"data": [_b64("bus.jpg")]}
+            body = {"data": [b64("bus.jpg")]}
 
             def call(_: int) -> httpx.Response:
                 return httpx.post(f"{live.url}/v1/detect/latest", json=body, timeout=60,
@@ -405,20 +250,20 @@ def test_ray_runtime_overloaded_deployment_answers_503_with_retry_after(served: 
 def test_ray_runtime_model_without_deployment_fails_its_items_at_once(served: RayServed, tmp_path: Path) -> None:
     """A detector declared after the application was built has no deployment: its items fail with
     engine_unavailable at once (a call would wait for replicas that never come), their siblings run."""
-    settings = _settings(tmp_path, kind="ray", app_name=APP)
+    settings = settings_for(tmp_path, kind="ray", app_name=APP)
     settings.yolo.models["later"] = nudenet_path()
-    key = _create_key(settings)
-    data = [{"image_base64": _b64("astronaut.png"), "is_yolo": True, "yolo_model": "later"},
-            {"image_base64": _b64("astronaut.png"), "is_yolo": True}]
+    key = create_key(settings)
+    data = [{"image_base64": b64("astronaut.png"), "is_yolo": True, "yolo_model": "later"},
+            {"image_base64": b64("astronaut.png"), "is_yolo": True}]
     with TestClient(create_app(settings)) as client:
         r = client.post(STREAM, json={"api_key": key, "data": data})
         models = {m["name"]: m for m in client.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
                   .json()["models"]}
         ready = client.get("/readyz").json()["checks"]
-    finals = _finals([json.loads(x) for x in r.text.splitlines()])
-    assert finals[0]["error"]["code"] == "engine_unavailable", finals[0]
-    assert "not deployed" in finals[0]["error"]["message"]
-    assert finals[1]["status"] == "done"
+    ended = finals([json.loads(x) for x in r.text.splitlines()])
+    assert ended[0]["error"]["code"] == "engine_unavailable", ended[0]
+    assert "not deployed" in ended[0]["error"]["message"]
+    assert ended[1]["status"] == "done"
     # States come from the cluster: running deployments are ready, the model without one says so.
     assert models["nudenet"]["state"]["state"] == "ready" and models["nudenet"]["loaded"], models["nudenet"]
     assert "replica(s)" in models["nudenet"]["state"]["reason"]
@@ -430,11 +275,14 @@ def test_ray_runtime_model_without_deployment_fails_its_items_at_once(served: Ra
 
 
 def test_ray_runtime_serve_config_matches_the_application(monkeypatch: pytest.MonkeyPatch) -> None:
-    """deploy/serve-config.yaml validates as a Serve config, names exactly the application's deployments
-    (built by its import_path from its env_vars), and deploy/rayservice.yaml embeds the same application."""
-    _import_ray()
-    from ray.serve._private.build_app import build_app
+    """deploy/serve-config.yaml validates as a Serve config, its import_path builds a Serve application from
+    its env_vars, it names exactly the application's Serve deployments, and deploy/rayservice.yaml embeds the
+    same application."""
+    _ray, serve, _cluster = import_ray()
     from ray.serve.schema import ServeDeploySchema
+
+    from sight.runtimes.ray.replicas import API_SERVE_DEPLOYMENT
+    from sight.serve_app import serve_deployments
 
     config = yaml.safe_load((ROOT / "deploy" / "serve-config.yaml").read_text())
     ServeDeploySchema.model_validate(config)
@@ -443,9 +291,9 @@ def test_ray_runtime_serve_config_matches_the_application(monkeypatch: pytest.Mo
         monkeypatch.setenv(name, value)
     module, _, attr = application["import_path"].partition(":")
     builder = getattr(__import__(module, fromlist=[attr]), attr)
-    built = build_app(builder(application["args"]), name=application["name"])
-    assert {d.name for d in built.deployments} == {d["name"] for d in application["deployments"]}
-    assert built.ingress_deployment_name == "api"
+    assert isinstance(builder(application["args"]), serve.Application)
+    names = {*serve_deployments(Settings()), API_SERVE_DEPLOYMENT}
+    assert names == {d["name"] for d in application["deployments"]}
 
     service = yaml.safe_load((ROOT / "deploy" / "rayservice.yaml").read_text())
     assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
@@ -467,14 +315,14 @@ def test_app_and_serve_app_import_no_ray_until_the_ray_runtime_runs() -> None:
 async def test_ray_runtime_retries_a_lost_replica_a_bounded_number_of_times(tmp_path: Path) -> None:
     """A call whose replica dies is sent again at most ``runtime.retries`` times, then the item fails with
     engine_unavailable; back-pressure is never retried (it is the caller's 503)."""
-    _import_ray()
+    import_ray()
     from ray.exceptions import ActorDiedError
     from ray.serve.exceptions import BackPressureError
 
     from sight.errors import EngineUnavailableError, OverloadedError
     from sight.runtimes.ray.client import RayRuntime
 
-    runtime = RayRuntime(_settings(tmp_path, kind="ray", retries=2))
+    runtime = RayRuntime(settings_for(tmp_path, kind="ray", retries=2))
     sent: list[int] = []
 
     async def dies() -> None:
@@ -499,11 +347,11 @@ async def test_ray_runtime_retries_a_lost_replica_a_bounded_number_of_times(tmp_
 async def test_detector_replica_gathers_concurrent_calls_into_batches(tmp_path: Path) -> None:
     """A detector replica runs the local runtime: with batching on (here forced on the CPU, as a GPU replica
     has it), calls that arrive together share session runs, and each answers in its own original's pixels."""
-    _import_ray()
+    import_ray()
     from sight.engines.base import DetectOptions
     from sight.runtimes.ray.replicas import DetectorReplica
 
-    settings = _settings(tmp_path, kind="ray")
+    settings = settings_for(tmp_path, kind="ray")
     settings.yolo = settings.yolo.model_copy(update={"batch_max_size": 4, "batch_max_wait_ms": 500,
                                                      "batch_on_cpu": True})
     replica = DetectorReplica(settings, "nudenet")
@@ -518,24 +366,21 @@ async def test_detector_replica_gathers_concurrent_calls_into_batches(tmp_path: 
 
 
 def test_registry_entry_sets_its_own_ray_deployment_options(tmp_path: Path) -> None:
-    """A registry entry's ``ray`` table sets its deployment's options over SIGHT_RUNTIME__DETECTOR__*; an
-    unknown option is refused when the file is read."""
-    _import_ray()
-    from ray.serve._private.build_app import build_app
-
+    """A registry entry's ``ray`` table sets its Serve deployment's options over SIGHT_RUNTIME__DETECTOR__*
+    (as ``build`` hands them to ``serve.deployment``); an unknown option is refused when the file is read."""
     from sight.models.catalog import read_registry_file
-    from sight.serve_app import build
+    from sight.serve_app import serve_deployments
 
     registry = tmp_path / "models.toml"
     registry.write_text(f'[[model]]\nname = "big"\nsource = "{nudenet_path()}"\n'
                         'ray = { num_gpus = 0.5, num_cpus = 0.25, max_replicas = 3 }\n')
-    settings = _settings(tmp_path, kind="ray", detector=ReplicaSettings(num_cpus=2, max_replicas=2))
+    settings = settings_for(tmp_path, kind="ray", detector=ReplicaSettings(num_cpus=2, max_replicas=2))
     settings.registry.path = registry
-    deployments = {d.name: d for d in build_app(build(settings), name=APP).deployments}
-    big, plain = deployments["detect-big-v1"], deployments[DETECTOR]
-    assert big.ray_actor_options["num_gpus"] == 0.5 and big.ray_actor_options["num_cpus"] == 0.25
-    assert big._deployment_config.autoscaling_config.max_replicas == 3
-    assert plain.ray_actor_options["num_cpus"] == 2 and plain._deployment_config.autoscaling_config.max_replicas == 2
+    planned = serve_deployments(settings)
+    big, plain = planned["detect-big-v1"][0].ray_options(), planned[DETECTOR][0].ray_options()
+    assert big["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.5}
+    assert big["autoscaling_config"]["max_replicas"] == 3  # type: ignore[index]
+    assert plain["ray_actor_options"]["num_cpus"] == 2 and plain["autoscaling_config"]["max_replicas"] == 2  # type: ignore[index]
 
     registry.write_text('[[model]]\nname = "big"\nsource = "x.onnx"\nray = { num_gpu = 1 }\n')
     with pytest.raises(InvalidInputError, match="unknown Ray options \\['num_gpu'\\]"):

@@ -38,6 +38,8 @@ from tests.conftest import IMAGES, ROOT, SHARED, YOLO11N_UNTRAINED
 from tests.processes import KEY_RE, SIGHT, SightServer, sight_env
 from tests.servers import FakeLLMServer, ImageServer
 
+pytestmark = pytest.mark.slow  # starts `sight` subprocesses
+
 README = ROOT / "README.md"
 LOCAL = "http://127.0.0.1:8000"  # where the README's examples expect `sight serve`
 SERIAL = "SN-4X7Q-2291-B"

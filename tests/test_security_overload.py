@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from sight.api.app import create_app
@@ -70,6 +71,7 @@ def test_readyz_reports_503_while_draining(client: TestClient, app) -> None:  # 
     assert r.status_code == 503 and r.json()["checks"]["draining"] is True
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_stream_ends_it_with_a_final_line(tmp_path: Path, llm: FakeLLMServer) -> None:
     llm.mode = "gate"  # item 0's LLM call is held until the server has begun to drain
     env = sight_env(tmp_path, SIGHT_LLM__BASE_URL=llm.url, SIGHT_LLM__MODEL="fake-vl",

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers import image_bytes, wait_until
@@ -35,6 +36,7 @@ def _open_temp_files(pid: int, tmpdir: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_aborted_and_oversized_uploads_leave_no_temp_files(tmp_path: Path) -> None:
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()

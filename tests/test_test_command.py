@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -31,3 +34,26 @@ def test_the_console_tests_collect_without_a_browser() -> None:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "tests collected" in done.stdout or "test collected" in done.stdout
+
+
+PROCESS_STARTERS = ("SightServer(", "SightProcess(", "[*SIGHT", "Cluster(")
+PROCESS_MODULES = {"test_cli_serve", "test_cli_predict", "test_batches_durability", "test_readme", "test_ray_runtime",
+                   "test_ray_failover",
+                   "test_ray_cli"}
+
+
+def test_tests_that_start_processes_are_marked_slow(request: pytest.FixtureRequest) -> None:
+    """``-m 'not slow'`` leaves out exactly the end-to-end tests: those that start ``sight`` or a Ray cluster,
+    in their body or through their module's fixtures."""
+    unmarked = []
+    for item in request.session.items:
+        function = getattr(item, "function", None)
+        if function is None:
+            continue
+        module = inspect.getmodule(function)
+        starts = any(s in inspect.getsource(function) for s in PROCESS_STARTERS)
+        in_process_module = module is not None and module.__name__.rsplit(".", 1)[-1] in PROCESS_MODULES
+        if (starts or in_process_module) and item.get_closest_marker("slow") is None:
+            unmarked.append(item.nodeid)
+    assert not unmarked, unmarked
+    assert "slow" in request.config.getini("markers")[0]

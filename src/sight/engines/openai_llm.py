@@ -6,8 +6,9 @@
 ...         return await llm.analyze(jpeg_bytes, "find the serial number", Grounding(ocr_text="SN-4X7Q-2291-B"))
 ...     finally:
 ...         await llm.aclose()
->>> asyncio.run(ask())
-LLMAnswer(answer='The serial number is SN-4X7Q-2291-B.', model='fake-vl', prompt_tokens=100, completion_tokens=7)
+>>> asyncio.run(ask())  # doctest: +NORMALIZE_WHITESPACE
+LLMAnswer(answer='The serial number is SN-4X7Q-2291-B.', model='fake-vl', prompt_tokens=100, completion_tokens=7,
+          truncated=False)
 """
 
 from __future__ import annotations

@@ -53,12 +53,23 @@ class Picture:
 
 
 @dataclass(frozen=True, slots=True)
+class Place:
+    """Where a remote runtime ran a call: the replica, its node, its process."""
+
+    replica: str
+    node: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class Seen(Generic[T]):
     """What a runtime found in a picture, in the pixels of the full-size original, and that original's
-    (width, height): a remote runtime may be the first to decode the picture, and so to know its size."""
+    (width, height): a remote runtime may be the first to decode the picture, and so to know its size.
+    ``place``: where a remote runtime ran it (None in this process)."""
 
     value: T
     original: tuple[int, int]
+    place: Place | None = None
 
 
 def to_original(found: list[Detection], size: tuple[int, int], original: tuple[int, int]) -> list[Detection]:

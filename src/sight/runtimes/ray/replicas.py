@@ -1,18 +1,19 @@
 """The replicas of Sight's Ray Serve deployments: plain classes, one model each, that take encoded bytes (never
 decoded arrays) and decode next to the model. ``sight.serve_app`` binds them into the application; the client
-(``sight.runtimes.ray.client``) calls their methods, typed, through ``call``.
+(``sight.runtimes.ray.client``) calls their methods, typed, through ``call``::
 
->>> replica = DetectorReplica(settings, "nudenet")
->>> seen = asyncio.run(replica.detect(jpeg_bytes, None, DetectOptions()))   # Seen(detections, original size)
->>> seen.original
-(640, 240)
+    handle = serve.get_deployment_handle("detect-yolo11n-v1", app_name="sight")
+    seen = await call(handle, DetectorReplica.detect, jpeg_bytes, None, DetectOptions())
+    seen.value, seen.original, seen.place      # detections, the original's size, where it ran
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 from sight.config import Settings
@@ -22,7 +23,7 @@ from sight.images.heap import trim_heap, tune_heap
 from sight.metrics import Metrics
 from sight.models.registry import EngineRegistry
 from sight.models.states import model_state
-from sight.runtimes.base import Picture, Seen
+from sight.runtimes.base import Picture, Place, Seen
 from sight.runtimes.local import LocalRuntime
 
 if TYPE_CHECKING:
@@ -55,11 +56,28 @@ def call(handle: DeploymentHandle, method: Callable[Concatenate[Any, P], Awaitab
     return cast(Awaitable[R], handle.options(method_name=method.__name__).remote(*args, **kwargs))
 
 
+def serve_place() -> Place | None:
+    """This replica's place (Serve's replica id, its node, its process), when running as a Serve replica."""
+    import ray
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    if not ray.is_initialized():
+        return None
+    try:
+        context = serve.get_replica_context()
+    except RayServeException:
+        return None
+    return Place(str(context.replica_id.unique_id), str(ray.get_runtime_context().get_node_id()), os.getpid())
+
+
 class ModelReplica:
     """What every model replica has: settings sized to it, its engines and the local runtime, and a budget
-    on decoded pixels (calls wait in the replica for its run slots, their pictures decoded)."""
+    on decoded pixels (calls wait in the replica for its run slots, their pictures decoded). Its answers say
+    where they were found (``Seen.place``)."""
 
     def __init__(self, settings: Settings) -> None:
+        self.place = serve_place()
         self.settings = replica_settings(settings)
         self.engines = EngineRegistry(self.settings)
         self.runtime = LocalRuntime(self.settings, Metrics())
@@ -73,9 +91,10 @@ class ModelReplica:
         image, original, lease = await decode_leased(self.pixels, data, self.settings.images, min_side,
                                                      bounded=False)
         try:
-            return await use(Picture(image, min_side=min_side, original=original))
+            found = await use(Picture(image, min_side=min_side, original=original))
         finally:
             lease.release()
+        return replace(found, place=self.place) if isinstance(found, Seen) else found
 
 
 class DetectorReplica(ModelReplica):
