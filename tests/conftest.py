@@ -32,14 +32,16 @@ IMAGES = SHARED / "images"
 YOLO11N_UNTRAINED = SHARED / "models" / "yolo11n-untrained.onnx"
 
 
-NUDENET_INSTALL = "pip install --no-deps --target tests/.models nudenet==3.4.2"
-
-
 def nudenet_path() -> Path:
-    """The real Ultralytics YOLOv8n export inside the nudenet wheel, unpacked by the README's test command."""
-    path = ROOT / "tests" / ".models" / "nudenet" / "320n.onnx"
+    """The real Ultralytics YOLOv8n export inside the nudenet wheel (the test extra installs it)."""
+    from importlib.resources import files
+
+    try:
+        path = Path(str(files("nudenet") / "320n.onnx"))
+    except ModuleNotFoundError as exc:
+        raise RuntimeError("the tests' real detector comes in the nudenet wheel: pip install -e '.[test]'") from exc
     if not path.is_file():
-        raise RuntimeError(f"the tests' real detector is missing ({path}): run `{NUDENET_INSTALL}`")
+        raise RuntimeError(f"the tests' real detector is missing ({path}): pip install --force-reinstall nudenet")
     return path
 
 

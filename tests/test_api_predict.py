@@ -7,6 +7,7 @@ import io
 import json
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -135,6 +136,21 @@ def test_ocr_item_reads_serial_number(client: TestClient, api_key: str) -> None:
     items = client.post(BATCH, **v1_request(files, [{"is_ocr": True}], api_key=api_key)).json()["result"]["items"]
     assert "SN-4X7Q-2291-B" in items[0]["ocr"]["text"].replace(" ", "")
     assert items[0]["ocr"]["lines"][0]["box"]["x2"] > 0
+
+
+@pytest.mark.parametrize("size", [(1, 60000), (60000, 1)])
+def test_an_image_ocr_cannot_read_is_an_item_error_that_keeps_its_detections(
+        client: TestClient, api_key: str, size: tuple[int, int]) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", size, "white").save(out, format="PNG")
+    files = [("thin.png", out.getvalue()), ("label.png", image_bytes("serial-label.png"))]
+    meta = [{"is_yolo": True, "is_ocr": True}, {"is_ocr": True}]
+    items = client.post(BATCH, **v1_request(files, meta, api_key=api_key)).json()["result"]["items"]
+    assert items[0]["status"] == "error" and items[0]["error"]["code"] == "invalid_image", items[0]
+    assert "OCR needs an image at least 8 pixels" in items[0]["error"]["message"]
+    assert items[0]["yolo"] is not None and items[0]["yolo"]["detections"] == []  # detection ran, found nothing
+    assert items[0]["image"] == {"width": size[0], "height": size[1]}
+    assert items[1]["status"] == "done" and "SN-4X7Q-2291-B" in items[1]["ocr"]["text"]
 
 
 def _error(r: httpx.Response, status: int, code: str) -> None:

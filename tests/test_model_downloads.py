@@ -4,6 +4,8 @@ real HTTP server on loopback. Verified, atomic, single flight, and every failure
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
 import logging
 import threading
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from sight.api.app import create_app
 from sight.config import LLMSettings, ModelsSettings, Settings, YoloSettings
@@ -372,3 +375,104 @@ def test_a_file_under_an_official_name_that_is_not_the_official_export_is_flagge
         (model,) = [m for m in client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["models"]
                     if m["name"] == "yolo11n"]
         assert model["warning"] is None
+
+
+def _rapidocr_file(name: str) -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("rapidocr") / "models" / name))
+
+
+@pytest.fixture
+def ocr_medium_on_loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ModelFileServer, official.OcrFile]]:
+    """The pinned PP-OCRv6 medium detector entry, pointed at a loopback server. Its bytes are the wheel's small
+    detector (the medium one cannot be fetched here): the code path is the production one, and the engine
+    that loads the file really detects with it."""
+    data = _rapidocr_file("PP-OCRv6_det_small.onnx").read_bytes()
+    with ModelFileServer({"/PP-OCRv6_det_medium.onnx": data}) as server:
+        entry = official.OcrFile("det", "medium", f"{server.url}/PP-OCRv6_det_medium.onnx",
+                                 hashlib.sha256(data).hexdigest())
+        monkeypatch.setitem(official.OCR_FILES, ("det", "medium"), entry)
+        yield server, entry
+
+
+def test_ocr_sizes_beyond_the_wheel_are_pinned_to_rapidocr_3_10s_files() -> None:
+    release = "https://www.modelscope.cn/models/RapidAI/RapidOCR/resolve/v3.10.0/onnx/PP-OCRv6"
+    assert {(k, f.url, f.sha256) for k, f in official.OCR_FILES.items()} == {
+        (("det", "tiny"), f"{release}/det/PP-OCRv6_det_tiny.onnx",
+         "f42c0fbd294d95eac1a550e131b277dac97462c8025fa4b6c3cec1b7894bd3d5"),
+        (("det", "medium"), f"{release}/det/PP-OCRv6_det_medium.onnx",
+         "92078b7355007ccfffcd4c8cd441a3afd4538904d06881b29a155e1e679907c2"),
+        (("rec", "tiny"), f"{release}/rec/PP-OCRv6_rec_tiny.onnx",
+         "e16e242de5937ad92609223f19bc2aff3727ee40b095f996907c24749bad251b"),
+        (("rec", "medium"), f"{release}/rec/PP-OCRv6_rec_medium.onnx",
+         "eef444829dbbe18d7fea59a3f6eb75647518d2b3a9568d27c92e42940204894b"),
+    }
+
+
+def test_ocr_small_needs_no_download_and_the_wheel_holds_its_files(tmp_path: Path) -> None:
+    engines = EngineRegistry(_settings(tmp_path))
+    assert engines.ocr_sources() == {"detector": None, "recognizer": None}
+    assert engines.file_state(engines.catalog.model("rapidocr", task="ocr")) is None
+    for name in ("PP-OCRv6_det_small.onnx", "PP-OCRv6_rec_small.onnx", "ch_ppocr_mobile_v2.0_cls_mobile.onnx"):
+        assert _rapidocr_file(name).is_file(), name
+
+
+def test_ocr_medium_downloads_once_for_concurrent_loads_verified_and_reads(
+        tmp_path: Path, ocr_medium_on_loopback: tuple[ModelFileServer, official.OcrFile]) -> None:
+    from sight.models.states import model_state
+
+    server, entry = ocr_medium_on_loopback
+    settings = _settings(tmp_path)
+    settings.ocr.detector = "medium"
+    engines = EngineRegistry(settings)
+    ocr = engines.catalog.model("rapidocr", task="ocr")
+    assert model_state(engines, ocr).state == "not_downloaded"
+    server.gate = threading.Event()
+    loaded: list[object] = []
+    loaders = [threading.Thread(target=lambda: loaded.append(engines.ocr())) for _ in range(3)]
+    for t in loaders:
+        t.start()
+    assert server.started.wait(30)
+    assert model_state(engines, ocr).state == "downloading"
+    server.gate.set()
+    for t in loaders:
+        t.join(60)
+    assert len(loaded) == 3 and len({id(e) for e in loaded}) == 1
+    assert server.gets("PP-OCRv6_det_medium.onnx") == 1
+    state = model_state(engines, ocr)
+    assert (state.state, state.provider) == ("ready", "CPU")
+    engine = engines.ocr()
+    assert engine.sizes == ("medium", "small")  # type: ignore[attr-defined]
+    label = Image.open(io.BytesIO(image_bytes("serial-label.png"))).convert("RGB")
+    assert engine.read(label).text == "Serial No: SN-4X7Q-2291-B\nModel: ZX-900 Made in 2024"
+    [downloaded] = _leftovers(settings.models_dir)
+    assert downloaded.name.endswith("PP-OCRv6_det_medium.onnx") and sha256_of(downloaded) == entry.sha256
+
+
+def test_ocr_download_with_the_wrong_hash_fails_clearly_and_leaves_no_file(
+        tmp_path: Path, ocr_medium_on_loopback: tuple[ModelFileServer, official.OcrFile],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sight.models.states import model_state
+
+    _server, entry = ocr_medium_on_loopback
+    monkeypatch.setitem(official.OCR_FILES, ("det", "medium"), official.OcrFile("det", "medium", entry.url, "0" * 64))
+    settings = _settings(tmp_path)
+    settings.ocr.detector = "medium"
+    engines = EngineRegistry(settings)
+    with pytest.raises(ModelUnavailableError, match="sha256 mismatch"):
+        engines.ocr()
+    assert _leftovers(settings.models_dir) == []
+    state = model_state(engines, engines.catalog.model("rapidocr", task="ocr"))
+    assert state.state == "failed" and "sha256 mismatch" in (state.reason or "")
+
+
+def test_ocr_model_setting_must_be_a_size_or_a_pinned_source(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    settings.ocr.recognizer = "https://example.com/rec.onnx"
+    with pytest.raises(InvalidInputError, match="#sha256="):
+        EngineRegistry(settings)
+    settings.ocr.recognizer = "large"  # not a size, so a path: the file is missing, said at first use
+    engines = EngineRegistry(settings)
+    with pytest.raises(ModelUnavailableError, match="no ONNX file at large"):
+        engines.ocr()

@@ -83,6 +83,13 @@ class YoloSettings(BaseModel):
 
 class OcrSettings(BaseModel):
     enabled: bool = True
+    detector: str = Field("small", description="PP-OCRv6 text detector: small (in rapidocr's wheel), tiny or "
+                          "medium (downloaded once, pinned by sha256), or a model source (a path, "
+                          "https://...#sha256=<hex>, hf://owner/repo/file.onnx).")
+    recognizer: str = Field("small", description="PP-OCRv6 text recogniser, as `detector`: small, tiny, medium "
+                            "or a model source.")
+    providers: list[str] | None = Field(None, description="ONNX Runtime providers; default: best present.")
+    intra_op_threads: int = Field(0, description="Threads one OCR run uses (0: one per core).")
     concurrency: int = 1
     timeout: float = Field(120.0, description="Seconds an item may wait for and run OCR.")
 

@@ -136,7 +136,7 @@ def preload(engines: EngineRegistry, everything: bool) -> None:
     failing the start if one cannot load. Never downloads: that waits for first use or ``--pull``. Blocking."""
     if everything:
         for entry in engines.catalog.all_models():
-            state = engines.file_state(entry) if entry.task == "detect" else None
+            state = engines.file_state(entry)
             if state is not None and state.state != "present":
                 continue  # a file still to download waits for first use or --pull, as without eager
             if entry.task == "detect":

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sight import __version__
+from sight.engines.wheels import install_problems
 from sight.models.catalog import ModelEntry
 from sight.models.official import official_for_url
 from sight.models.registry import EngineRegistry
@@ -72,6 +73,8 @@ def render(services: Services, key: str | None) -> Table:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     grid.add_row("Sight", f"{__version__} ready on {url}")
+    for problem in install_problems():
+        grid.add_row("[red]Install[/red]", escape(problem))
     grid.add_row("Console", f"{url}/  (paste the key below; predict, batches, models)")
     grid.add_row("API docs", f"{url}/docs  (OpenAPI: {url}/openapi.json)")
     default = settings.yolo.default_model
@@ -86,8 +89,11 @@ def render(services: Services, key: str | None) -> Table:
     ocr = engines.catalog.first("ocr")
     if ocr is not None:
         state = model_state(engines, ocr)
-        reason = f": {escape(state.reason)}" if state.reason and state.state == "unavailable" else ""
-        grid.add_row("OCR", f"{escape(ocr.name)} (PP-OCRv4 on ONNX Runtime) - {STATE_WORDS[state.state]}{reason}")
+        reason = f": {escape(state.reason)}" if state.reason and state.state in ("unavailable", "failed") else ""
+        o = settings.ocr
+        what = f"PP-OCRv6 {o.detector} detection, {o.recognizer} recognition"
+        where = f", {state.provider}" if state.provider else ""
+        grid.add_row("OCR", f"{escape(ocr.name)} ({escape(what)}{where}) - {STATE_WORDS[state.state]}{reason}")
     status = engines.llm_status()
     if status.state == "ready":
         grid.add_row("LLM", escape(status.summary()))

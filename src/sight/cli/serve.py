@@ -36,6 +36,8 @@ def serve(
     from sight.api.app import create_app
     from sight.cli.banner import printer
     from sight.cli.models import download, remote_detectors
+    from sight.engines.sessions import INSTALL
+    from sight.engines.wheels import has_onnxruntime
 
     settings = Settings()
     if host:
@@ -49,6 +51,9 @@ def serve(
         settings.runtime = settings.runtime.model_copy(update={"kind": runtime})
     if settings.runtime.kind not in ("local", "ray"):
         raise typer.BadParameter(f"--runtime is local or ray, not {settings.runtime.kind!r}")
+    if settings.runtime.kind == "local" and not has_onnxruntime():  # on Ray, the model nodes need it, not this one
+        typer.echo(f"sight serve: {INSTALL}", err=True)
+        raise typer.Exit(1)
     if pull:
         for name, source in remote_detectors(settings):
             download(name, source, settings)

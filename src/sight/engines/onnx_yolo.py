@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sight.engines.base import Box, Detection, DetectOptions
+from sight.engines.sessions import CPU, open_session, pick_providers
 from sight.errors import EngineUnavailableError, InvalidInputError, ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -26,45 +26,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger(__name__)
-_arena_lock = threading.Lock()
-_arena_shared: bool | None = None  # None: not tried yet
 
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PAD_VALUE = 114
 MAX_WH = 7680  # class offset for class-aware NMS, as in Ultralytics
 MAX_NMS_CANDIDATES = 30_000
-
-
-def pick_providers(wanted: Sequence[str] | None = None) -> list[str]:
-    """The execution providers to use: ``wanted`` if given, else the best ones installed."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if wanted:
-        missing = [p for p in wanted if p not in available]
-        if missing:
-            raise EngineUnavailableError(f"ONNX Runtime providers not installed: {missing}; have {available}")
-        return list(wanted)
-    return [p for p in PREFERRED_PROVIDERS if p in available] or available
-
-
-def share_cpu_arena() -> bool:
-    """Register one CPU memory arena with ONNX Runtime's environment, for every CPU session of this process
-    to draw on: the runs that slots let happen at once (a wide run or several narrow ones, on any model) then
-    reuse one pool of activation memory instead of each session growing its own."""
-    global _arena_shared
-    import onnxruntime as ort
-
-    with _arena_lock:
-        if _arena_shared is None:
-            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-            try:
-                ort.create_and_register_allocator(info, None)
-                _arena_shared = True
-            except Exception as exc:  # e.g. registered already by the embedding program
-                log.warning("CPU sessions keep their own memory arenas: %s", exc)
-                _arena_shared = False
-        return _arena_shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,29 +171,16 @@ class OnnxYoloDetector:
     ) -> OnnxYoloDetector:
         """Load ``path``. With ``wide_threads`` > ``intra_op_threads`` on the CPU, a second session over
         that many threads serves ``detect(..., wide=True)`` (one more copy of the weights in memory)."""
-        import onnxruntime as ort
-
         if not path.is_file():
             raise ModelUnavailableError(f"model {name!r}: no ONNX file at {path}")
         chosen = pick_providers(providers)
 
         def session(threads: int, spin: bool = True) -> ort.InferenceSession:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if threads:
-                options.intra_op_num_threads = threads
-            if not spin:  # idle pool threads would otherwise spin on cores that other runs need
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if chosen[0] == "CPUExecutionProvider" and share_cpu_arena():
-                options.add_session_config_entry("session.use_env_allocators", "1")
-            try:
-                return ort.InferenceSession(str(path), options, providers=chosen)
-            except Exception as exc:  # onnxruntime raises its own untyped errors
-                raise EngineUnavailableError(f"model {name!r} failed to load from {path}: {exc}") from exc
+            return open_session(path, f"model {name!r}", chosen, threads=threads, spin=spin)
 
-        wide = chosen[0] == "CPUExecutionProvider" and 0 < intra_op_threads < wide_threads
-        return cls(name, session(intra_op_threads), wide_session=session(wide_threads, spin=False) if wide else None,
-                   **kwargs)
+        main = session(intra_op_threads)
+        wide = main.get_providers()[0] == CPU and 0 < intra_op_threads < wide_threads
+        return cls(name, main, wide_session=session(wide_threads, spin=False) if wide else None, **kwargs)
 
     @property
     def providers(self) -> list[str]:

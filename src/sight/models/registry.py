@@ -17,13 +17,24 @@ from sight.config import Settings
 from sight.engines.base import Detector, OcrEngine, VisionLLM
 from sight.engines.cpus import cpu_slots, usable_cpus
 from sight.engines.llm_discovery import DiscoveringVisionLLM, LLMStatus
-from sight.errors import ModelNotFoundError, SightError
+from sight.errors import ModelNotFoundError, SightError, StageTimeoutError
 from sight.models.catalog import Catalog, ModelEntry
 from sight.models.files import FileState, ModelFiles
+from sight.models.official import OCR_FILES, OCR_SIZES
 from sight.models.sources import ModelSource
 
 log = logging.getLogger(__name__)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # as the catalog names models
+
+
+def ocr_source(part: str, setting: str) -> ModelSource | None:
+    """The file behind ``SIGHT_OCR__DETECTOR`` (``part`` det) or ``__RECOGNIZER`` (rec): None for small, the
+    pinned official file for tiny and medium, else the model source it names."""
+    if setting == "small":
+        return None
+    if setting in OCR_SIZES:
+        return ModelSource.parse(OCR_FILES[part, setting].source)
+    return ModelSource.parse(setting)
 
 
 class EngineRegistry:
@@ -55,6 +66,8 @@ class EngineRegistry:
         self.load_errors: dict[str, str] = {}  # ref -> why its file would not load (until a load succeeds)
         self._llms: dict[str, VisionLLM] = {}
         self._load_lock = threading.Lock()
+        if settings.ocr.enabled:
+            self.ocr_sources()  # an unpinned URL or a bad size fails the start, with the fix
 
     def build_catalog(self) -> Catalog:
         """The catalog as settings and the registry file declare it now."""
@@ -88,7 +101,12 @@ class EngineRegistry:
             await self.files.aensure(entry.name, self.source_of(entry), self.settings.models.wait_timeout)
 
     def file_state(self, entry: ModelEntry) -> FileState | None:
-        """Where a detector's file stands (None for injected detectors and other tasks)."""
+        """Where a detector's file stands, or OCR's files (the least ready of the two it downloads); None for
+        injected detectors, OCR from rapidocr's wheel and LLMs."""
+        if entry.task == "ocr":
+            states = [self.files.state(s) for s in self.ocr_sources().values() if s is not None]
+            order = ("failed", "downloading", "missing", "present")
+            return min(states, key=lambda f: order.index(f.state), default=None)
         if entry.task != "detect" or not entry.source or entry.source.startswith("<"):
             return None
         return self.files.state(ModelSource.parse(entry.source))
@@ -136,6 +154,13 @@ class EngineRegistry:
                  "; lone images on an idle server use every core" if detector.can_run_wide else "")
         return detector
 
+    def provider(self, entry: ModelEntry) -> str | None:
+        """The execution provider a loaded detector's or OCR's session got (``CPU``, ``CUDA``...), else None."""
+        if entry.task == "ocr":
+            return getattr(self._ocr, "provider", None)
+        providers = getattr(self._detectors.get(entry.ref), "providers", None)
+        return str(providers[0]).removesuffix("ExecutionProvider") if providers else None
+
     def is_loaded(self, entry: ModelEntry) -> bool:
         if entry.task == "detect":
             return entry.ref in self._detectors
@@ -146,13 +171,37 @@ class EngineRegistry:
     # -- OCR and LLM -----------------------------------------------------------------------------------
 
     def ocr(self) -> OcrEngine:
-        """The OCR engine, loaded on first use. Blocking: call it from a worker thread."""
-        with self._load_lock:
-            if self._ocr is None:
-                from sight.engines.rapid_ocr import RapidOcrEngine
-
-                self._ocr = RapidOcrEngine.load()
+        """The OCR engine, loaded on first use (a tiny or medium model downloaded first, once). Blocking: call
+        it from a worker thread."""
+        if self._ocr is not None:
             return self._ocr
+        o = self.settings.ocr
+        ref = self.ocr_ref()
+        try:  # downloads outside the load lock, as for detectors
+            paths = {part: None if source is None else self.files.ensure(f"ocr-{part}", source,
+                                                                           self.settings.models.wait_timeout)
+                     for part, source in self.ocr_sources().items()}
+            with self._load_lock:
+                if self._ocr is None:
+                    from sight.engines.rapid_ocr import OcrModels, RapidOcrEngine
+
+                    self._ocr = RapidOcrEngine.load(OcrModels(paths["detector"], paths["recognizer"]),
+                                                    providers=o.providers, threads=o.intra_op_threads)
+        except SightError as exc:
+            if not isinstance(exc, StageTimeoutError):  # a download still under way is no failure
+                self.load_errors[ref] = exc.message
+            raise
+        self.load_errors.pop(ref, None)
+        return self._ocr
+
+    def ocr_sources(self) -> dict[str, ModelSource | None]:
+        """Where the OCR detector's and recogniser's files come from (None: rapidocr's wheel ships it)."""
+        o = self.settings.ocr
+        return {"detector": ocr_source("det", o.detector), "recognizer": ocr_source("rec", o.recognizer)}
+
+    def ocr_ref(self) -> str:
+        entry = self.catalog.first("ocr")
+        return entry.ref if entry is not None else "rapidocr:1"
 
     def ocr_name(self) -> str:
         """The catalog's name for the OCR model (``rapidocr`` unless the registry file names it otherwise)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict
 
+from sight.engines.wheels import install_problems
 from sight.models.catalog import ModelEntry
 from sight.models.registry import EngineRegistry
 from sight.models.sources import redact
@@ -17,12 +18,10 @@ def model_state(engines: EngineRegistry, entry: ModelEntry) -> ModelState:
     if entry.task == "llm":
         status = engines.llm_status(entry)
         return ModelState(state=status.state, reason=status.reason)
-    if entry.task == "ocr":
-        if not engines.settings.ocr.enabled:
-            return ModelState(state="unavailable", reason="OCR is disabled (SIGHT_OCR__ENABLED=false)")
-        return ModelState(state="ready" if engines.is_loaded(entry) else "not_loaded")
+    if entry.task == "ocr" and not engines.settings.ocr.enabled:
+        return ModelState(state="unavailable", reason="OCR is disabled (SIGHT_OCR__ENABLED=false)")
     if engines.is_loaded(entry):
-        return ModelState(state="ready")
+        return ModelState(state="ready", provider=engines.provider(entry))
     if entry.ref in engines.load_errors:
         return ModelState(state="failed", reason=engines.load_errors[entry.ref])
     file = engines.file_state(entry)
@@ -59,4 +58,4 @@ def model_list(engines: EngineRegistry, states: Mapping[str, ModelState]) -> Mod
     status["base_url"] = status["base_url"] and redact(status["base_url"])
     llm = LLMPublic.model_validate(status)
     return ModelList(models=[model_public(engines, m, states[m.ref]) for m in engines.catalog.all_models()],
-                     llm=llm)
+                     llm=llm, warnings=list(install_problems()))

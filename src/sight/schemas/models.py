@@ -20,6 +20,9 @@ class ModelState(BaseModel):
     reason: str | None = None
     downloaded_bytes: int | None = None
     total_bytes: int | None = None
+    provider: str | None = Field(None, description="Where a loaded model runs: the ONNX Runtime execution "
+                                 "provider its session got (CPU, CUDA, Tensorrt, OpenVINO), which may not be "
+                                 "the one asked for (the server logs why). Null until it is loaded.")
 
 
 class ModelPublic(BaseModel):
@@ -48,6 +51,9 @@ class LLMPublic(BaseModel):
 class ModelList(BaseModel):
     models: list[ModelPublic]
     llm: LLMPublic | None = None
+    warnings: list[str] = Field(default_factory=list, description="What is wrong with this server's install, "
+                                "with the command that fixes it (two wheels writing the onnxruntime or cv2 "
+                                "module, no ONNX Runtime at all).")
 
 
 class ShadowAgreement(BaseModel):

@@ -186,7 +186,8 @@ class RayRuntime:
             elif running:
                 seen = await self._replica_state(name)
                 states[entry.ref] = seen if seen is not None and seen.state != "ready" else ModelState(
-                    state="ready", reason=f"{running} replica(s) of {name!r} running on Ray Serve")
+                    state="ready", reason=f"{running} replica(s) of {name!r} running on Ray Serve",
+                    provider=seen.provider if seen is not None else None)
             else:
                 states[entry.ref] = ModelState(state="not_loaded", reason=f"replicas of {name!r} starting on "
                                                "Ray Serve")

@@ -125,16 +125,18 @@ class DetectorReplica(ModelReplica):
         return model_state(self.engines, self.entry)
 
 
-
 class OcrReplica(ModelReplica):
     """OCR: decodes the bytes it is sent (full size) and reads the text."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        try:
-            self.engines.ocr()  # loaded as the replica starts
-        except SightError as exc:
-            log.warning("OCR not loaded: %s", exc.message)
+        entry = self.engines.catalog.first("ocr")
+        file = self.engines.file_state(entry) if entry is not None else None
+        if file is None or file.state == "present":  # loaded as the replica starts, as detectors are
+            try:
+                self.engines.ocr()
+            except SightError as exc:
+                log.warning("OCR not loaded: %s", exc.message)
 
     async def state(self) -> ModelState:
         entry = self.engines.catalog.first("ocr")
