@@ -32,9 +32,12 @@ log = logging.getLogger(__name__)
 # The detector sees at most this many pixels of the image (a 4000x3000 photo at 1155x866) and a small image
 # at its own size; where it found text it looks again, closer up. Chosen in docs/benchmarks.md.
 DETECT_PIXELS = 1_000_000
-# The first, reduced look keeps boxes the detector is less sure of (rapidocr: 0.5): a small plate can look
-# like one faint block from afar. The closer look, and the recogniser's confidence, decide what stays.
-COARSE_BOX_THRESH = 0.3
+# The first, reduced look keeps what the detector is less sure of (rapidocr: pixels over 0.3, boxes over
+# 0.5): small print can look like one faint block from afar. The closer look (each place at FINE_PIXELS at
+# most, never enlarged) and the recogniser's confidence decide what stays.
+COARSE_THRESH = 0.1
+COARSE_BOX_THRESH = 0.1
+FINE_PIXELS = 1_000_000
 # Shapes OCR refuses: a side under MIN_SIDE pixels holds no line of text, and past MAX_ASPECT the reduced
 # image would lose its short side.
 MIN_SIDE = 8
@@ -120,7 +123,7 @@ class RapidOcrEngine:
         # Sight sizes the image itself: rapidocr's detector only rounds it to multiples of 32.
         whole = {"limit_type": "max", "limit_side_len": 1 << 16}
         parts = {"det": part("Det", TextDetector, **whole),
-                 "coarse": part("Det", TextDetector, **whole, box_thresh=COARSE_BOX_THRESH),
+                 "coarse": part("Det", TextDetector, **whole, thresh=COARSE_THRESH, box_thresh=COARSE_BOX_THRESH),
                  "cls": part("Cls", TextClassifier), "rec": part("Rec", TextRecognizer),
                  "rec_session": sessions["Rec"]}
         sizes = (_size(models.detector, "det"), _size(models.recognizer, "rec"))
@@ -150,33 +153,33 @@ class RapidOcrEngine:
         return OcrText(text="\n".join(ln.text for ln in ordered), lines=ordered)
 
     def _detect(self, image: Image.Image) -> list[np.ndarray]:
-        """Text line quads in the original's pixels. A large image is detected coarse to fine: it is reduced,
-        and the places where that first look found text are detected again from the original, closer up, so
-        that a small plate seen as one block from afar comes back as its lines. A small image is detected at
-        its own size, and again enlarged if the lines found there are too small for the detector."""
+        """Text line quads in the original's pixels. A large image is detected coarse to fine: reduced to
+        ``DETECT_PIXELS``, where the detector is asked to keep what it is unsure of; then each place where it
+        found something is detected again from the original, closer up (``FINE_PIXELS``), which keeps only
+        text: a small plate seen as one faint block from afar comes back as its lines. A small image is
+        detected at its own size, and again enlarged if its lines are too small for the detector."""
         whole = (0, 0, *image.size)
-        if fit(whole) < 1:
+        if (coarse := scale_for(whole, DETECT_PIXELS)) < 1:
             quads: list[np.ndarray] = []
-            for region, inside in regions_around(self._detect_in(image, whole, self._coarse), image.size):
-                quads.extend(self._detect_in(image, region, self._det) or inside)
+            for region, inside in regions_around(self._detect_in(image, whole, self._coarse, coarse), image.size):
+                quads.extend(self._detect_in(image, region, self._det, min(1.0, scale_for(region, FINE_PIXELS)))
+                             or inside)
             return quads
-        quads = self._detect_in(image, whole, self._det)
+        quads = self._detect_in(image, whole, self._det, 1.0)
         if quads and float(np.median([line_height(quad) for quad in quads])) < SMALL_TEXT:
-            zoom = min(ZOOM, fit(whole))
+            zoom = min(ZOOM, scale_for(whole, DETECT_PIXELS))
             if zoom > 1.2:
                 return self._detect_in(image, whole, self._det, zoom) or quads
         return quads
 
-    def _detect_in(self, image: Image.Image, region: Region, detector: Any, zoom: float | None = None
-                   ) -> list[np.ndarray]:
-        """Detect in ``region`` of the original, reduced to ``DETECT_PIXELS`` at most (or scaled by ``zoom``),
-        a thin strip padded to ``MIN_DETECT_HEIGHT``. Returns the quads in the original's pixels."""
+    def _detect_in(self, image: Image.Image, region: Region, detector: Any, scale: float) -> list[np.ndarray]:
+        """Detect in ``region`` of the original scaled by ``scale``, a thin strip padded to
+        ``MIN_DETECT_HEIGHT``. Returns the quads in the original's pixels."""
         import cv2
         from PIL import Image as PILImage
 
         x0, y0, x1, y1 = region
         width, height = x1 - x0, y1 - y0
-        scale = zoom or min(1.0, fit(region))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         part = image if region == (0, 0, *image.size) else image.crop(region)
         if size != part.size:
@@ -226,10 +229,10 @@ def check_shape(width: int, height: int) -> None:
         raise InvalidImageError(f"OCR reads images up to {MAX_ASPECT}:1; this one is {width}x{height}")
 
 
-def fit(region: Region) -> float:
-    """The scale that brings ``region`` to ``DETECT_PIXELS``."""
+def scale_for(region: Region, pixels: int) -> float:
+    """The scale that brings ``region`` to ``pixels``."""
     x0, y0, x1, y1 = region
-    return math.sqrt(DETECT_PIXELS / ((x1 - x0) * (y1 - y0)))
+    return math.sqrt(pixels / ((x1 - x0) * (y1 - y0)))
 
 
 def line_height(quad: np.ndarray) -> float:
