@@ -150,7 +150,15 @@ class _LLMHandler(_Quiet):
         elif mode == "malformed":
             self._send(200, b'{"choices": [{"mess')
             return
-        text = owner.reply(body)
+        elif mode == "schema_required" and body.get("response_format", {}).get("type") != "json_schema":
+            # A backend that enforces structured output: a body without a json_schema response_format is refused.
+            self._send(400, b'{"error": {"message": "this test server needs response_format json_schema"}}')
+            return
+        elif mode == "schema_refused" and "response_format" in body:
+            # A backend that knows no response_format (as older llama.cpp and some hosted APIs answer).
+            self._send(400, b'{"error": {"message": "Unrecognized request argument supplied: response_format"}}')
+            return
+        text = owner.answer(body) if owner.answer is not None else owner.reply(body)
         finish = "stop"
         if mode == "huge":  # a backend that ignores max_tokens: 10 MB of answer
             text = ("SN-4X7Q-2291-B é " * 600_000)[:10_000_000]
@@ -191,6 +199,8 @@ class FakeLLMServer(_Background):
         self.delay = 0.0
         self.gate = threading.Event()
         self.mode_for: Callable[[dict[str, Any]], str] = lambda _body: self.mode
+        # The answer's text, in place of ``reply``'s (a test's structured answers, invalid JSON and the like).
+        self.answer: Callable[[dict[str, Any]], str] | None = None
 
     @property
     def url(self) -> str:
@@ -205,6 +215,12 @@ class FakeLLMServer(_Background):
         if isinstance(content, str):
             return content
         return " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+    @staticmethod
+    def ocr_lines(body: dict[str, Any]) -> list[str]:
+        """The numbered OCR lines Sight put in a structured request's prompt, without their numbers."""
+        text = FakeLLMServer.user_text(body)
+        return [line.split("] ", 1)[1] for line in text.splitlines() if line.startswith("[") and "] " in line]
 
     @staticmethod
     def image_urls(body: dict[str, Any]) -> list[str]:

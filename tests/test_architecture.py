@@ -18,6 +18,7 @@ MAX_LINES = 400
 LAYERS: list[tuple[str, ...]] = [
     ("sight", "errors", "config", "metrics", "console"),  # "sight": the package itself, __version__ only
     ("schemas",),
+    ("answers",),
     ("storage", "engines", "client"),
     ("models",),
     ("images",),

@@ -38,12 +38,12 @@ def _variants(folder: Path) -> list[Path]:
     return [*paths, big, turned, grey, alpha]
 
 
-def _reference(images: list[Path]) -> dict[str, list[list]]:
+def _reference(images: list[Path], config_dir: Path) -> dict[str, list[list]]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "stand_ins"), str(ROOT)]),
         "YOLO_OFFLINE": "1",
-        "YOLO_CONFIG_DIR": str(images[0].parent),
+        "YOLO_CONFIG_DIR": str(config_dir),  # Ultralytics writes its settings there
     }
     done = subprocess.run(
         [
@@ -72,7 +72,7 @@ def _iou(a: list[float], b: list[float]) -> float:
 @pytest.mark.slow
 def test_sight_detects_what_the_ultralytics_predictor_detects(client: TestClient, api_key: str, tmp_path: Path) -> None:
     images = _variants(tmp_path)
-    reference = _reference(images)
+    reference = _reference(images, tmp_path)
     files = [(p.name, p.read_bytes()) for p in images]
     meta = [{"is_yolo": True, "conf": CONF}] * len(files)
     items = client.post(BATCH, **v1_request(files, meta, api_key=api_key)).json()["result"]["items"]

@@ -18,7 +18,9 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidImageError",
     "InvalidInputError",
+    "InvalidSchemaError",
     "LLMError",
+    "LLMInvalidOutputError",
     "LLMUnavailableError",
     "ModelNotFoundError",
     "ModelUnavailableError",
@@ -51,6 +53,13 @@ class InvalidInputError(SightError):
 
 class InvalidImageError(InvalidInputError):
     code = "invalid_image"
+
+
+class InvalidSchemaError(InvalidInputError):
+    """A ``response_schema`` that is not valid JSON Schema, is too large or deep, or holds a pattern that cannot
+    run in linear time."""
+
+    code = "invalid_schema"
 
 
 class ImageTooLargeError(InvalidInputError):
@@ -112,6 +121,21 @@ class FetchFailedError(UpstreamError):
 
 class LLMError(UpstreamError):
     code = "llm_error"
+
+
+class LLMInvalidOutputError(LLMError):
+    """The LLM's answer did not fit the response schema, after one repair attempt. ``answer``: its raw text,
+    ``structured``: how the schema reached the backend (``schema`` or ``prompt``)."""
+
+    code = "llm_invalid_output"
+
+    def __init__(self, message: str = "the vision LLM's answer does not fit the response schema",
+                 answer: str = "", model: str = "", structured: str | None = None) -> None:
+        super().__init__(message)
+        self.answer, self.model, self.structured = answer, model, structured
+
+    def __reduce__(self) -> tuple[object, ...]:  # its fields cross processes (the Ray runtime)
+        return type(self), (self.message, self.answer, self.model, self.structured)
 
 
 class OverloadedError(SightError):

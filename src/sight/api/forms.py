@@ -10,9 +10,10 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
+from sight.answers.schema import parse_schema
 from sight.api import bodies
 from sight.api.deps import authenticate
-from sight.errors import InvalidInputError, PayloadTooLargeError
+from sight.errors import InvalidInputError, InvalidSchemaError, PayloadTooLargeError
 from sight.pipeline.items import ImageInput, WorkItem
 from sight.schemas import ItemOptions, PredictRequestV2
 from sight.storage.keys import Principal
@@ -43,6 +44,20 @@ class PredictCall:
         self.on_close.clear()
         if self.form is not None:
             await self.form.close()
+
+
+def with_schemas(items: list[WorkItem], request_wide: object | None) -> list[WorkItem]:
+    """Give ``request_wide`` to the items that name no response schema of their own, and check every schema:
+    a bad one is 400 ``invalid_schema`` before any work."""
+    for item in items:
+        if item.options.response_schema is None and request_wide is not None:
+            item.options = item.options.model_copy(update={"response_schema": request_wide})
+        if item.options.response_schema is not None:
+            try:
+                parse_schema(item.options.response_schema)
+            except InvalidSchemaError as exc:
+                raise InvalidSchemaError(f"item {item.index}: {exc.message}") from None
+    return items
 
 
 def _text_field(form: FormData, name: str) -> str | None:
@@ -105,7 +120,14 @@ def _items_from_form(form: FormData, max_json_depth: int) -> PredictCall:
         except ValidationError as exc:
             raise InvalidInputError(f"metadata[{index}]: {_describe(exc)}") from exc
         items.append(WorkItem(index, upload.filename, ImageInput(upload=upload), options))
-    return PredictCall(items, _text_field(form, "query"), _text_field(form, "api_key"), form)
+    request_wide = None
+    if (raw_schema := _text_field(form, "response_schema")) is not None:
+        try:
+            request_wide = bodies.loads(raw_schema, max_json_depth)
+        except ValueError as exc:
+            raise InvalidSchemaError("response_schema is not valid JSON") from exc
+    return PredictCall(with_schemas(items, request_wide), _text_field(form, "query"), _text_field(form, "api_key"),
+                       form)
 
 
 def read_v2(body: PredictRequestV2, max_files: int) -> PredictCall:
@@ -116,7 +138,7 @@ def read_v2(body: PredictRequestV2, max_files: int) -> PredictCall:
         options = ItemOptions.model_validate(item.model_dump(include=set(ItemOptions.model_fields)))
         source = ImageInput(ref=item)  # image_url or image_base64: checked per item as it loads
         items.append(WorkItem(index, item.filename or _name_from_url(item.image_url), source, options))
-    return PredictCall(items, body.query, body.api_key)
+    return PredictCall(with_schemas(items, body.response_schema), body.query, body.api_key)
 
 
 def _name_from_url(url: str | None) -> str | None:

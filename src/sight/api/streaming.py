@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
 from sight.api.forms import PredictCall
+from sight.pipeline.conclusion import conclude
 from sight.pipeline.pipeline import Pipeline
 from sight.pipeline.results import kept_stages, summarize
 from sight.schemas import ErrorInfo, ItemResult, StreamComplete, StreamDone, StreamError, StreamProcessing
@@ -50,9 +51,10 @@ async def _lines(pipeline: Pipeline, call: PredictCall) -> AsyncIterator[bytes]:
             assert event.error is not None
             yield _line(StreamError(index=event.index, filename=event.filename, error=event.error,
                                     result=event if kept_stages(event) else None))
-    answer = await pipeline.answer(call.query, results)
+    answer, merged = await conclude(pipeline, call.query, results)
     duration = round((time.perf_counter() - start) * 1000, 2)
-    yield _line(StreamComplete(summary=summarize(results), answer=answer, duration_ms=duration))
+    yield _line(StreamComplete(**dict(merged), summary=summarize(results), answer=answer,
+                                     duration_ms=duration))
 
 
 def ndjson_response(request: Request, pipeline: Pipeline, call: PredictCall) -> StreamingResponse:

@@ -11,6 +11,9 @@ from sight.schemas.common import Box
 if TYPE_CHECKING:
     from PIL import Image
 
+    from sight.answers.replies import Reply
+    from sight.answers.schema import ResponseSchema
+
 __all__ = ["Box", "Detection", "DetectOptions", "Detector", "Grounding", "LLMAnswer", "OcrEngine", "OcrLine",
            "OcrText", "VisionLLM", "WideDetector"]
 
@@ -49,6 +52,8 @@ class LLMAnswer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     truncated: bool = False  # the backend stopped at max_tokens, or Sight cut an answer past its byte bound
+    structured: str | None = None  # with a response schema: "schema" (response_format) or "prompt"
+    reply: Reply | None = None  # with a response schema: the answer read against it
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +92,11 @@ class VisionLLM(Protocol):
     """Answers a question about an image over the network."""
 
     async def analyze(
-        self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None
-    ) -> LLMAnswer: ...
+        self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None,
+        schema: ResponseSchema | None = None,
+    ) -> LLMAnswer:
+        """With ``schema``: the answer read against it (``LLMAnswer.reply``), or ``LLMInvalidOutputError``."""
+        ...
 
     async def condense(self, query: str, answers: list[tuple[str, str]], model: str | None = None) -> LLMAnswer: ...
 

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import httpx
@@ -33,6 +33,9 @@ from sight.config import LLMSettings
 from sight.engines.base import Grounding, LLMAnswer
 from sight.engines.openai_llm import SETUP_HINT, SUGGESTED_OLLAMA_MODEL, OpenAIVisionLLM
 from sight.errors import LLMUnavailableError
+
+if TYPE_CHECKING:
+    from sight.answers.schema import ResponseSchema
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +105,12 @@ class DiscoveringVisionLLM:
         return self._delegate
 
     async def analyze(
-        self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None
+        self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None,
+        schema: ResponseSchema | None = None,
     ) -> LLMAnswer:
         llm = await self.resolve()
         try:
-            return await llm.analyze(image_jpeg, query, grounding, model)
+            return await llm.analyze(image_jpeg, query, grounding, model, schema)
         except LLMUnavailableError:
             self._lost(llm)
             raise

@@ -8,21 +8,25 @@
 ...         await llm.aclose()
 >>> asyncio.run(ask())  # doctest: +NORMALIZE_WHITESPACE
 LLMAnswer(answer='The serial number is SN-4X7Q-2291-B.', model='fake-vl', prompt_tokens=100, completion_tokens=7,
-          truncated=False)
+          truncated=False, structured=None, reply=None)
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 
 from sight.config import LLMSettings
 from sight.engines.base import Grounding, LLMAnswer
-from sight.errors import LLMError, LLMUnavailableError, StageTimeoutError
+from sight.errors import LLMError, LLMInvalidOutputError, LLMUnavailableError, StageTimeoutError
+
+if TYPE_CHECKING:
+    from sight.answers.schema import ResponseSchema
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +36,13 @@ SYSTEM_PROMPT = (
 )
 CONDENSE_PROMPT = (
     "You are given one question and the answers that were found for it in several images. "
-    "Combine them into one concise answer to the question, naming the image each finding came from."
+    "Combine them into one concise answer to the question, naming the image each finding came from. "
+    "If no image answers the question, say plainly: not found."
 )
 DEFAULT_QUERY = "Describe this image."
+DEFAULT_FIELDS_QUERY = "Fill in the fields from this image."
+# A backend answers 400 (422 for some) to a request field it does not know: then the schema goes in the prompt.
+REFUSED_STATUS = {400, 422}
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 10.0
 # A chat completion's body is read up to this, whatever max_tokens says (a backend that ignores it must not fill
@@ -47,7 +55,13 @@ SETUP_HINT = (f"start Ollama and `ollama pull {SUGGESTED_OLLAMA_MODEL}`, or set 
               "(vLLM, llama.cpp, any OpenAI-compatible server) and SIGHT_LLM__MODEL")
 
 
-def grounding_text(grounding: Grounding) -> str:
+class _SchemaRefused(Exception):
+    """The backend refused ``response_format``."""
+
+
+def grounding_text(grounding: Grounding, *, numbered: bool = False) -> str:
+    """What the other stages found, as the prompt gives it; ``numbered``: the OCR lines numbered from 1, for the
+    model to cite."""
     parts: list[str] = []
     if grounding.detections:
         found = "; ".join(
@@ -55,7 +69,10 @@ def grounding_text(grounding: Grounding) -> str:
             for d in grounding.detections[:50]
         )
         parts.append(f"Object detector found: {found}.")
-    if grounding.ocr_text:
+    if grounding.ocr_text and numbered:
+        listing = "\n".join(f"[{n}] {line}" for n, line in enumerate(grounding.ocr_text.splitlines(), start=1))
+        parts.append(f"OCR read these lines in the image (cite them by number):\n{listing}")
+    elif grounding.ocr_text:
         parts.append(f"OCR read this text in the image:\n{grounding.ocr_text}")
     return "\n\n".join(parts)
 
@@ -78,6 +95,7 @@ class OpenAIVisionLLM:
         if settings.api_key is not None:
             headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
         self._client: httpx.AsyncClient | None = None
+        self.refuses_schema = False  # learnt: this backend refused response_format, so schemas go in the prompt
         if settings.base_url:
             self._client = httpx.AsyncClient(
                 base_url=settings.base_url.rstrip("/") + "/",
@@ -92,24 +110,60 @@ class OpenAIVisionLLM:
             await self._client.aclose()
 
     async def analyze(
-        self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None
+        self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None,
+        schema: ResponseSchema | None = None,
     ) -> LLMAnswer:
         data_uri = "data:image/jpeg;base64," + base64.b64encode(image_jpeg).decode("ascii")
-        text = query or DEFAULT_QUERY
-        context = grounding_text(grounding)
+        text = query or (DEFAULT_QUERY if schema is None else DEFAULT_FIELDS_QUERY)
+        context = grounding_text(grounding, numbered=schema is not None)
         if context:
             text = f"{text}\n\n{context}"
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": text},
-                    {"type": "image_url", "image_url": {"url": data_uri}},
-                ],
-            },
+        if schema is None:
+            return await self._chat(self._messages(SYSTEM_PROMPT, text, data_uri), model)
+        return await self._structured(text, data_uri, model, schema)
+
+    @staticmethod
+    def _messages(system: str, text: str, data_uri: str) -> list[dict[str, Any]]:
+        return [
+            {"role": "system", "content": system},
+            {"role": "user", "content": [{"type": "text", "text": text},
+                                         {"type": "image_url", "image_url": {"url": data_uri}}]},
         ]
-        return await self._chat(messages, model)
+
+    async def _structured(self, text: str, data_uri: str, model: str | None, schema: ResponseSchema) -> LLMAnswer:
+        """The schema as the backend's ``response_format`` (json_schema); where the backend refuses that, in the
+        prompt. An answer that does not fit gets one repair attempt, then ``LLMInvalidOutputError``."""
+        from sight.answers.replies import STRUCTURED_SYSTEM_PROMPT, prompt_for, read_reply, repair_prompt
+
+        response_format: dict[str, Any] | None = {"type": "json_schema", "json_schema": {
+            "name": "sight_fields", "schema": schema.reply, "strict": False}}
+        messages = self._messages(STRUCTURED_SYSTEM_PROMPT, text, data_uri)
+        answer: LLMAnswer | None = None
+        if not self.refuses_schema:
+            try:
+                answer = await self._chat(messages, model, response_format)
+            except _SchemaRefused:
+                log.warning("the vision LLM at %s refused response_format; the schema goes in the prompt",
+                            self.settings.base_url)
+        if answer is None:
+            response_format = None
+            messages = self._messages(STRUCTURED_SYSTEM_PROMPT, f"{text}\n\n{prompt_for(schema)}", data_uri)
+            answer = await self._chat(messages, model)
+            self.refuses_schema = True  # the prompt worked where response_format was refused
+        mode = "prompt" if response_format is None else "schema"
+        reply = read_reply(answer.answer, schema)
+        if reply.problem is not None:
+            log.warning("the vision LLM's answer does not fit the schema (%s); asking once more", reply.problem)
+            messages = [*messages, {"role": "assistant", "content": answer.answer},
+                        {"role": "user", "content": repair_prompt(reply.problem)}]
+            first, answer = answer, await self._chat(messages, model, response_format)
+            answer = dataclasses.replace(answer, prompt_tokens=first.prompt_tokens + answer.prompt_tokens,
+                                         completion_tokens=first.completion_tokens + answer.completion_tokens)
+            reply = read_reply(answer.answer, schema)
+            if reply.problem is not None:
+                raise LLMInvalidOutputError(f"the vision LLM's answer does not fit the response schema after one "
+                                            f"repair attempt: {reply.problem}", answer.answer, answer.model, mode)
+        return dataclasses.replace(answer, structured=mode, reply=reply)
 
     async def condense(self, query: str, answers: list[tuple[str, str]], model: str | None = None) -> LLMAnswer:
         listing = "\n".join(f"- {name}: {answer}" for name, answer in answers)
@@ -119,7 +173,8 @@ class OpenAIVisionLLM:
         ]
         return await self._chat(messages, model)
 
-    async def _chat(self, messages: list[dict[str, Any]], model: str | None) -> LLMAnswer:
+    async def _chat(self, messages: list[dict[str, Any]], model: str | None,
+                    response_format: dict[str, Any] | None = None) -> LLMAnswer:
         if self._client is None:
             raise LLMUnavailableError(f"no vision LLM: {SETUP_HINT}")
         model = model or self.settings.model
@@ -132,6 +187,8 @@ class OpenAIVisionLLM:
             "max_tokens": self.settings.max_tokens,
             "temperature": self.settings.temperature,
         }
+        if response_format is not None:
+            body["response_format"] = response_format
         attempts = self.settings.retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -151,6 +208,8 @@ class OpenAIVisionLLM:
                 log.warning("vision LLM answered %s; retrying", response.status_code)
                 await anyio.sleep(self._backoff(attempt, response.headers.get("retry-after")))
                 continue
+            if response_format is not None and response.status_code in REFUSED_STATUS:
+                raise _SchemaRefused
             return self._parse(response, model, self.settings.max_tokens * BYTES_PER_TOKEN)
         raise AssertionError("unreachable")  # pragma: no cover
 

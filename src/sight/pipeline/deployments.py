@@ -20,8 +20,9 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
+from sight.answers.schema import parse_schema
 from sight.engines.base import DetectOptions, Grounding
-from sight.errors import InvalidInputError, NotFoundError, SightError
+from sight.errors import InvalidInputError, NotFoundError, SightError, error_for_code
 from sight.pipeline.items import ImageInput, WorkItem
 from sight.pipeline.pipeline import Pipeline
 from sight.pipeline.results import detections_json, llm_result, ocr_result
@@ -196,9 +197,20 @@ class Deployments:
         picture = await self.pipeline.load_picture(image_source(image), {})
         return ocr_result((await self.pipeline.read_text(self.pipeline.hub.current, picture)).value).model_dump()
 
-    async def _builtin_analyze(self, image: Any, query: Any = None) -> dict[str, Any]:
+    async def _builtin_analyze(self, image: Any, query: Any = None, response_schema: Any = None) -> dict[str, Any]:
+        """``[image, query]``, or ``[image, query, response_schema]`` for fields with evidence (API.md section 6):
+        the LLM's answer, and with a schema the fields, evidence and verified (OCR runs to check them)."""
         if query is not None and not isinstance(query, str):
             raise InvalidInputError("query must be text")
+        if response_schema is not None:
+            parse_schema(response_schema)  # invalid_schema before any work
+            options = ItemOptions(is_llm=True, response_schema=response_schema)
+            result = await self.pipeline.run_item(WorkItem(0, None, image_source(image), options), query)
+            if result.error is not None:
+                raise error_for_code(result.error.code, result.error.message)
+            assert result.llm is not None
+            return {"answer": result.llm.answer, "model": result.llm.model, "structured": result.llm.structured,
+                    **result.model_dump(mode="json", include={"fields", "evidence", "verified"})}
         picture = await self.pipeline.load_picture(image_source(image), {})
         answer = await self.pipeline.analyze(self.pipeline.hub.current, picture, query, Grounding(), None)
         return llm_result(answer).model_dump(include={"answer", "model"})

@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from sight.answers.fields import fill
+from sight.answers.schema import ResponseSchema, parse_schema
 from sight.config import Settings
 from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
 from sight.errors import (
     EngineUnavailableError,
     ImageTooLargeError,
     InvalidInputError,
+    LLMInvalidOutputError,
     ModelNotFoundError,
     SightError,
     StageTimeoutError,
@@ -31,12 +34,23 @@ from sight.images.decode import decode_base64, encode_jpeg, open_image
 from sight.metrics import Metrics
 from sight.models.catalog import ModelEntry, Task
 from sight.models.registry import EngineHub, EngineRegistry
+from sight.pipeline.conclusion import conclude
 from sight.pipeline.items import ImageInput, WorkItem
 from sight.pipeline.results import llm_result, ocr_result, summarize, yolo_result
 from sight.pipeline.shadow import ShadowRunner
 from sight.runtimes.base import ModelRuntime, Picture, Seen
 from sight.runtimes.local import LocalRuntime
-from sight.schemas import BatchResult, ErrorInfo, ImageSize, ItemOptions, ItemResult, ModelState, StreamProcessing
+from sight.schemas import (
+    BatchResult,
+    ErrorInfo,
+    ImageSize,
+    ItemOptions,
+    ItemResult,
+    LlmResult,
+    LlmUsage,
+    ModelState,
+    StreamProcessing,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -146,8 +160,12 @@ class Pipeline:
         errors: list[SightError] = []
         opts = item.options
         lease: Lease | None = None
+        schema: ResponseSchema | None = None
+        reply = None
         try:
-            min_side = self._min_side(engines, opts)
+            schema = parse_schema(opts.response_schema) if opts.response_schema is not None else None
+            reads = self._reads_text(opts, schema)
+            min_side = self._min_side(opts, reads)
             data = await self._load(item.image, timings)
             if opts.is_yolo and not self.runtime.remote:
                 await self._provision(engines, opts.yolo_model, request_id)
@@ -173,7 +191,7 @@ class Pipeline:
                     grounding.detections.extend(seen.value)
                 except SightError as exc:
                     errors.append(exc)
-            if opts.is_ocr:
+            if reads:
                 try:
                     with self._timed("ocr", timings):
                         read = await self.read_text(engines, picture)
@@ -183,9 +201,15 @@ class Pipeline:
                 except SightError as exc:
                     errors.append(exc)
             if opts.is_llm:
-                with self._timed("llm", timings):
-                    result.llm = llm_result(await self.analyze(engines, picture, query, grounding, opts.llm_model,
-                                                               request_id))
+                try:
+                    with self._timed("llm", timings):
+                        answer = await self.analyze(engines, picture, query, grounding, opts.llm_model, request_id,
+                                                    schema)
+                    result.llm, reply = llm_result(answer), answer.reply
+                except LLMInvalidOutputError as exc:  # the raw answer stays beside the error
+                    result.llm = LlmResult(answer=exc.answer, model=exc.model, usage=LlmUsage(),
+                                           structured=exc.structured)
+                    errors.append(exc)
         except SightError as exc:
             errors.append(exc)
         except asyncio.CancelledError:
@@ -197,6 +221,10 @@ class Pipeline:
         finally:
             if lease is not None:
                 lease.release()
+        if schema is not None:
+            found = fill(schema, reply, result.ocr.lines if result.ocr is not None else None,
+                         result.yolo.detections if result.yolo is not None else [])
+            result.fields, result.evidence, result.verified = found.fields, found.evidence, found.verified
         result.timings_ms = timings
         if errors:
             result.status = "error"
@@ -226,27 +254,27 @@ class Pipeline:
 
     async def analyze(
         self, engines: EngineRegistry, picture: Picture, query: str | None, grounding: Grounding,
-        llm_ref: str | None, request_id: str | None = None,
+        llm_ref: str | None, request_id: str | None = None, schema: ResponseSchema | None = None,
     ) -> LLMAnswer:
         image = await self.pixels_of(picture)
         jpeg = await anyio.to_thread.run_sync(encode_jpeg, image, self.settings.llm.max_image_side)
         primary = engines.llm_entry(llm_ref, request_id)
         client, model = self.runtime.llm_client(engines, primary, llm_ref)
-        with self._llm_deadline():
-            answer = await client.analyze(jpeg, query or "", grounding, model)
+        with self.llm_deadline():
+            answer = await client.analyze(jpeg, query or "", grounding, model, schema)
         if primary is not None:
             for shadow in engines.catalog.shadows.get(primary.ref, []):
                 shadow_client, shadow_model = self.runtime.llm_client(engines, shadow, shadow.ref)
 
                 async def run(c: VisionLLM = shadow_client, m: str | None = shadow_model) -> str:
-                    with self._llm_deadline():
+                    with self.llm_deadline():
                         return (await c.analyze(jpeg, query or "", grounding, m)).answer
 
                 self.shadows.spawn(primary.ref, shadow.ref, run, answer.answer)
         return answer
 
     @contextmanager
-    def _llm_deadline(self) -> Iterator[None]:
+    def llm_deadline(self) -> Iterator[None]:
         """The one bound on an LLM call, its retries and their waits included, wherever the LLM client runs
         (``SIGHT_LLM__DEADLINE``)."""
         deadline = self.settings.llm.deadline
@@ -282,12 +310,20 @@ class Pipeline:
             found, entry = self.model(engines, ref or self.settings.yolo.default_model, request_id, "detect")
             await found.provision(entry)
 
-    def _min_side(self, engines: EngineRegistry, opts: ItemOptions) -> int | None:
+    def _reads_text(self, opts: ItemOptions, schema: ResponseSchema | None) -> bool:
+        """Whether OCR runs: asked for, or a response schema needs it (its patterns are filled from the OCR
+        lines, and the LLM's values are checked against them), where the server has OCR."""
+        if opts.is_ocr:
+            return True
+        needed = schema is not None and (opts.is_llm or any(f.pattern is not None for f in schema.fields))
+        return needed and self.settings.ocr.enabled
+
+    def _min_side(self, opts: ItemOptions, reads_text: bool) -> int | None:
         """How small the picture may be decoded. Detection and OCR take the picture decoded in full, whatever
         else is asked, so their results never depend on the other stages (a reduced decode gives other pixels
         than a full one resized, and other boxes); an item that only asks the LLM may be decoded no smaller
         than the image the LLM is sent."""
-        if opts.is_yolo or opts.is_ocr or not opts.is_llm:
+        if opts.is_yolo or reads_text or not opts.is_llm:
             return None
         return self.settings.llm.max_image_side
 
@@ -325,19 +361,6 @@ class Pipeline:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def answer(self, query: str | None, results: Sequence[ItemResult]) -> str | None:
-        """The batch answer: one more LLM call condenses two or more per-image answers to ``query``."""
-        answers = [(r.filename or f"image {r.index}", r.llm.answer) for r in results if r.llm is not None]
-        if query and len(answers) >= 2:
-            try:
-                client, _model = self.runtime.llm_client(self.hub.current, None, None)
-                with self._llm_deadline():
-                    return (await client.condense(query, answers)).answer
-            except SightError as exc:
-                log.warning("condensing %d answers failed: %s", len(answers), exc.code)
-                return None
-        return answers[0][1] if len(answers) == 1 else None
-
     async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry] | None = None
                      ) -> dict[str, ModelState]:
         """By ref, the state of each of ``entries`` (default: every model of ``engines``' catalog), wherever
@@ -350,8 +373,9 @@ class Pipeline:
         self.pixels.check()  # 503 before any work while items already wait past the bound for decode budget
         results = [event async for event in self.events(items, query, request_id) if isinstance(event, ItemResult)]
         results.sort(key=lambda r: r.index)
-        answer = await self.answer(query, results)
+        answer, merged = await conclude(self, query, results)
         return BatchResult(
+            **dict(merged),
             items=results,
             answer=answer,
             summary=summarize(results),

@@ -41,12 +41,13 @@ def ocr_result(text: OcrText) -> OcrResult:
 
 def llm_result(answer: LLMAnswer) -> LlmResult:
     usage = LlmUsage(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens)
-    return LlmResult(answer=answer.answer, model=answer.model, usage=usage, truncated=answer.truncated)
+    return LlmResult(answer=answer.answer, model=answer.model, usage=usage, truncated=answer.truncated,
+                     structured=answer.structured)
 
 
 def kept_stages(item: ItemResult) -> bool:
     """Whether a stage of ``item`` produced a result: a failed item carries those beside its error."""
-    return item.yolo is not None or item.ocr is not None or item.llm is not None
+    return item.yolo is not None or item.ocr is not None or item.llm is not None or item.fields is not None
 
 
 def summarize(results: Sequence[ItemResult]) -> Summary:

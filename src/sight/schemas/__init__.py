@@ -6,6 +6,7 @@ API's in ``batches``, the registry's and multi-model predict's in ``models``. Im
 
 from __future__ import annotations
 
+from sight.schemas.answers import Answer, Conflict, Evidence
 from sight.schemas.batches import (
     BatchCreate,
     BatchList,
@@ -57,6 +58,7 @@ from sight.schemas.predict import (
     ItemResult,
     LlmResult,
     LlmUsage,
+    MergedAnswer,
     OcrLineOut,
     OcrResult,
     PredictBatchResponse,
@@ -71,6 +73,7 @@ from sight.schemas.predict import (
 )
 
 __all__ = [
+    "Answer",
     "BatchCreate",
     "BatchList",
     "BatchPublic",
@@ -86,11 +89,13 @@ __all__ = [
     "BatchResultEntry",
     "BatchResultList",
     "BatchState",
+    "Conflict",
     "Box",
     "DeploymentErrorResponse",
     "DetectionOut",
     "ErrorInfo",
     "ErrorResponse",
+    "Evidence",
     "Health",
     "ImageRef",
     "ImageSize",
@@ -99,6 +104,7 @@ __all__ = [
     "LLMPublic",
     "LlmResult",
     "LlmUsage",
+    "MergedAnswer",
     "ModelDetail",
     "ModelList",
     "ModelPublic",

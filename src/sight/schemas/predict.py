@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from sight.schemas.answers import SCHEMA_DESCRIPTION, Conflict, Evidence, FieldValues
 from sight.schemas.common import Box, ErrorInfo, ImageRef, ImageSize, Probability, Text
+
+SCHEMA_EXAMPLE = {"type": "object", "properties": {"serial_number": {
+    "type": "string", "pattern": "SN-[A-Z0-9]{4}-[0-9]{4}-[A-Z0-9]{1,2}"}}}
+# Any, not dict: whatever is sent is checked as a schema (400 invalid_schema), not as a pydantic type.
+ResponseSchemaField = Field(None, description=SCHEMA_DESCRIPTION, examples=[SCHEMA_EXAMPLE],
+                            json_schema_extra={"type": "object"})
 
 
 class ItemOptions(BaseModel):
@@ -22,6 +29,7 @@ class ItemOptions(BaseModel):
     iou: Probability | None = None
     classes: list[Text | StrictInt] | None = None
     llm_model: Text | None = None
+    response_schema: Any = ResponseSchemaField
 
 
 class PredictItemV2(ItemOptions, ImageRef):
@@ -47,6 +55,9 @@ class PredictRequestV2(BaseModel):
 
     api_key: Text | None = None
     query: Text | None = None
+    response_schema: Any = Field(
+        None, description="The response schema of every item that names none of its own. " + SCHEMA_DESCRIPTION,
+        json_schema_extra={"type": "object"})
     data: list[PredictItemV2] = Field(min_length=1)
 
 
@@ -88,6 +99,10 @@ class LlmResult(BaseModel):
     truncated: bool = Field(False, description="The answer was cut: the backend stopped at max_tokens, or sent "
                             "more than max_tokens can hold and Sight kept the first SIGHT_LLM__MAX_TOKENS x 16 "
                             "bytes.")
+    structured: Literal["schema", "prompt"] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="Only with a response schema: how it reached the backend, as its `response_format` json_schema "
+                    "(`schema`) or, where the backend refused that, in the prompt (`prompt`).")
 
 
 class ItemResult(BaseModel):
@@ -98,6 +113,12 @@ class ItemResult(BaseModel):
     yolo: YoloResult | None = None
     ocr: OcrResult | None = None
     llm: LlmResult | None = None
+    fields: FieldValues | None = Field(None, description="With a response schema: the values found (null: not "
+                                       "found), valid against the schema with every property nullable")
+    evidence: dict[str, list[Evidence]] | None = Field(None, description="Per property path (dotted when nested): "
+                                                       "where Sight read the value, best first")
+    verified: dict[str, bool | None] | None = Field(None, description="Per property path: true when two independent "
+                                                    "readings agree, false when they differ, null when one read it")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     error: ErrorInfo | None = None
 
@@ -108,7 +129,18 @@ class Summary(BaseModel):
     error: int
 
 
-class BatchResult(BaseModel):
+class MergedAnswer(BaseModel):
+    """The request's fields across its images (null when no item asked for a schema): per property the verified
+    value, else the first image's in input order; evidence entries name their image; ``conflicts`` lists every
+    image's value where they differ."""
+
+    fields: FieldValues | None = None
+    evidence: dict[str, list[Evidence]] | None = None
+    verified: dict[str, bool | None] | None = None
+    conflicts: dict[str, list[Conflict]] | None = None
+
+
+class BatchResult(MergedAnswer):
     items: list[ItemResult]
     answer: str | None
     summary: Summary
@@ -144,7 +176,7 @@ class StreamError(BaseModel):
     result: ItemResult | None = None
 
 
-class StreamComplete(BaseModel):
+class StreamComplete(MergedAnswer):
     status: Literal["complete"] = "complete"
     summary: Summary
     answer: str | None

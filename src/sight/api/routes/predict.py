@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,6 +14,8 @@ from sight.api.forms import PredictCall, read_v1, read_v2
 from sight.api.streaming import NDJSON, ndjson_response
 from sight.policies.admission import demands
 from sight.schemas import PredictBatchResponse, PredictRequestV2
+from sight.schemas.answers import SCHEMA_DESCRIPTION
+from sight.schemas.predict import SCHEMA_EXAMPLE
 from sight.storage.keys import Principal
 
 router = APIRouter(prefix="/api/v1/inference/predict", tags=["prediction"])
@@ -36,6 +39,12 @@ MULTIPART_BODY: dict[str, Any] = {
                     "properties": {
                         "api_key": {"type": "string", "description": "or send Authorization: Bearer <key>"},
                         "query": {"type": "string", "example": "find the serial number"},
+                        "response_schema": {
+                            "type": "string",
+                            "example": json.dumps(SCHEMA_EXAMPLE),
+                            "description": "JSON: the response schema of every file whose metadata names none. "
+                                           + SCHEMA_DESCRIPTION,
+                        },
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
                         "metadata": {
                             "type": "array",

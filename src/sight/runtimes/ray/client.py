@@ -34,6 +34,7 @@ from sight.runtimes.ray.replicas import (
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
+    from sight.answers.schema import ResponseSchema
     from sight.config import Settings
     from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
     from sight.models.catalog import ModelEntry
@@ -271,11 +272,11 @@ class RemoteVisionLLM:
     def __init__(self, runtime: RayRuntime, entry_ref: str | None, ref: str | None) -> None:
         self.runtime, self.entry_ref, self.ref = runtime, entry_ref, ref
 
-    async def analyze(self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None
-                      ) -> LLMAnswer:
+    async def analyze(self, image_jpeg: bytes, query: str, grounding: Grounding, model: str | None = None,
+                      schema: ResponseSchema | None = None) -> LLMAnswer:
         handle = await self.runtime.serve_handle(LLM_SERVE_DEPLOYMENT, "the LLM client")
         return await self.runtime.send(
-            lambda: call(handle, LlmReplica.analyze, self.entry_ref, self.ref, image_jpeg, query, grounding),
+            lambda: call(handle, LlmReplica.analyze, self.entry_ref, self.ref, image_jpeg, query, grounding, schema),
             None, "the LLM")
 
     async def condense(self, query: str, answers: list[tuple[str, str]], model: str | None = None) -> LLMAnswer:

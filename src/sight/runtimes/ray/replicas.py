@@ -29,6 +29,7 @@ from sight.runtimes.local import LocalRuntime
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
+    from sight.answers.schema import ResponseSchema
     from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
     from sight.models.catalog import ModelEntry
     from sight.schemas import ModelState
@@ -159,9 +160,9 @@ class LlmReplica:
         return self.engines.llm_client(entry, ref)
 
     async def analyze(self, entry_ref: str | None, ref: str | None, jpeg: bytes, query: str,
-                      grounding: Grounding) -> LLMAnswer:
+                      grounding: Grounding, schema: ResponseSchema | None = None) -> LLMAnswer:
         client, model = self._client(entry_ref, ref)
-        return await client.analyze(jpeg, query, grounding, model)
+        return await client.analyze(jpeg, query, grounding, model, schema)
 
     async def condense(self, entry_ref: str | None, ref: str | None, query: str,
                        answers: list[tuple[str, str]]) -> LLMAnswer:

@@ -1,0 +1,224 @@
+"""A ``response_schema``, checked once and compiled: its fields by property path, the nullable form the found
+fields validate against, and the form the LLM is asked to answer in.
+
+>>> schema = parse_schema({"type": "object", "properties": {
+...     "serial_number": {"type": "string", "pattern": "SN-[A-Z0-9]{4}-[0-9]{4}"},
+...     "plate": {"type": "object", "properties": {"voltage": {"type": "number"}}}}})
+>>> [(f.path, f.pattern is not None) for f in schema.fields]
+[('serial_number', True), ('plate.voltage', False)]
+>>> schema.errors({"serial_number": None, "plate": {"voltage": "230 V"}})
+["plate: {'voltage': '230 V'} is not valid under any of the given schemas"]
+>>> schema.fits(schema.fields[1], "230 V"), schema.fits(schema.fields[1], 230)
+(False, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from typing import Any
+
+from sight.answers.patterns import compile_pattern
+from sight.errors import InvalidSchemaError
+
+MAX_SCHEMA_BYTES = 16 * 1024
+MAX_DEPTH = 8  # nested objects, the top one included
+MAX_JSON_DEPTH = 64  # the schema document itself
+NULL = {"type": "null"}
+REF_KEYS = ("$ref", "$dynamicRef")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One leaf property: its dotted ``path``, the ``keys`` that reach it, its schema and, for a string with a
+    ``pattern``, the compiled pattern (RE2)."""
+
+    path: str
+    keys: tuple[str, ...]
+    schema: dict[str, Any]
+    pattern: Any = None
+
+
+@dataclass(frozen=True, eq=False)
+class ResponseSchema:
+    raw: dict[str, Any]
+    fields: tuple[FieldSpec, ...]
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses processes as its JSON (the Ray runtime)
+        return parse_schema, (self.raw,)
+
+    @cached_property
+    def nullable(self) -> dict[str, Any]:
+        """The schema with every property made nullable: what ``fields`` validate against."""
+        return _nullable(self.raw)
+
+    @cached_property
+    def reply(self) -> dict[str, Any]:
+        """What the LLM is asked to answer: the fields (nullable) and, per property path, the numbers of the
+        OCR lines it read each value from."""
+        citations = {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}}}
+        return {"type": "object", "properties": {"fields": self.nullable, "citations": citations},
+                "required": ["fields"]}
+
+    @cached_property
+    def _fields_validator(self) -> Any:
+        return _validator(self.nullable)
+
+    @cached_property
+    def _reply_validator(self) -> Any:
+        # Patterns are Sight's to apply (a value that fails one is replaced by the OCR's match, see fields.py), so
+        # a reply is not refused for one.
+        return _validator(_without_patterns(self.reply))
+
+    def errors(self, fields: Any) -> list[str]:
+        """Why ``fields`` is not valid against the nullable schema (none: it is)."""
+        return [_describe(e) for e in self._fields_validator.iter_errors(fields)]
+
+    def fits(self, spec: FieldSpec, value: Any) -> bool:
+        """Whether ``value`` is valid for the property ``spec`` (null always is)."""
+        if value is None:
+            return True
+        validator = self._leaf_validators.get(spec.path)
+        if validator is None:
+            validator = self._leaf_validators[spec.path] = _validator(spec.schema)
+        return bool(validator.is_valid(value))
+
+    @cached_property
+    def _leaf_validators(self) -> dict[str, Any]:
+        return {}
+
+    def reply_errors(self, reply: Any) -> list[str]:
+        return [_describe(e) for e in self._reply_validator.iter_errors(reply)]
+
+
+def parse_schema(raw: Any) -> ResponseSchema:
+    """``raw`` checked and compiled (cached by its JSON), or :class:`InvalidSchemaError`."""
+    if not isinstance(raw, dict):
+        raise InvalidSchemaError("response_schema must be a JSON object (a JSON Schema)")
+    _check_depth(raw)
+    try:
+        text = json.dumps(raw, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSchemaError(f"response_schema is not JSON: {exc}") from None
+    if len(text.encode()) > MAX_SCHEMA_BYTES:
+        raise InvalidSchemaError(f"response_schema is {len(text.encode())} bytes; at most {MAX_SCHEMA_BYTES}")
+    return _parse(text)
+
+
+@lru_cache(maxsize=256)
+def _parse(text: str) -> ResponseSchema:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    raw = json.loads(text)
+    for key, value in _walk(raw):
+        if key in REF_KEYS and not (isinstance(value, str) and value.startswith("#")):
+            raise InvalidSchemaError(f"{key} {value!r}: only references inside the schema ('#/...') are allowed")
+        if key == "pattern" and isinstance(value, str):
+            compile_pattern(value)
+        if key == "patternProperties" and isinstance(value, dict):
+            for pattern in value:
+                compile_pattern(pattern)
+    try:
+        Draft202012Validator.check_schema(raw)
+    except SchemaError as exc:
+        raise InvalidSchemaError(f"response_schema is not a valid JSON Schema: {_describe(exc)}") from None
+    if raw.get("type") != "object" or not isinstance(raw.get("properties"), dict) or not raw["properties"]:
+        raise InvalidSchemaError('response_schema must describe an object: {"type": "object", "properties": {...}}')
+    return ResponseSchema(raw, tuple(_fields(raw, ())))
+
+
+def _fields(schema: dict[str, Any], keys: tuple[str, ...]) -> Iterator[FieldSpec]:
+    if len(keys) >= MAX_DEPTH:
+        raise InvalidSchemaError(f"response_schema nests objects more than {MAX_DEPTH} deep")
+    for name, sub in schema["properties"].items():
+        if not name or "." in name:
+            raise InvalidSchemaError(f"property {name!r}: names must be non-empty and hold no '.' (paths are dotted)")
+        path = (*keys, name)
+        if not isinstance(sub, dict):
+            yield FieldSpec(".".join(path), path, {})
+        elif _is_object(sub):
+            yield from _fields(sub, path)
+        else:
+            pattern = sub.get("pattern")
+            text = _types(sub) <= {"string", "null"} or not _types(sub)
+            yield FieldSpec(".".join(path), path, sub,
+                            compile_pattern(pattern) if isinstance(pattern, str) and text else None)
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    kind = schema.get("type")
+    return {kind} if isinstance(kind, str) else set(kind) if isinstance(kind, list) else set()
+
+
+def _is_object(schema: dict[str, Any]) -> bool:
+    return "object" in _types(schema) and isinstance(schema.get("properties"), dict) and bool(schema["properties"])
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    out = dict(schema)
+    out["properties"] = {
+        name: {"anyOf": [_nullable(sub) if isinstance(sub, dict) and _is_object(sub) else sub, NULL]}
+        for name, sub in schema["properties"].items()
+    }
+    return out
+
+
+def _without_patterns(schema: Any) -> Any:
+    out = copy.deepcopy(schema)
+    for node in _nodes(out):
+        node.pop("pattern", None)
+    return out
+
+
+def _nodes(value: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(value, dict):
+        yield value
+        for sub in value.values():
+            yield from _nodes(sub)
+    elif isinstance(value, list):
+        for sub in value:
+            yield from _nodes(sub)
+
+
+def _walk(value: Any) -> Iterator[tuple[str, Any]]:
+    for node in _nodes(value):
+        yield from node.items()
+
+
+def _check_depth(value: Any, depth: int = 0) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidSchemaError(f"response_schema nests more than {MAX_JSON_DEPTH} levels of JSON")
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        _check_depth(child, depth + 1)
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A Draft 2020-12 validator whose ``pattern`` and ``patternProperties`` run on RE2: jsonschema's own use
+    Python's ``re``, which a user's pattern can make backtrack for ever."""
+    from jsonschema import Draft202012Validator, ValidationError, validators
+
+    def pattern(validator: Any, patrn: str, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+        if validator.is_type(instance, "string") and not compile_pattern(patrn).search(instance):
+            yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    def pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, _schema: Any
+                           ) -> Iterator[ValidationError]:
+        if not validator.is_type(instance, "object"):
+            return
+        for patrn, subschema in patterns.items():
+            for key, value in instance.items():
+                if compile_pattern(patrn).search(key):
+                    yield from validator.descend(value, subschema, path=key, schema_path=patrn)
+
+    kind = validators.extend(Draft202012Validator, {"pattern": pattern, "patternProperties": pattern_properties})
+    return kind(schema)
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(p) for p in error.absolute_path)
+    return f"{where}: {error.message}" if where else str(error.message)

@@ -1,0 +1,56 @@
+"""Wire models of structured answers (API.md section 6): evidence for a field's value, and conflicts between
+images."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from sight.schemas.common import Box
+
+SCHEMA_DESCRIPTION = (
+    "A JSON Schema of an object (nested objects allowed, at most 16 KiB and 8 deep). Each item then carries "
+    "`fields` (valid against it, every property nullable: null = not found), `evidence` and `verified` per "
+    "property path. A string property with a `pattern` (RE2: linear time) is filled from the OCR lines, with "
+    "or without an LLM. Invalid: 400 `invalid_schema`."
+)
+FieldValues = dict[str, Any]
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class Evidence(BaseModel):
+    """Where Sight read a field's value: an OCR line (``text``: the whole line) or a detection (``name``: its
+    class); ``box`` in the original image's pixels. Request-level entries add the image's ``index`` and
+    ``filename``."""
+
+    source: Literal["ocr", "detection"]
+    match: Literal["exact", "normalised", "near"] = Field(
+        description="exact; normalised (case, spacing); near (one or two confusable characters: O/0, I/1/l, "
+                    "S/5, B/8, Z/2)")
+    text: str | None = Field(None, exclude_if=_absent)
+    name: str | None = Field(None, exclude_if=_absent)
+    confidence: float
+    box: Box
+    index: int | None = Field(None, exclude_if=_absent)
+    filename: str | None = Field(None, exclude_if=lambda v: v is None)
+
+
+class Conflict(BaseModel):
+    """One image's value for a property where images hold different values."""
+
+    index: int
+    filename: str | None
+    value: Any
+    verified: bool | None
+
+
+class Answer(BaseModel):
+    """Fields, their evidence and whether each was verified: one image's, or a request's merged."""
+
+    fields: FieldValues
+    evidence: dict[str, list[Evidence]]
+    verified: dict[str, bool | None]
