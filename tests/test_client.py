@@ -450,3 +450,32 @@ def test_client_retries_a_refused_stream_and_async_calls() -> None:
     with Scripted(_overloaded(503, "0"), _overloaded(429, "0", "rate_limited"), OK_MODELS) as server:
         asyncio.run(main(server.url))
         assert len(server.requests) == 3
+
+
+def test_client_takes_a_pydantic_class_as_the_response_schema(served: tuple[LiveServer, str],
+                                                              llm: FakeLLMServer) -> None:
+    from pydantic import BaseModel, Field
+
+    class Plate(BaseModel):
+        serial_number: str = Field(pattern="SN-[A-Z0-9]{4}-[0-9]{4}-[A-Z0-9]{1,2}")
+        year: int | None = None
+
+    class Label(BaseModel):
+        plate: Plate
+        maker: str | None = None
+
+    live, key = served
+    label = (IMAGES / "serial-label.png").read_bytes()
+    with Client(live.url, key) as sight:
+        found = sight.predict([label, IMAGES / "bus.jpg"], response_schema=Label, yolo=False)
+        first = found.result.items[0]
+        assert first.fields == {"plate": {"serial_number": "SN-4X7Q-2291-B", "year": None}, "maker": None}
+        assert isinstance(first.parsed, Label) and first.parsed.plate.serial_number == "SN-4X7Q-2291-B"
+        assert first.evidence is not None and first.evidence["plate.serial_number"][0].match == "exact"
+        assert found.result.items[1].parsed is None  # no serial in the bus photo: fields do not validate
+        assert found.result.parsed == first.parsed  # the request's merged fields
+        events = list(sight.predict_stream(label, response_schema=Label, yolo=False))
+        done = next(e for e in events if isinstance(e, StreamDone))
+        assert done.result.parsed == first.parsed and events[-1].parsed == first.parsed
+        as_dict = sight.predict(label, response_schema=Label.model_json_schema(), yolo=False).result
+        assert as_dict.fields == first.fields and as_dict.parsed is None  # a dict: fields, no class to parse as

@@ -117,6 +117,10 @@ def _parse(text: str) -> ResponseSchema:
     for key, value in _walk(raw):
         if key in REF_KEYS and not (isinstance(value, str) and value.startswith("#")):
             raise InvalidSchemaError(f"{key} {value!r}: only references inside the schema ('#/...') are allowed")
+    raw = _inline(raw)
+    for key, value in _walk(raw):
+        if key in REF_KEYS and not (isinstance(value, str) and value.startswith("#")):
+            raise InvalidSchemaError(f"{key} {value!r}: only references inside the schema ('#/...') are allowed")
         if key == "pattern" and isinstance(value, str):
             compile_pattern(value)
         if key == "patternProperties" and isinstance(value, dict):
@@ -131,6 +135,40 @@ def _parse(text: str) -> ResponseSchema:
     return ResponseSchema(raw, tuple(_fields(raw, ())))
 
 
+def _inline(root: dict[str, Any]) -> dict[str, Any]:
+    """``root`` with its local references (``#/$defs/...``, as a pydantic model's schema has them) replaced by
+    what they name, so that nested objects are seen and made nullable; a reference that loops is refused."""
+    def resolve(pointer: str) -> Any:
+        node: Any = root
+        for part in pointer.lstrip("#").strip("/").split("/") if pointer != "#" else []:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(node, dict) or part not in node:
+                raise InvalidSchemaError(f"$ref {pointer!r} names nothing in the schema")
+            node = node[part]
+        return node
+
+    def walk(value: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(value, list):
+            return [walk(v, seen) for v in value]
+        if not isinstance(value, dict):
+            return value
+        ref = value.get("$ref")
+        if isinstance(ref, str):
+            if ref in seen or len(seen) > MAX_JSON_DEPTH:
+                raise InvalidSchemaError(f"$ref {ref!r} refers to itself: a response schema cannot be recursive")
+            target = resolve(ref)
+            rest = {k: v for k, v in value.items() if k != "$ref"}
+            merged = {**target, **rest} if isinstance(target, dict) else target
+            return walk(merged, (*seen, ref))
+        return {k: walk(v, seen) for k, v in value.items() if k not in ("$defs", "definitions")}
+
+    inlined: dict[str, Any] = walk(root, ())
+    _check_depth(inlined)
+    if len(json.dumps(inlined)) > 4 * MAX_SCHEMA_BYTES:
+        raise InvalidSchemaError("response_schema's references expand past the size limit")
+    return inlined
+
+
 def _fields(schema: dict[str, Any], keys: tuple[str, ...]) -> Iterator[FieldSpec]:
     if len(keys) >= MAX_DEPTH:
         raise InvalidSchemaError(f"response_schema nests objects more than {MAX_DEPTH} deep")
@@ -142,11 +180,33 @@ def _fields(schema: dict[str, Any], keys: tuple[str, ...]) -> Iterator[FieldSpec
             yield FieldSpec(".".join(path), path, {})
         elif _is_object(sub):
             yield from _fields(sub, path)
+        elif (inner := _optional_object(sub)) is not None:
+            yield from _fields(inner, path)
         else:
-            pattern = sub.get("pattern")
-            text = _types(sub) <= {"string", "null"} or not _types(sub)
-            yield FieldSpec(".".join(path), path, sub,
-                            compile_pattern(pattern) if isinstance(pattern, str) and text else None)
+            pattern = _pattern_of(sub)
+            yield FieldSpec(".".join(path), path, sub, compile_pattern(pattern) if pattern is not None else None)
+
+
+def _optional_object(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The object of ``anyOf: [object, null]`` (an optional nested model), if ``schema`` is one."""
+    options = schema.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and NULL in options:
+        other = options[0] if options[1] == NULL else options[1]
+        if isinstance(other, dict) and _is_object(other):
+            return other
+    return None
+
+
+def _pattern_of(schema: dict[str, Any]) -> str | None:
+    """The pattern of a string property, or of the string in ``anyOf: [string, null]`` (an optional one)."""
+    if isinstance(schema.get("pattern"), str) and (_types(schema) <= {"string", "null"}):
+        return str(schema["pattern"])
+    options = schema.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and NULL in options:
+        other = options[0] if options[1] == NULL else options[1]
+        if isinstance(other, dict) and isinstance(other.get("pattern"), str) and _types(other) <= {"string"}:
+            return str(other["pattern"])
+    return None
 
 
 def _types(schema: dict[str, Any]) -> set[str]:
@@ -160,11 +220,16 @@ def _is_object(schema: dict[str, Any]) -> bool:
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     out = dict(schema)
-    out["properties"] = {
-        name: {"anyOf": [_nullable(sub) if isinstance(sub, dict) and _is_object(sub) else sub, NULL]}
-        for name, sub in schema["properties"].items()
-    }
+    out["properties"] = {name: {"anyOf": [_nullable_property(sub), NULL]} for name, sub in schema["properties"].items()}
     return out
+
+
+def _nullable_property(sub: Any) -> Any:
+    if isinstance(sub, dict) and _is_object(sub):
+        return _nullable(sub)
+    if isinstance(sub, dict) and (inner := _optional_object(sub)) is not None:
+        return _nullable(inner)
+    return sub
 
 
 def _without_patterns(schema: Any) -> Any:

@@ -11,7 +11,7 @@ import anyio
 import httpx
 
 from sight.client import base
-from sight.client.base import DEFAULT_TIMEOUT, Call, ClientBase, ItemFlags, StreamEvent, translated
+from sight.client.base import DEFAULT_TIMEOUT, Call, ClientBase, ItemFlags, SchemaLike, StreamEvent, translated
 from sight.client.images import ImageLike, Upload, as_list, source_of
 from sight.errors import UpstreamError
 from sight.schemas import (
@@ -90,24 +90,29 @@ class AsyncClient(ClientBase):
 
     async def _predict_call(self, images: ImageLike | Sequence[ImageLike],
                             options: ItemOptions | Sequence[ItemOptions] | None, query: str | None, stream: bool,
-                            flags: ItemFlags) -> Call:
+                            flags: ItemFlags, response_schema: SchemaLike | None = None) -> Call:
         uploads = await self._uploads(as_list(images))
-        return base.predict_call(uploads, base.item_options(len(uploads), options, query, flags), query, stream)
+        return base.predict_call(uploads, base.item_options(len(uploads), options, query, flags), query, stream,
+                                 response_schema)
 
     # -- prediction API ------------------------------------------------------------------------------
 
     async def predict(self, images: ImageLike | Sequence[ImageLike],
                       options: ItemOptions | Sequence[ItemOptions] | None = None, *, query: str | None = None,
+                      response_schema: SchemaLike | None = None,
                       **flags: Unpack[ItemFlags]) -> PredictBatchResponse:
         """See ``Client.predict``."""
-        call = await self._predict_call(images, options, query, False, flags)
-        return PredictBatchResponse.model_validate(await self._json(call))
+        call = await self._predict_call(images, options, query, False, flags, response_schema)
+        found = PredictBatchResponse.model_validate(await self._json(call))
+        base.bind_schema(found, response_schema)
+        return found
 
     async def predict_stream(self, images: ImageLike | Sequence[ImageLike],
                              options: ItemOptions | Sequence[ItemOptions] | None = None, *,
-                             query: str | None = None, **flags: Unpack[ItemFlags]) -> AsyncIterator[StreamEvent]:
+                             query: str | None = None, response_schema: SchemaLike | None = None,
+                             **flags: Unpack[ItemFlags]) -> AsyncIterator[StreamEvent]:
         """See ``Client.predict_stream``: each event as its line arrives."""
-        call = await self._predict_call(images, options, query, True, flags)
+        call = await self._predict_call(images, options, query, True, flags, response_schema)
         response = await self._send(call, stream=True)
         complete = False
         try:
@@ -115,6 +120,7 @@ class AsyncClient(ClientBase):
                 async for line in response.aiter_lines():
                     if line.strip():
                         event = base.parse_event(line)
+                        base.bind_schema(event, response_schema)
                         complete = isinstance(event, StreamComplete)
                         yield event
         finally:

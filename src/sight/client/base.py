@@ -16,7 +16,7 @@ from typing import Any, TypeAlias, TypedDict
 from urllib.parse import quote
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sight.client.images import Upload
 from sight.errors import (
@@ -36,6 +36,9 @@ from sight.errors import (
 )
 from sight.schemas import (
     ItemOptions,
+    ItemResult,
+    MergedAnswer,
+    PredictBatchResponse,
     PredictInput,
     PredictionSpec,
     StreamComplete,
@@ -58,6 +61,32 @@ BY_STATUS: dict[int, type[SightError]] = {
     413: PayloadTooLargeError, 429: RateLimitedError, 502: UpstreamError, 503: OverloadedError, 504: StageTimeoutError,
 }
 FLAGS = {"yolo": "is_yolo", "ocr": "is_ocr", "llm": "is_llm"}
+# A response schema as the client takes it: a JSON Schema dict, or a pydantic model class (then ``parsed``).
+SchemaLike: TypeAlias = dict[str, Any] | type[BaseModel]
+
+
+def schema_json(schema: SchemaLike | None) -> dict[str, Any] | None:
+    """``schema`` as the JSON Schema the server takes."""
+    if schema is None or isinstance(schema, dict):
+        return schema
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return schema.model_json_schema()
+    raise InvalidInputError("response_schema must be a JSON Schema dict or a pydantic model class")
+
+
+def bind_schema(found: PredictBatchResponse | StreamEvent, schema: SchemaLike | None) -> None:
+    """Let ``found``'s results read their fields as ``schema``'s class (``.parsed``), when it is one."""
+    if not isinstance(schema, type):
+        return
+    results: list[ItemResult | MergedAnswer] = []
+    if isinstance(found, PredictBatchResponse):
+        results = [found.result, *found.result.items]
+    elif isinstance(found, StreamDone | StreamError) and found.result is not None:
+        results = [found.result]
+    elif isinstance(found, StreamComplete):
+        results = [found]
+    for result in results:
+        result._parse_as = schema
 
 
 class ItemFlags(TypedDict, total=False):
@@ -199,8 +228,10 @@ def item_options(count: int, options: ItemOptions | Sequence[ItemOptions] | None
 
 
 def predict_call(uploads: Sequence[Upload], options: Sequence[ItemOptions], query: str | None,
-                 stream: bool) -> Call:
-    """Files go as multipart (v1); once any image is a URL, every image goes in one v2 JSON body."""
+                 stream: bool, response_schema: SchemaLike | None = None) -> Call:
+    """Files go as multipart (v1); once any image is a URL, every image goes in one v2 JSON body.
+    ``response_schema``: the request's, for every image whose options name none."""
+    schema = schema_json(response_schema)
     path = PREDICT + ("/stream" if stream else "/batch")
     if any(u.url for u in uploads):
         items = []
@@ -213,10 +244,14 @@ def predict_call(uploads: Sequence[Upload], options: Sequence[ItemOptions], quer
         body: dict[str, Any] = {"data": items}
         if query:
             body["query"] = query
+        if schema is not None:
+            body["response_schema"] = schema
         return Call("POST", path + "/v2", json=body)
     data: dict[str, Any] = {"metadata": [o.model_dump_json(exclude_none=True) for o in options]}
     if query:
         data["query"] = query
+    if schema is not None:
+        data["response_schema"] = json.dumps(schema)
     files = [("files", (u.filename or f"image-{i}", u.content or b"")) for i, u in enumerate(uploads)]
     return Call("POST", path, data=data, files=files)
 

@@ -10,7 +10,7 @@ from typing import Any, Unpack
 import httpx
 
 from sight.client import base
-from sight.client.base import DEFAULT_TIMEOUT, Call, ClientBase, ItemFlags, StreamEvent, translated
+from sight.client.base import DEFAULT_TIMEOUT, Call, ClientBase, ItemFlags, SchemaLike, StreamEvent, translated
 from sight.client.images import ImageLike, Upload, as_list, source_of
 from sight.errors import StageTimeoutError, UpstreamError
 from sight.schemas import (
@@ -90,23 +90,28 @@ class Client(ClientBase):
 
     def predict(self, images: ImageLike | Sequence[ImageLike],
                 options: ItemOptions | Sequence[ItemOptions] | None = None, *, query: str | None = None,
-                **flags: Unpack[ItemFlags]) -> PredictBatchResponse:
+                response_schema: SchemaLike | None = None, **flags: Unpack[ItemFlags]) -> PredictBatchResponse:
         """Run one prediction request over ``images`` (paths, bytes, http(s) URLs, PIL images; one or a list).
 
         ``options`` is one ``ItemOptions`` for every image or one per image; without it each image gets
         detection, and the LLM too when ``query`` is given. Keyword flags (``yolo``, ``ocr``, ``llm``,
         ``yolo_model``, ``conf``, ``iou``, ``classes``, ``llm_model``) set that option on every image.
+        ``response_schema`` (a JSON Schema dict or a pydantic model class) asks for fields with evidence: each
+        item and the result have ``fields``, ``evidence``, ``verified`` and, for a class, ``parsed``.
         Items that fail come back with ``status == "error"`` and their ``error``; they raise nothing."""
-        call = self._predict_call(images, options, query, False, flags)
-        return PredictBatchResponse.model_validate(self._json(call))
+        call = self._predict_call(images, options, query, False, flags, response_schema)
+        found = PredictBatchResponse.model_validate(self._json(call))
+        base.bind_schema(found, response_schema)
+        return found
 
     def predict_stream(self, images: ImageLike | Sequence[ImageLike],
                        options: ItemOptions | Sequence[ItemOptions] | None = None, *, query: str | None = None,
+                       response_schema: SchemaLike | None = None,
                        **flags: Unpack[ItemFlags]) -> Iterator[StreamEvent]:
         """Like ``predict``, yielding each event as its line arrives: ``StreamProcessing`` when an item starts,
         ``StreamDone`` or ``StreamError`` as it ends (in finishing order), ``StreamComplete`` last.
         Closing the iterator early hangs up, which cancels the server's pending work."""
-        call = self._predict_call(images, options, query, True, flags)
+        call = self._predict_call(images, options, query, True, flags, response_schema)
         response = self._send(call, stream=True)
         complete = False
         try:
@@ -114,6 +119,7 @@ class Client(ClientBase):
                 for line in response.iter_lines():
                     if line.strip():
                         event = base.parse_event(line)
+                        base.bind_schema(event, response_schema)
                         complete = isinstance(event, StreamComplete)
                         yield event
         finally:
@@ -123,9 +129,10 @@ class Client(ClientBase):
 
     def _predict_call(self, images: ImageLike | Sequence[ImageLike],
                       options: ItemOptions | Sequence[ItemOptions] | None, query: str | None, stream: bool,
-                      flags: ItemFlags) -> Call:
+                      flags: ItemFlags, response_schema: SchemaLike | None = None) -> Call:
         uploads = self._uploads(as_list(images))
-        return base.predict_call(uploads, base.item_options(len(uploads), options, query, flags), query, stream)
+        return base.predict_call(uploads, base.item_options(len(uploads), options, query, flags), query, stream,
+                                 response_schema)
 
     # -- batches -------------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from sight.schemas.common import Box
 
@@ -54,3 +54,21 @@ class Answer(BaseModel):
     fields: FieldValues
     evidence: dict[str, list[Evidence]]
     verified: dict[str, bool | None]
+
+
+class Parsable(BaseModel):
+    """A result whose ``fields`` the Python client can read as an instance of the pydantic class it sent as the
+    response schema: ``parsed``, None when the found fields do not validate against the class (as OpenAI's SDK
+    does)."""
+
+    _parse_as: type[BaseModel] | None = PrivateAttr(None)
+
+    @property
+    def parsed(self) -> Any:
+        fields = getattr(self, "fields", None)
+        if self._parse_as is None or fields is None:
+            return None
+        try:
+            return self._parse_as.model_validate(fields)
+        except ValidationError:
+            return None

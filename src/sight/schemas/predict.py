@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from sight.schemas.answers import SCHEMA_DESCRIPTION, Conflict, Evidence, FieldValues
+from sight.schemas.answers import SCHEMA_DESCRIPTION, Conflict, Evidence, FieldValues, Parsable
 from sight.schemas.common import Box, ErrorInfo, ImageRef, ImageSize, Probability, Text
 
 SCHEMA_EXAMPLE = {"type": "object", "properties": {"serial_number": {
@@ -105,7 +105,7 @@ class LlmResult(BaseModel):
                     "(`schema`) or, where the backend refused that, in the prompt (`prompt`).")
 
 
-class ItemResult(BaseModel):
+class ItemResult(Parsable):
     index: int
     filename: str | None
     status: Literal["done", "error"]
@@ -129,7 +129,7 @@ class Summary(BaseModel):
     error: int
 
 
-class MergedAnswer(BaseModel):
+class MergedAnswer(Parsable):
     """The request's fields across its images (null when no item asked for a schema): per property the verified
     value, else the first image's in input order; evidence entries name their image; ``conflicts`` lists every
     image's value where they differ."""
