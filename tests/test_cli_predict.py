@@ -162,3 +162,27 @@ def test_save_into_the_images_own_folder_keeps_the_original(tmp_path: Path) -> N
         before = source.read_bytes()
         written = save_annotated(Image.new("RGB", (8, 8), "red"), source, tmp_path, "photo")
         assert written == tmp_path / f"photo.annotated{suffix}" and source.read_bytes() == before
+
+
+def test_predict_cli_finds_a_field_by_pattern_with_no_llm_and_draws_its_evidence(served: Served,
+                                                                                tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pattern = "SN-[A-Z0-9]{4}-[0-9]{4}-[A-Z0-9]{1,2}"
+    done = served.predict(str(LABEL), "--field", f"serial_number={pattern}", "--field", "year=20[0-9]{2}",
+                          "--save", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "serial_number" in done.stdout and "SN-4X7Q-2291-B" in done.stdout and "unchecked" in done.stdout
+    item = json.loads((out / "serial-label.json").read_text())
+    assert item["fields"] == {"serial_number": "SN-4X7Q-2291-B", "year": "2024"}
+    assert item["verified"] == {"serial_number": None, "year": None}
+    box = item["evidence"]["serial_number"][0]["box"]
+    drawn = Image.open(out / "serial-label.png").convert("RGB")
+    edge = (round((box["x1"] + box["x2"]) / 2), round(box["y2"]) - 1)  # the bottom edge of the evidence box
+    assert drawn.getpixel(edge) == (255, 0, 200), "evidence in its own colour"
+
+    as_json = json.loads(served.predict(str(LABEL), "--no-yolo", "--field", f"serial_number={pattern}",
+                                        "--json").stdout)
+    assert as_json["result"]["fields"] == {"serial_number": "SN-4X7Q-2291-B"}
+    assert as_json["result"]["evidence"]["serial_number"][0]["filename"] == "serial-label.png"
+    bad = served.predict(str(LABEL), "--field", "x=(a)\\1")
+    assert bad.returncode != 0 and "invalid_schema" in bad.stdout + bad.stderr

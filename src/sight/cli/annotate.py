@@ -1,4 +1,5 @@
-"""Draw a prediction on its image: detection boxes with their label and confidence, OCR line boxes."""
+"""Draw a prediction on its image: detection boxes with their label and confidence, OCR line boxes, and the
+evidence of each field found (its own colour, labelled with the field's name)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 PALETTE = ["#ff3838", "#ff9d97", "#ff701f", "#ffb21d", "#cfd231", "#48f90a", "#92cc17", "#3ddb86", "#1a9334",
            "#00d4bb", "#2c99a8", "#00c2ff", "#344593", "#6473ff", "#0018ec", "#8438ff", "#520085", "#cb38ff"]
 OCR_COLOR = "#00c2ff"
+EVIDENCE_COLOR = "#ff00c8"  # a colour no detection class gets
 
 
 def annotated(path: Path, item: ItemResult) -> Image | None:
@@ -38,18 +40,23 @@ def annotated(path: Path, item: ItemResult) -> Image | None:
     if item.ocr is not None:
         for ocr_line in item.ocr.lines:
             draw.rectangle(rect(ocr_line.box), outline=OCR_COLOR, width=max(1, line // 2))
+    def labelled(box: Box, label: str, color: str, width: int) -> None:
+        x1, y1, x2, y2 = rect(box)
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        w, h = right - left + 2 * line, bottom - top + 2 * line
+        x = max(0.0, min(x1, picture.width - w))  # kept inside the picture
+        y = y1 - h if y1 - h >= 0 else y1  # above the box, or inside it at the top edge
+        draw.rectangle((x, y, x + w, y + h), fill=color)
+        draw.text((x + line, y + line - top), label, fill=_ink(color), font=font)
+
     if item.yolo is not None:
         for d in item.yolo.detections:
-            color = PALETTE[d.class_id % len(PALETTE)]
-            x1, y1, x2, y2 = rect(d.box)
-            draw.rectangle((x1, y1, x2, y2), outline=color, width=line)
-            label = f"{d.name} {d.confidence:.2f}"
-            left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-            width, height = right - left + 2 * line, bottom - top + 2 * line
-            x = max(0.0, min(x1, picture.width - width))  # kept inside the picture
-            y = y1 - height if y1 - height >= 0 else y1  # above the box, or inside it at the top edge
-            draw.rectangle((x, y, x + width, y + height), fill=color)
-            draw.text((x + line, y + line - top), label, fill=_ink(color), font=font)
+            labelled(d.box, f"{d.name} {d.confidence:.2f}", PALETTE[d.class_id % len(PALETTE)], line)
+    for field, found in (item.evidence or {}).items():
+        for e in found[:1]:  # the best evidence of each field
+            state = " (not verified)" if (item.verified or {}).get(field) is False else ""
+            labelled(e.box, f"{field}{state}", EVIDENCE_COLOR, line + 1)
     return picture
 
 
