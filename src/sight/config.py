@@ -40,8 +40,11 @@ class ImageSettings(BaseModel):
     max_pixels: int = Field(50_000_000, description="Largest decoded image (width x height).")
     max_frames: int = Field(100, description="Animations (GIF, WebP, TIFF pages) with more frames are refused.")
     formats: list[str] = ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
-    max_pixels_in_flight: int = Field(150_000_000, description="Decoded pixels held at once across all requests "
-                                      "(about 3 bytes each); items past it wait their turn; a larger image runs alone.")
+    max_pixels_in_flight: int = Field(150_000_000, description="Decoded pixels held at once across all requests; "
+                                      "items past it wait their turn; a larger image runs alone. Each costs about 9 "
+                                      "bytes of memory at its peak for detection (the decoded picture, the array the "
+                                      "letterbox reads, the decoder's buffers) and about 15 with OCR too: the default "
+                                      "bounds decoded pictures at roughly 1.4-2.2 GB.")
     pixel_queue: int = Field(64, description="Items that may wait for max_pixels_in_flight; past it items and "
                              "new requests get 503 with Retry-After.")
 
