@@ -178,6 +178,29 @@ def test_ray_runtime_llm_calls_go_through_the_llm_deployment(served: RayServed, 
     assert running_replicas("llm") == 1, "the LLM Serve deployment runs"
 
 
+def test_ray_runtime_answers_a_response_schema_as_in_process(served: RayServed, llm: FakeLLMServer) -> None:
+    """The schema crosses to the LLM replica and back (response_format, the checked reply); an answer that
+    does not fit crosses back as llm_invalid_output with its raw text, the OCR's pattern match kept."""
+    schema = {"type": "object", "properties": {"serial_number": {"type": "string"}, "year": {
+        "type": "string", "pattern": "20[0-9]{2}"}}}
+    llm.mode = "schema_required"
+    llm.answer = lambda _body: json.dumps({"fields": {"serial_number": "SN-4X7Q-229I-B"}})  # I for 1
+    data = [{"image_base64": b64("serial-label.png"), "filename": "label.png", "is_llm": True}]
+    body = {"api_key": served.key, "data": data, "response_schema": schema}
+    r = httpx.post(served.url + "/api/v1/inference/predict/batch/v2", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    (item,) = r.json()["result"]["items"]
+    assert item["status"] == "done" and item["llm"]["structured"] == "schema", item
+    assert item["fields"] == {"serial_number": "SN-4X7Q-229I-B", "year": "2024"}
+    assert item["verified"] == {"serial_number": False, "year": None}
+    assert item["evidence"]["serial_number"][0]["match"] == "near"
+    llm.answer = lambda _body: "no JSON here"
+    (item,) = httpx.post(served.url + "/api/v1/inference/predict/batch/v2", json=body, timeout=120
+                         ).json()["result"]["items"]
+    assert item["error"]["code"] == "llm_invalid_output" and item["llm"]["answer"] == "no JSON here", item
+    assert item["fields"] == {"serial_number": None, "year": "2024"}
+
+
 def test_ray_runtime_detector_replicas_on_both_nodes_serve_a_stream(served: RayServed) -> None:
     ray, _serve, _cluster = import_ray()
     data = [{"image_base64": b64("astronaut.png" if i % 2 else "rocket.jpg"), "is_yolo": True} for i in range(40)]
