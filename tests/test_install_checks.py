@@ -99,7 +99,7 @@ def test_the_provider_a_model_got_is_told_and_a_fallback_is_a_warning_with_its_r
         console = Console(width=400, record=True)
         console.print(render(app.state.services, None))
         banner = console.export_text()
-        assert "nudenet" in banner and ", CPU - loaded" in banner and "recognition, CPU) - loaded" in banner
+        assert "nudenet" in banner and ", CPU, FP32 - loaded" in banner and "recognition, CPU) - loaded" in banner
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
                 and "not on the requested CUDAExecutionProvider" in r.getMessage()]
     assert any(w.startswith("model 'nudenet' runs on CPUExecutionProvider") for w in warnings), warnings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import textwrap
 import threading
@@ -395,6 +396,11 @@ def test_reload_under_load_fails_nothing(reg_settings: Settings, registry_file: 
 @pytest.mark.slow
 def test_models_cli_list_and_pull_without_the_extra(tmp_path: Path, registry_file: Path) -> None:
     env = sight_env(tmp_path, SIGHT_REGISTRY__PATH=str(registry_file))
+    # The test extra brings ultralytics (the parity test's reference): hide it, as an install without the extra.
+    hidden = tmp_path / "without-ultralytics" / "ultralytics"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('no module named ultralytics (hidden by the test)')\n")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hidden.parent), env.get("PYTHONPATH")) if p)
 
     def sight(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*SIGHT, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)

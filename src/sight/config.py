@@ -84,6 +84,22 @@ class YoloSettings(BaseModel):
                                "(a batch of N costs N runs), so by default they take the direct path.")
 
 
+class QuantizeSettings(BaseModel):
+    """The parity gate of ``sight models quantize``: the INT8 model is written only when it finds what the FP32
+    one finds, on the check set."""
+
+    min_matched: float = Field(0.95, description="Least share of FP32 boxes with an INT8 twin, and of INT8 boxes "
+                               "with an FP32 twin (same class, IoU >= match_iou).")
+    min_mean_iou: float = Field(0.90, description="Least mean IoU of the matched boxes.")
+    match_iou: float = Field(0.5, description="IoU at which two boxes of one class are twins.")
+    serve_conf: float = Field(0.25, description="Boxes at or above this count (the serving threshold).")
+    twin_conf: float = Field(0.1, description="A twin may score down to this: a box sitting on serve_conf does not "
+                             "flip the verdict.")
+    min_boxes: int = Field(20, description="A check set with fewer FP32 boxes in all is too thin to judge.")
+    min_images: int = Field(4, description="Fewer calibration images are refused.")
+    warn_images: int = Field(32, description="Fewer calibration images are warned about.")
+
+
 class OcrSettings(BaseModel):
     enabled: bool = True
     detector: str = Field("small", description="PP-OCRv6 text detector: small (in rapidocr's wheel), tiny or "
@@ -294,6 +310,7 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     fetch: FetchSettings = FetchSettings()
     yolo: YoloSettings = YoloSettings()
+    quantize: QuantizeSettings = QuantizeSettings()
     ocr: OcrSettings = OcrSettings()
     llm: LLMSettings = LLMSettings()
     jobs: JobsSettings = JobsSettings()

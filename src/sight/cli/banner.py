@@ -55,6 +55,8 @@ def detector_line(engines: EngineRegistry, entry: ModelEntry) -> str:
     providers = getattr(detector, "providers", None)
     if providers:
         parts.append(providers[0].removesuffix("ExecutionProvider"))
+    if state.precision:
+        parts.append(state.precision.upper())
     words = STATE_WORDS[state.state]
     if state.state == "not_downloaded":
         words += " (or now: sight models pull " + escape(entry.name) + ")"

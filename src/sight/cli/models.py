@@ -71,6 +71,8 @@ def _list_served(url: str, key: str | None) -> str | None:
     table = Table("name", "version", "task", "aliases", "state", "source", title=f"served by {url}")
     for m in listing.models:
         state = m.state.state + (f": {m.state.reason}" if m.state.reason else "")
+        if m.state.precision:
+            state += f" ({m.state.precision.upper()}, {m.state.provider or 'CPU'})"
         if m.warning:
             state += f" (warning: {m.warning})"
         table.add_row(escape(m.name), m.version, m.task, escape(", ".join(m.aliases)), escape(state),

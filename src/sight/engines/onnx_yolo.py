@@ -148,6 +148,7 @@ class OnnxYoloDetector:
         self.imgsz: tuple[int, int] = (int(imgsz[0]), int(imgsz[1]))
         self.stride = int(_parse_literal(meta.get("stride")) or 32)
         self.task = meta.get("task", "detect")
+        self.precision = meta.get("sight.precision", "fp32")  # int8: written by `sight models quantize`
         channels = out.shape[1]
         if self.task != "detect" or (isinstance(channels, int) and self.names and channels != 4 + len(self.names)):
             raise EngineUnavailableError(

@@ -161,6 +161,10 @@ class EngineRegistry:
         providers = getattr(self._detectors.get(entry.ref), "providers", None)
         return str(providers[0]).removesuffix("ExecutionProvider") if providers else None
 
+    def precision(self, entry: ModelEntry) -> str | None:
+        """A loaded detector's precision from its file's metadata (``fp32``, ``int8``), else None."""
+        return getattr(self._detectors.get(entry.ref), "precision", None) if entry.task == "detect" else None
+
     def is_loaded(self, entry: ModelEntry) -> bool:
         if entry.task == "detect":
             return entry.ref in self._detectors

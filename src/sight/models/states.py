@@ -21,7 +21,7 @@ def model_state(engines: EngineRegistry, entry: ModelEntry) -> ModelState:
     if entry.task == "ocr" and not engines.settings.ocr.enabled:
         return ModelState(state="unavailable", reason="OCR is disabled (SIGHT_OCR__ENABLED=false)")
     if engines.is_loaded(entry):
-        return ModelState(state="ready", provider=engines.provider(entry))
+        return ModelState(state="ready", provider=engines.provider(entry), precision=engines.precision(entry))
     if entry.ref in engines.load_errors:
         return ModelState(state="failed", reason=engines.load_errors[entry.ref])
     file = engines.file_state(entry)

@@ -23,6 +23,8 @@ class ModelState(BaseModel):
     provider: str | None = Field(None, description="Where a loaded model runs: the ONNX Runtime execution "
                                  "provider its session got (CPU, CUDA, Tensorrt, OpenVINO), which may not be "
                                  "the one asked for (the server logs why). Null until it is loaded.")
+    precision: str | None = Field(None, description="A loaded detector's weights: fp32, or int8 for a file "
+                                  "`sight models quantize` wrote (read from its metadata). Null until loaded.")
 
 
 class ModelPublic(BaseModel):

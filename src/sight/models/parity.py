@@ -1,0 +1,109 @@
+"""How far an INT8 detector's boxes are from its FP32 source's, image by image: the gate ``sight models
+quantize`` applies before it writes a file.
+
+>>> from sight.engines.base import Box, Detection
+>>> face = Detection("face", 0, 0.81, Box(10, 10, 50, 50))
+>>> near = Detection("face", 0, 0.12, Box(11, 10, 50, 51))   # on the far side of 0.25, above the twin margin
+>>> one = compare([face], [near], QuantizeSettings())
+>>> (one.fp32, one.fp32_matched, one.int8, one.int8_matched, round(one.mean_iou, 3), round(one.max_conf_change, 2))
+(1, 1, 0, 0, 0.952, 0.69)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sight.config import QuantizeSettings
+from sight.engines.base import Box, Detection
+
+
+def iou(a: Box, b: Box) -> float:
+    w = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    h = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    inter = w * h
+    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class ImageParity:
+    """One image: boxes at or above the serving threshold on each side, and how many have a twin on the other."""
+
+    fp32: int = 0
+    fp32_matched: int = 0
+    int8: int = 0
+    int8_matched: int = 0
+    ious: list[float] = field(default_factory=list)
+    conf_changes: list[float] = field(default_factory=list)
+
+    @property
+    def counts(self) -> bool:
+        """Whether the image counts: an image where neither model finds a box counts for nothing."""
+        return bool(self.fp32 or self.int8)
+
+    @property
+    def mean_iou(self) -> float:
+        return sum(self.ious) / len(self.ious) if self.ious else 0.0
+
+    @property
+    def max_conf_change(self) -> float:
+        return max(self.conf_changes, default=0.0)
+
+    def add(self, other: ImageParity) -> None:
+        self.fp32 += other.fp32
+        self.fp32_matched += other.fp32_matched
+        self.int8 += other.int8
+        self.int8_matched += other.int8_matched
+        self.ious.extend(other.ious)
+        self.conf_changes.extend(other.conf_changes)
+
+    def share(self, side: str) -> float:
+        total, matched = (self.fp32, self.fp32_matched) if side == "fp32" else (self.int8, self.int8_matched)
+        return matched / total if total else 1.0
+
+
+def _twin(box: Detection, others: Sequence[Detection], s: QuantizeSettings) -> tuple[Detection, float] | None:
+    best: tuple[Detection, float] | None = None
+    for other in others:
+        if other.class_id != box.class_id or other.confidence < s.twin_conf:
+            continue
+        overlap = iou(box.box, other.box)
+        if overlap >= s.match_iou and (best is None or overlap > best[1]):
+            best = (other, overlap)
+    return best
+
+
+def compare(fp32: Sequence[Detection], int8: Sequence[Detection], s: QuantizeSettings) -> ImageParity:
+    """``fp32`` and ``int8``: one image's detections at ``twin_conf`` or above. A box at or above ``serve_conf``
+    is matched when the other side has a twin (same class, IoU >= ``match_iou``) scoring ``twin_conf`` or more."""
+    out = ImageParity()
+    for box in fp32:
+        if box.confidence < s.serve_conf:
+            continue
+        out.fp32 += 1
+        if (found := _twin(box, int8, s)) is not None:
+            out.fp32_matched += 1
+            out.ious.append(found[1])
+            out.conf_changes.append(abs(found[0].confidence - box.confidence))
+    for box in int8:
+        if box.confidence < s.serve_conf:
+            continue
+        out.int8 += 1
+        out.int8_matched += _twin(box, fp32, s) is not None
+    return out
+
+
+def verdict(total: ImageParity, s: QuantizeSettings) -> str | None:
+    """Why the INT8 model must not be written (None: it passes the gate)."""
+    if total.fp32 < s.min_boxes:
+        return (f"the check set is too thin to judge: {total.fp32} FP32 boxes in all (at least {s.min_boxes}); "
+                "check on more images with objects the model finds (--check DIR)")
+    problems = []
+    for side in ("fp32", "int8"):
+        if total.share(side) < s.min_matched:
+            problems.append(f"{total.share(side):.3f} of the {side.upper()} boxes have a twin (at least "
+                            f"{s.min_matched})")
+    if total.mean_iou < s.min_mean_iou:
+        problems.append(f"mean IoU of the matched boxes {total.mean_iou:.3f} (at least {s.min_mean_iou})")
+    return "; ".join(problems) or None

@@ -1,0 +1,187 @@
+"""`sight models quantize` on the real YOLOv8n in the nudenet wheel: calibrated on the shared photos, checked
+on crops of them, the parity gate passing it; a solid-colour calibration set that the gate must catch; the
+INT8 file served by its stem, with no onnx in the serving process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from sight.api.app import create_app
+from sight.cli import app as cli
+from sight.config import Settings, YoloSettings
+from sight.engines.base import DetectOptions
+from sight.engines.onnx_yolo import OnnxYoloDetector
+from sight.models.parity import compare
+from sight.models.quantize import decode_nodes, sha256_of
+from tests.conftest import IMAGES, YOLO11N_UNTRAINED, nudenet_path
+from tests.helpers import image_bytes, v1_request
+
+BATCH = "/api/v1/inference/predict/batch"
+
+
+def _photos(folder: Path) -> Path:
+    """The shared photos and their mirror images: 14 (fewer than 32: the command warns)."""
+    folder.mkdir()
+    for path in sorted(IMAGES.iterdir()):
+        if path.suffix in (".jpg", ".png"):
+            image = Image.open(path).convert("RGB")
+            image.save(folder / f"{path.stem}.png")
+            ImageOps.mirror(image).save(folder / f"{path.stem}-mirror.png")
+    return folder
+
+
+def _crops(folder: Path) -> Path:
+    """A check set with enough boxes to judge: 70 % crops of the two photos with people, on a 3x3 grid, mirrored
+    too (36 images, about 44 FP32 boxes at 0.25), and the photos where the model finds nothing."""
+    folder.mkdir()
+    for name in ("astronaut.png", "bus.jpg"):
+        image = Image.open(IMAGES / name).convert("RGB")
+        w, h = image.size
+        for i in range(3):
+            for j in range(3):
+                x, y = i * w * 15 // 100, j * h * 15 // 100
+                crop = image.crop((x, y, x + w * 7 // 10, y + h * 7 // 10))
+                crop.save(folder / f"{Path(name).stem}-{i}{j}.png")
+                ImageOps.mirror(crop).save(folder / f"{Path(name).stem}-{i}{j}-mirror.png")
+    for name in ("coffee.png", "chelsea.png"):
+        Image.open(IMAGES / name).convert("RGB").save(folder / name)
+    return folder
+
+
+@dataclass
+class Quantized:
+    models: Path
+    int8: Path
+    output: str
+    exit_code: int
+
+
+def _quantize(models: Path, *args: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    monkeypatch.setenv("SIGHT_YOLO__MODELS_DIR", str(models))
+    done = CliRunner().invoke(cli, ["models", "quantize", str(nudenet_path()), *args], terminal_width=200)
+    return done.exit_code, done.output
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quantized]:
+    root = tmp_path_factory.mktemp("quantize")
+    with pytest.MonkeyPatch.context() as mp:
+        code, out = _quantize(root / "models", "--calibration", str(_photos(root / "calib")), "--check",
+                              str(_crops(root / "check")), monkeypatch=mp)
+    yield Quantized(root / "models", root / "models" / "320n-int8.onnx", out, code)
+
+
+def test_quantize_writes_an_int8_model_that_keeps_the_fp32_boxes(quantized: Quantized) -> None:
+    assert quantized.exit_code == 0, quantized.output
+    assert "14 calibration images; 32 or more calibrate better" in quantized.output
+    assert "parity" in quantized.output and "all" in quantized.output
+    assert sorted(p.name for p in quantized.models.iterdir()) == ["320n-int8.onnx"]  # no temporary file left
+    source = ort.InferenceSession(str(nudenet_path()), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(quantized.int8), providers=["CPUExecutionProvider"])
+    src_meta, meta = source.get_modelmeta().custom_metadata_map, int8.get_modelmeta().custom_metadata_map
+    for key in ("names", "imgsz", "stride", "task"):
+        assert meta[key] == src_meta[key], key
+    assert meta["sight.precision"] == "int8" and meta["sight.source_sha256"] == sha256_of(nudenet_path())
+    assert len(meta["sight.calibration_sha256"]) == 64 and meta["sight.calibration_images"] == "14"
+    parity = json.loads(meta["sight.parity"])
+    assert parity["passed"] and parity["fp32_matched"] >= 0.95 and parity["int8_matched"] >= 0.95
+    assert parity["mean_iou"] >= 0.9 and parity["fp32_boxes"] >= 20
+    # Really INT8: the QDQ graph runs in quantized kernels and is smaller than the FP32 file.
+    assert quantized.int8.stat().st_size < 0.5 * nudenet_path().stat().st_size
+
+
+def test_the_int8_model_finds_what_fp32_finds_on_a_held_out_photo(quantized: Quantized) -> None:
+    fp32 = OnnxYoloDetector.load("fp32", nudenet_path())
+    int8 = OnnxYoloDetector.load("int8", quantized.int8)
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    image = Image.open(IMAGES / "astronaut.png").convert("RGB").rotate(8, expand=True)  # never calibrated on
+    options = DetectOptions(conf=0.1)
+    found = compare(fp32.detect(image, options), int8.detect(image, options), Settings().quantize)
+    assert found.fp32 >= 1 and found.fp32_matched == found.fp32 and found.mean_iou > 0.85
+
+
+def test_a_calibration_set_of_solid_colours_is_caught_by_the_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for n, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0), (90, 90, 90)]):
+        Image.new("RGB", (640, 480), colour).save(bad / f"{n}.png")
+    models = tmp_path / "models"
+    code, out = _quantize(models, "--calibration", str(bad), "--check", str(_crops(tmp_path / "check")),
+                          monkeypatch=monkeypatch)
+    assert code == 1, out
+    assert "parity check failed" in out and "Nothing written" in out
+    assert list(models.iterdir()) == []  # not even a temporary file
+
+
+def test_too_few_images_and_a_thin_check_set_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in ("bus.jpg", "astronaut.png", "coffee.png"):
+        (few / name).write_bytes((IMAGES / name).read_bytes())
+    code, out = _quantize(tmp_path / "models", "--calibration", str(few), monkeypatch=monkeypatch)
+    assert code != 0 and "at least 4" in out, out
+    thin = tmp_path / "thin"
+    thin.mkdir()
+    for name in ("bus.jpg", "astronaut.png", "coffee.png", "chelsea.png"):
+        (thin / name).write_bytes((IMAGES / name).read_bytes())
+    code, out = _quantize(tmp_path / "models", "--calibration", str(thin), monkeypatch=monkeypatch)
+    assert code == 1 and "too thin to judge" in out, out
+    assert not (tmp_path / "models" / "320n-int8.onnx").exists()
+    code, out = _quantize(tmp_path / "models", "--calibration", str(thin), "--force", monkeypatch=monkeypatch)
+    assert code == 0 and "written anyway (--force)" in out, out
+
+
+def test_the_int8_file_is_served_by_its_stem_with_its_precision(quantized: Quantized, settings: Settings) -> None:
+    cfg = settings.model_copy(update={"yolo": YoloSettings(models_dir=quantized.models, default_model="320n-int8")})
+    with TestClient(create_app(cfg)) as client:
+        key = client.portal.call(client.app.state.services.keys.create_key, "q")[0]  # type: ignore[union-attr]
+        meta = [{"is_yolo": True, "yolo_model": "320n-int8"}]
+        item = client.post(BATCH, **v1_request([("a.png", image_bytes("astronaut.png"))], meta, api_key=key)
+                           ).json()["result"]["items"][0]
+        assert item["yolo"]["model"] == "320n-int8"
+        assert [d["name"] for d in item["yolo"]["detections"]] == ["FACE_FEMALE"]
+        listing = client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["models"]
+        state = next(m["state"] for m in listing if m["name"] == "320n-int8")
+        assert state["precision"] == "int8" and state["provider"] == "CPU"
+
+
+def test_serving_an_int8_model_needs_no_onnx(quantized: Quantized) -> None:
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from PIL import Image\n"
+        "from sight.engines.base import DetectOptions\n"
+        "from sight.engines.onnx_yolo import OnnxYoloDetector\n"
+        f"d = OnnxYoloDetector.load('q', Path({str(quantized.int8)!r}))\n"
+        f"found = d.detect(Image.open({str(IMAGES / 'astronaut.png')!r}), DetectOptions())\n"
+        "print(d.precision, [x.name for x in found], 'onnx' in sys.modules,"
+        " 'onnxruntime.quantization' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["int8", "['FACE_FEMALE']", "False", "False"], done.stderr[-2000:]
+
+
+def test_the_decode_nodes_are_the_detect_heads_after_its_last_convolutions() -> None:
+    import onnx
+
+    for path, prefix in ((nudenet_path(), "/model.22/"), (YOLO11N_UNTRAINED, "/model.23/")):
+        found = decode_nodes(path)
+        graph = onnx.load(str(path), load_external_data=False).graph
+        by_name = {n.name: n for n in graph.node}
+        assert found and all(n.startswith(prefix) for n in found if by_name[n].op_type not in ("Constant",))
+        assert not any("/cv2." in n or "/cv3." in n for n in found), "the head's own convolutions stay INT8"
+        assert any("dfl" in n for n in found) and any(by_name[n].op_type == "Sigmoid" for n in found)
+        output = graph.output[0].name
+        assert any(output in by_name[n].output for n in found), "the output concat stays FP32"
