@@ -1,6 +1,8 @@
 // Boxes over an image, drawn on a canvas at the displayed size. API boxes are in the pixels of the (oriented)
 // original image; each drawn box's geometry in CSS pixels from the image's top-left corner is also written
-// on its list entry (data-x, data-y, data-w, data-h) so that it can be read back and checked.
+// on its list entry (data-x, data-y, data-w, data-h) so that it can be read back and checked. A field's
+// evidence boxes are elements of their own over the canvas, placed in percentages of the original image, so
+// they follow the frame's size with no redraw.
 import { h } from "./dom.js";
 
 const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#008080", "#f032e6", "#9a6324"];
@@ -14,7 +16,8 @@ export class Overlay {
     this.boxes = []; // {box, color, label, el}
     this.focus = null; // an OCR line's box, while hovered or focused
     this.canvas = h("canvas", { class: "overlay", "aria-hidden": "true" });
-    frame.append(this.canvas);
+    this.evidence = h("div", { class: "evidence-layer", "aria-hidden": "true" });
+    frame.append(this.canvas, this.evidence);
     new ResizeObserver(() => this.draw()).observe(frame);
   }
 
@@ -26,6 +29,19 @@ export class Overlay {
   highlight(box) {
     this.focus = box;
     this.draw();
+  }
+
+  // entries: a field's evidence ({box, match, source, ...}); [] removes them.
+  showEvidence(entries) {
+    const pct = (value, whole) => `${((100 * value) / whole).toFixed(4)}%`;
+    const { width, height } = this.size;
+    this.evidence.replaceChildren(...entries.filter((e) => e.box).map((e) => {
+      const el = h("span", { class: "evidence", data: { match: e.match, source: e.source } });
+      // CSSOM, which the CSP allows (no style attribute)
+      Object.assign(el.style, { left: pct(e.box.x1, width), top: pct(e.box.y1, height),
+                                width: pct(e.box.x2 - e.box.x1, width), height: pct(e.box.y2 - e.box.y1, height) });
+      return el;
+    }));
   }
 
   draw() {

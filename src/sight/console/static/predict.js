@@ -1,7 +1,9 @@
 // The Predict view: queue images (files or URLs) with per-image stages, run them over the NDJSON stream
-// and fill one card per image as its line arrives.
+// and fill one card per image as its line arrives; fields asked for (a response_schema) show per card and, merged,
+// above the cards.
 import { clearError, getJSON, ndjson, request, showError } from "./api.js";
 import { $, dataUrl, dropZone, fmtMs, fmtPct, h } from "./dom.js";
+import { FieldsError, initFields, itemFields, mergedFields, responseSchema } from "./fields.js";
 import { Overlay, colorFor } from "./overlay.js";
 
 const STAGES = { yolo: "YOLO", ocr: "OCR", llm: "LLM" };
@@ -15,6 +17,7 @@ export function initPredict() {
   $("predict-run").addEventListener("click", start);
   $("predict-stop").addEventListener("click", () => controller && controller.abort());
   $("predict-clear").addEventListener("click", clearAll);
+  initFields();
   // A query asks the LLM (as `sight predict --query` does), unless an image's LLM box was set by hand.
   $("predict-query").addEventListener("input", () => {
     const asked = Boolean($("predict-query").value.trim());
@@ -26,8 +29,10 @@ export function initPredict() {
 // The detectors an image may pick, from GET /v1/models (shown when the view opens with a key).
 export async function refreshDetectors() {
   const { models } = await getJSON("v1/models");
+  const shown = detectors.length > 1;
   detectors = [...new Set(models.filter((m) => m.task === "detect" && !m.shadow_of).map((m) => m.name))];
-  renderQueue();
+  // The choice shows with two detectors or more: otherwise the queue stays as it is, under the pointer.
+  if (shown || detectors.length > 1) renderQueue();
 }
 
 function newItem(fields) {
@@ -64,6 +69,7 @@ function clearAll() {
   renderQueue();
   $("predict-results").replaceChildren();
   $("predict-summary").replaceChildren();
+  showMerged(null);
   clearError($("predict-error"));
 }
 
@@ -95,8 +101,9 @@ function options(item) {
   return { is_yolo: item.yolo, is_ocr: item.ocr, is_llm: item.llm, ...(item.model ? { yolo_model: item.model } : {}) };
 }
 
-// Files only: the multipart stream. Any URL: the JSON stream (v2), files going as base64.
-async function send(items, query, signal) {
+// Files only: the multipart stream. Any URL: the JSON stream (v2), files going as base64. The schema (or null)
+// is request-wide in both.
+async function send(items, query, schema, signal) {
   if (items.every((i) => i.file)) {
     const form = new FormData();
     for (const item of items) {
@@ -104,13 +111,22 @@ async function send(items, query, signal) {
       form.append("metadata", JSON.stringify(options(item)));
     }
     if (query) form.append("query", query);
+    if (schema) form.append("response_schema", JSON.stringify(schema));
     return request("api/v1/inference/predict/stream", { method: "POST", body: form, signal });
   }
   const data = await Promise.all(items.map(async (item) => ({
     ...options(item), filename: item.name,
     ...(item.file ? { image_base64: await dataUrl(item.file) } : { image_url: item.url }),
   })));
-  return request("api/v1/inference/predict/stream/v2", { method: "POST", json: { query: query || null, data }, signal });
+  const json = { query: query || null, data, ...(schema ? { response_schema: schema } : {}) };
+  return request("api/v1/inference/predict/stream/v2", { method: "POST", json, signal });
+}
+
+// The merged fields above the cards, or none.
+function showMerged(complete, cards = []) {
+  const box = $("predict-merged");
+  box.replaceChildren(...(complete && complete.fields ? mergedFields(complete, cards) : []));
+  box.hidden = !box.childElementCount;
 }
 
 async function start() {
@@ -120,9 +136,19 @@ async function start() {
     showError(error, "Add images or image URLs first.");
     return;
   }
+  let schema;
+  try {
+    schema = responseSchema();
+  } catch (err) {
+    if (!(err instanceof FieldsError)) throw err;
+    showError(error, err);
+    err.input.focus();
+    return;
+  }
   const items = queue.slice();
   const cards = items.map((item, index) => new Card(item, index));
   $("predict-results").replaceChildren(...cards.map((c) => c.el));
+  showMerged(null);
   const summary = $("predict-summary");
   summary.replaceChildren("Running…");
   controller = new AbortController();
@@ -132,7 +158,7 @@ async function start() {
   let started = false;
   let ending = "The stream ended before its last line.";
   try {
-    const res = await send(items, $("predict-query").value.trim(), controller.signal);
+    const res = await send(items, $("predict-query").value.trim(), schema, controller.signal);
     for await (const event of ndjson(res)) {
       started = true;
       if (event.status === "complete") complete = event;
@@ -153,16 +179,21 @@ async function start() {
   if (!started && !complete) $("predict-results").replaceChildren(); // refused as a whole: the alert says why
   for (const card of cards) card.settle();
   summary.replaceChildren(...(complete ? describe(complete) : [ending]));
+  showMerged(complete, cards);
 }
 
-function describe({ summary, answer, duration_ms: ms }) {
+function describe({ summary, answer, fields, duration_ms: ms }) {
   const parts = [h("p", {}, `${summary.done} done, ${summary.error} failed, of ${summary.total} in ${fmtMs(ms)}.`)];
-  if (answer) parts.push(h("p", { class: "answer" }, h("strong", {}, "Answer: "), answer));
+  // With fields, the answer is their text ("serial_number: SN-… (label.png)"): the merged table says it all.
+  if (answer && !fields) parts.push(h("p", { class: "answer" }, h("strong", {}, "Answer: "), answer));
   return parts;
 }
 
 class Card {
   constructor(item, index) {
+    this.name = item.name;
+    this.result = null; // the item's result, once its line came
+    this.overlay = null; // its boxes over the image, once the result gave the image's size
     this.badge = h("span", { class: "badge" }, "queued");
     this.frame = h("div", { class: "frame" });
     this.body = h("div", { class: "body" });
@@ -203,7 +234,10 @@ class Card {
 
   show(result) {
     this.status(result.status === "error" ? "error" : "done");
-    const overlay = result.image ? this.overlay(result.image) : null;
+    this.result = result;
+    const overlay = result.image ? this.frameOverlay(result.image) : null;
+    this.overlay = overlay;
+    if (result.fields) this.body.append(itemFields(result, overlay));
     if (result.yolo) this.body.append(this.yolo(result.yolo, overlay));
     if (result.ocr) this.body.append(this.ocr(result.ocr, overlay));
     if (result.llm) {
@@ -218,7 +252,7 @@ class Card {
     if (result.error) this.fail(result.error);
   }
 
-  overlay(size) {
+  frameOverlay(size) {
     if (!this.hasImage) {
       // A URL item: boxes on a blank frame of the image's shape.
       this.frame.classList.add("blank");
