@@ -372,3 +372,29 @@ def test_batches_and_the_analyze_deployment_take_a_schema(client: TestClient, ap
     (result,) = client.get(f"/v1/batches/{batch}/results", headers=headers).json()["results"]
     found = result["batch_result"]["response"]["vision_predict"]
     assert found["fields"] == {"serial_number": SERIAL} and found["evidence"]["serial_number"][0]["match"] == "exact"
+
+
+def test_pattern_extraction_reads_serials_on_nameplates_in_photos(client: TestClient, api_key: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extraction bench's generator (bench/extraction.py): serials in four formats, one full of look-alike
+    characters (S/5, B/8, Z/2), on tilted, blurred nameplates pasted into 12 MP and 2 MP photos, as JPEG."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    sys.modules.pop("extraction", None)
+    from extraction import make_plates  # type: ignore[import-not-found]
+
+    plates = make_plates(8, seed=3)
+    assert len({p.form for p in plates}) == 4
+    read = 0
+    for plate in plates:
+        schema = {"type": "object", "properties": {"serial_number": {"type": "string", "pattern": plate.pattern}}}
+        item = _predict(client, api_key, [("plate.jpg", plate.jpeg)], [{}], response_schema=schema)["items"][0]
+        got = item["fields"]["serial_number"]
+        assert got in (plate.serial, None), (plate.form, plate.serial, got)  # never a wrong value
+        read += got == plate.serial
+        if got is not None:
+            assert item["evidence"]["serial_number"][0]["match"] == "exact"
+    assert read >= 7, read

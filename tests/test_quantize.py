@@ -185,3 +185,22 @@ def test_the_decode_nodes_are_the_detect_heads_after_its_last_convolutions() -> 
         assert any("dfl" in n for n in found) and any(by_name[n].op_type == "Sigmoid" for n in found)
         output = graph.output[0].name
         assert any(output in by_name[n].output for n in found), "the output concat stays FP32"
+
+
+def test_int8_flags_are_read_from_the_cpu_and_a_cpu_without_them_is_warned_about(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sight.models import quantize as q
+
+    zen4 = tmp_path / "cpuinfo"
+    zen4.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    old = tmp_path / "old"
+    old.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2\n")
+    assert q.int8_flags(zen4) == ["avx512_vnni"] and q.int8_flags(old) == []
+    assert q.int8_flags(tmp_path / "missing") is None
+    monkeypatch.setattr(q, "int8_flags", lambda: [])
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in ("bus.jpg", "astronaut.png", "coffee.png", "chelsea.png"):
+        (few / name).write_bytes((IMAGES / name).read_bytes())
+    code, out = _quantize(tmp_path / "models", "--calibration", str(few), monkeypatch=monkeypatch)
+    assert "no VNNI or AMX: INT8 may be no faster" in out, out

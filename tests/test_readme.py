@@ -375,6 +375,23 @@ def check_python_client(run: Run) -> None:
     assert run.fetches and set(run.fetches) == {"/images/bus.jpg"}, run.fetches
 
 
+def check_first_answer(run: Run) -> None:
+    assert SERIAL in run.stdout and "unchecked" in run.stdout, run.stdout  # the field, found by OCR alone
+
+
+def check_structured(run: Run) -> None:
+    bus, label = _items(run)
+    assert bus["fields"] == {"serial_number": None, "year": None}, bus
+    assert label["fields"] == {"serial_number": SERIAL, "year": "2024"}, label
+    assert label["evidence"]["serial_number"][0]["text"] == f"Serial No: {SERIAL}", label
+    result = run.responses[0].json["result"]
+    assert result["answer"] == f"serial_number: {SERIAL} (serial-label.png); year: 2024 (serial-label.png)", result
+
+
+def check_python_fields(run: Run) -> None:
+    assert run.stdout.startswith(SERIAL) and f"Serial No: {SERIAL}" in run.stdout, run.stdout
+
+
 def check_models_cli(run: Run) -> None:
     assert "yolo11n" in run.stdout and "rapidocr" in run.stdout, run.stdout
 
@@ -389,8 +406,11 @@ CHECKS: dict[str, Callable[[Run], None]] = {
     "/v1/models ": check_models,
     "sight keys create": check_keys,
     "sight models list": check_models_cli,
-    "sight predict ": check_predict_cli,
-    "from sight.client import Client": check_python_client,
+    "sight predict ../shared/images/astronaut.png": check_predict_cli,
+    "--field serial_number=": check_first_answer,
+    "response_schema={": check_structured,
+    "from sight.client import Client, ItemOptions": check_python_client,
+    "response_schema=Label": check_python_fields,
 }
 
 
