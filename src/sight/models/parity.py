@@ -15,15 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sight.config import QuantizeSettings
-from sight.engines.base import Box, Detection
-
-
-def iou(a: Box, b: Box) -> float:
-    w = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    h = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    inter = w * h
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
-    return inter / union if union > 0 else 0.0
+from sight.engines.base import Detection
 
 
 @dataclass
@@ -68,7 +60,7 @@ def _twin(box: Detection, others: Sequence[Detection], s: QuantizeSettings) -> t
     for other in others:
         if other.class_id != box.class_id or other.confidence < s.twin_conf:
             continue
-        overlap = iou(box.box, other.box)
+        overlap = box.box.iou(other.box)
         if overlap >= s.match_iou and (best is None or overlap > best[1]):
             best = (other, overlap)
     return best

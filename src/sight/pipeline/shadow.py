@@ -13,19 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from sight.engines.base import Box, Detection
+from sight.engines.base import Detection
 from sight.metrics import Metrics
 
 log = logging.getLogger(__name__)
 MATCH_IOU = 0.5
-
-
-def iou(a: Box, b: Box) -> float:
-    w = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    h = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    inter = w * h
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def matched_boxes(primary: Sequence[Detection], shadow: Sequence[Detection]) -> int:
@@ -33,9 +25,9 @@ def matched_boxes(primary: Sequence[Detection], shadow: Sequence[Detection]) -> 
     unmatched = list(primary)
     matched = 0
     for det in sorted(shadow, key=lambda d: -d.confidence):
-        best = max((p for p in unmatched if p.class_id == det.class_id), key=lambda p: iou(p.box, det.box),
+        best = max((p for p in unmatched if p.class_id == det.class_id), key=lambda p: p.box.iou(det.box),
                    default=None)
-        if best is not None and iou(best.box, det.box) >= MATCH_IOU:
+        if best is not None and best.box.iou(det.box) >= MATCH_IOU:
             unmatched.remove(best)
             matched += 1
     return matched

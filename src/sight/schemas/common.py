@@ -53,6 +53,14 @@ class Box:
     x2: float
     y2: float
 
+    def iou(self, other: Box) -> float:
+        """Intersection over union with ``other`` (0 for boxes with no area)."""
+        w = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
+        h = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))
+        inter = w * h
+        union = (self.x2 - self.x1) * (self.y2 - self.y1) + (other.x2 - other.x1) * (other.y2 - other.y1) - inter
+        return inter / union if union > 0 else 0.0
+
 
 class ImageSize(BaseModel):
     width: int
