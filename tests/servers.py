@@ -147,6 +147,9 @@ class _LLMHandler(_Quiet):
         elif mode == "500":
             self._send(500, b'{"error": {"message": "boom"}}')
             return
+        elif mode == "400":  # a request the backend will not take (its context is too long, say)
+            self._send(400, b'{"error": {"message": "this request exceeds the context length"}}')
+            return
         elif mode == "malformed":
             self._send(200, b'{"choices": [{"mess')
             return

@@ -86,6 +86,7 @@ def test_clients_that_send_no_schema_see_three_null_keys(client: TestClient, api
     assert "structured" not in item["llm"]
     assert item["llm"]["answer"] == result["answer"] == "The serial number is SN-4X7Q-2291-B."
     assert "response_format" not in llm.requests[0]["body"]
+    assert not {"fields", "evidence", "verified", "conflicts"} & set(result)  # the request's result as before
 
 
 def test_the_schema_goes_as_response_format_to_a_backend_that_enforces_it(client: TestClient, api_key: str,
@@ -290,6 +291,11 @@ BAD_SCHEMAS = {
     "too deep": _nested(9),
     "a remote reference": {"type": "object", "properties": {"a": {"$ref": "http://127.0.0.1:9/s.json"}}},
     "a dotted name": {"type": "object", "properties": {"a.b": {"type": "string"}}},
+    "a dynamic reference": {"type": "object", "properties": {"a": {"$dynamicRef": "#/$defs/x"}}},
+    "references that expand 4**14 times": {"type": "object", "properties": {"a": {"$ref": "#/$defs/l14"}}, "$defs": {
+        "l0": {"type": "string"}, **{f"l{n}": {"anyOf": [{"$ref": f"#/$defs/l{n - 1}"}] * 4} for n in range(1, 15)}}},
+    "too many patterns": {"type": "object", "properties": {f"p{n}": {"type": "string", "pattern": f"x{{{n}}}"}
+                                                           for n in range(100)}},
     "a list": [1, 2],
 }
 
@@ -398,3 +404,66 @@ def test_pattern_extraction_reads_serials_on_nameplates_in_photos(client: TestCl
         if got is not None:
             assert item["evidence"]["serial_number"][0]["match"] == "exact"
     assert read >= 7, read
+
+
+def test_a_repair_the_backend_refuses_fails_the_item_keeping_the_first_answer(client: TestClient, api_key: str,
+                                                                              llm: FakeLLMServer) -> None:
+    llm.answer = lambda _body: "not JSON at all"
+    llm.mode_for = lambda body: "400" if len(body["messages"]) > 2 else "ok"  # the repair is refused
+    item = _predict(client, api_key, [("label.png", image_bytes("serial-label.png"))], [{"is_llm": True}],
+                    response_schema=PATTERN_SCHEMA)["items"][0]
+    assert item["error"]["code"] == "llm_invalid_output", item["error"]
+    assert item["llm"]["answer"] == "not JSON at all" and item["llm"]["usage"]["completion_tokens"] == 7
+    assert item["fields"] == {"serial_number": SERIAL}
+
+
+def test_json_nested_past_the_stack_is_an_invalid_answer_not_an_internal_error(
+        client: TestClient, api_key: str, llm: FakeLLMServer) -> None:
+    llm.answer = lambda _body: '{"fields": ' + "[" * 3000
+    item = _predict(client, api_key, [("label.png", image_bytes("serial-label.png"))], [{"is_llm": True}],
+                    response_schema=FREE_SCHEMA)["items"][0]
+    assert item["error"]["code"] == "llm_invalid_output" and item["llm"]["answer"].startswith('{"fields": [[')
+
+
+def test_ocr_that_cannot_read_the_image_leaves_an_llm_item_unchecked_not_failed(
+        client: TestClient, api_key: str, llm: FakeLLMServer) -> None:
+    strip = png_bytes(Image.new("RGB", (2000, 10), "white"))  # OCR refuses 200:1; the LLM takes it
+    llm.answer = _answers({"serial_number": SERIAL, "model": None})
+    item = _predict(client, api_key, [("strip.png", strip)], [{"is_llm": True}], response_schema=FREE_SCHEMA
+                    )["items"][0]
+    assert item["status"] == "done", item["error"]
+    assert item["fields"]["serial_number"] == SERIAL and item["verified"]["serial_number"] is None
+    assert item["ocr"] is None
+    asked = _predict(client, api_key, [("strip.png", strip)], [{"is_llm": True, "is_ocr": True}],
+                     response_schema=FREE_SCHEMA)["items"][0]
+    assert asked["error"]["code"] == "invalid_image"  # OCR asked for: its failure is the item's
+
+
+def test_an_llm_value_that_fits_the_pattern_but_differs_shows_the_ocrs_reading(
+        client: TestClient, api_key: str, llm: FakeLLMServer) -> None:
+    llm.answer = _answers({"serial_number": "SN-9999-1111-AB"})
+    item = _predict(client, api_key, [("label.png", image_bytes("serial-label.png"))], [{"is_llm": True}],
+                    response_schema=PATTERN_SCHEMA)["items"][0]
+    assert item["fields"] == {"serial_number": "SN-9999-1111-AB"} and item["verified"] == {"serial_number": False}
+    (evidence,) = item["evidence"]["serial_number"]
+    assert SERIAL in evidence["text"].replace(" ", "")
+
+
+def test_an_object_valued_property_is_one_field_and_survives_the_merge(client: TestClient, api_key: str,
+                                                                       llm: FakeLLMServer) -> None:
+    schema = {"type": "object", "properties": {"extra": {"type": "object"}, "serial_number": {"type": "string"}}}
+    llm.answer = _answers({"extra": {"colour": "white", "lines": 2}, "serial_number": SERIAL})
+    result = _predict(client, api_key, [("label.png", image_bytes("serial-label.png"))], [{"is_llm": True}],
+                      response_schema=schema)
+    assert result["items"][0]["verified"].keys() == {"extra", "serial_number"}
+    assert result["fields"] == {"extra": {"colour": "white", "lines": 2}, "serial_number": SERIAL}
+
+
+def test_a_request_mixing_schema_and_prose_items_still_condenses_the_prose(client: TestClient, api_key: str,
+                                                                           llm: FakeLLMServer) -> None:
+    files = [("label.png", image_bytes("serial-label.png")), ("a.png", image_bytes("astronaut.png")),
+             ("c.png", image_bytes("coffee.png"))]
+    meta = [{"response_schema": PATTERN_SCHEMA}, {"is_llm": True}, {"is_llm": True}]
+    result = _predict(client, api_key, files, meta, query="what is in the images?")
+    assert result["answer"].startswith("CONDENSED:")
+    assert result["fields"] == {"serial_number": SERIAL}

@@ -98,6 +98,8 @@ class QuantizeSettings(BaseModel):
     min_boxes: int = Field(20, description="A check set with fewer FP32 boxes in all is too thin to judge.")
     min_images: int = Field(4, description="Fewer calibration images are refused.")
     warn_images: int = Field(32, description="Fewer calibration images are warned about.")
+    max_images: int = Field(64, description="At most this many calibration images, spread over the folder: "
+                            "percentile calibration holds every image's activations in memory until it ends.")
 
 
 class OcrSettings(BaseModel):

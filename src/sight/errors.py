@@ -130,12 +130,15 @@ class LLMInvalidOutputError(LLMError):
     code = "llm_invalid_output"
 
     def __init__(self, message: str = "the vision LLM's answer does not fit the response schema",
-                 answer: str = "", model: str = "", structured: str | None = None) -> None:
+                 answer: str = "", model: str = "", structured: str | None = None, prompt_tokens: int = 0,
+                 completion_tokens: int = 0, truncated: bool = False) -> None:
         super().__init__(message)
         self.answer, self.model, self.structured = answer, model, structured
+        self.prompt_tokens, self.completion_tokens, self.truncated = prompt_tokens, completion_tokens, truncated
 
     def __reduce__(self) -> tuple[object, ...]:  # its fields cross processes (the Ray runtime)
-        return type(self), (self.message, self.answer, self.model, self.structured)
+        return type(self), (self.message, self.answer, self.model, self.structured, self.prompt_tokens,
+                            self.completion_tokens, self.truncated)
 
 
 class OverloadedError(SightError):

@@ -11,10 +11,14 @@ spacing, or near: one or two confusable characters) and the detections whose cla
 ['near']
 >>> locate("SN-7KD9-0415-Q", [line], [])  # a value cut short is not in the line
 []
+>>> volts = OcrLineOut(text="230V 50Hz", confidence=0.9, box=Box(x1=0, y1=0, x2=9, y2=9))
+>>> [e.match for e in locate(230, [volts], [])], locate(23, [volts], [])
+(['exact'], [])
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
@@ -27,6 +31,7 @@ MAX_NEAR = 2
 MIN_NEAR_LENGTH = 4  # shorter values are too easy to find "near" anywhere
 MAX_EVIDENCE = 5
 RANK = {"exact": 0, "normalised": 1, "near": 2}
+NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")  # a fixed pattern of Sight's own, never a user's
 
 
 def normalise(text: str) -> tuple[str, list[int]]:
@@ -57,9 +62,15 @@ def value_text(value: object) -> str | None:
 
 def _bounded(text: str, start: int, end: int, value: str) -> bool:
     """Whether ``text[start:end]`` stands as a whole token: no letter or digit runs on from either side of an
-    alphanumeric end (``SN-7KD9-0415-Q`` is not in ``SN-7KD9-0415-QX``)."""
-    before = start > 0 and text[start - 1].isalnum() and value[0].isalnum()
-    after = end < len(text) and text[end].isalnum() and value[-1].isalnum()
+    alphanumeric end (``SN-7KD9-0415-Q`` is not in ``SN-7KD9-0415-QX``). A number may touch a unit's letters
+    (``230`` in ``230V``), not more digits."""
+    def joins(ch: str, end_of_value: str) -> bool:
+        if not end_of_value.isalnum():
+            return False
+        return ch.isdigit() or ch == "." if NUMBER.fullmatch(value) else ch.isalnum()
+
+    before = start > 0 and joins(text[start - 1], value[0])
+    after = end < len(text) and joins(text[end], value[-1])
     return not (before or after)
 
 

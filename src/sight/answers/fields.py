@@ -56,8 +56,9 @@ def _one(spec: FieldSpec, given: Any, lines: Sequence[OcrLineOut], detections: S
         found = locate(given, lines, detections, cited)
     best = next((e.match for e in found if e.source == "ocr"), None)
     agree = True if best in ("exact", "normalised") else False if best == "near" else None
-    if agree is None and read is not None:
-        agree = False  # the OCR read another value that fits the pattern
+    if agree is None and read is not None:  # the OCR read another value that fits the pattern: its reading
+        agree = False
+        found = [*found, line_evidence(read[0], "exact")]
     return given, found, agree
 
 

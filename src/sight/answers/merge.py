@@ -23,15 +23,13 @@ from sight.schemas import Answer, Conflict, MergedAnswer
 NOT_FOUND = "not found"
 
 
-def _leaves(fields: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in fields.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_leaves(value, path + "."))
-        else:
-            out[path] = value
-    return out
+def value_at(fields: Any, path: str) -> Any:
+    """The value at a dotted property path (an object-valued property is one value, not more paths)."""
+    for key in path.split("."):
+        if not isinstance(fields, dict):
+            return None
+        fields = fields.get(key)
+    return fields
 
 
 def merge(answers: Sequence[tuple[int, str | None, Answer]]) -> tuple[MergedAnswer, str | None]:
@@ -48,7 +46,8 @@ def merge(answers: Sequence[tuple[int, str | None, Answer]]) -> tuple[MergedAnsw
     said: list[str] = []
     for _index, _name, answer in ordered:
         paths.update(dict.fromkeys(answer.verified))
-    leaves = [(index, name, answer, _leaves(answer.fields)) for index, name, answer in ordered]
+    leaves = [(index, name, answer, {path: value_at(answer.fields, path) for path in answer.verified})
+              for index, name, answer in ordered]
     for path in paths:
         held = [(index, name, answer, values[path]) for index, name, answer, values in leaves
                 if values.get(path) is not None]

@@ -18,10 +18,10 @@ from sight.errors import InvalidSchemaError
 
 MAX_PATTERN_CHARS = 1000
 # RE2's memory for one compiled pattern: a pattern past it is refused rather than slowed down.
-MAX_PATTERN_MEMORY = 8 << 20
+MAX_PATTERN_MEMORY = 2 << 20
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=256)
 def compile_pattern(pattern: str) -> Any:
     """``pattern`` compiled by RE2, or :class:`InvalidSchemaError` when RE2 cannot run it (backreferences,
     lookaround: what needs backtracking) or it is too large."""

@@ -52,6 +52,13 @@ def repair_prompt(problem: str) -> str:
 
 def read_reply(text: str, schema: ResponseSchema) -> Reply:
     found = _first_object(text)
+    try:
+        return _checked(found, schema)
+    except RecursionError:
+        return Reply(None, problem="the answer's JSON nests too deep")
+
+
+def _checked(found: dict[str, Any] | None, schema: ResponseSchema) -> Reply:
     if found is None:
         return Reply(None, problem="the answer holds no JSON object")
     if "fields" not in found:
@@ -71,7 +78,7 @@ def _first_object(text: str) -> dict[str, Any] | None:
         whole = json.loads(stripped)
         if isinstance(whole, dict):
             return whole
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past Python's stack: no object Sight can use
         pass
     start = stripped.find("{")
     for _ in range(MAX_STARTS):
@@ -81,7 +88,7 @@ def _first_object(text: str) -> dict[str, Any] | None:
             value, _end = decoder.raw_decode(stripped, start)
             if isinstance(value, dict):
                 return value
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
         start = stripped.find("{", start + 1)
     return None

@@ -27,8 +27,12 @@ from sight.errors import InvalidSchemaError
 MAX_SCHEMA_BYTES = 16 * 1024
 MAX_DEPTH = 8  # nested objects, the top one included
 MAX_JSON_DEPTH = 64  # the schema document itself
+MAX_INLINED_NODES = 20_000  # objects and arrays once local references are expanded
+MAX_PATTERNS = 64
 NULL = {"type": "null"}
-REF_KEYS = ("$ref", "$dynamicRef")
+REF_KEYS = ("$ref",)
+# Dynamic references resolve at validation time against scopes the inlined schema no longer has.
+REFUSED_KEYS = ("$dynamicRef", "$dynamicAnchor", "$recursiveRef", "$recursiveAnchor")
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,10 @@ class ResponseSchema:
     @cached_property
     def reply(self) -> dict[str, Any]:
         """What the LLM is asked to answer: the fields (nullable) and, per property path, the numbers of the
-        OCR lines it read each value from."""
+        OCR lines it read each value from. Without the patterns: Sight applies them itself, and a backend
+        compiling a user's pattern into its decoding grammar could stall on it."""
         citations = {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}}}
-        return {"type": "object", "properties": {"fields": self.nullable, "citations": citations},
+        return {"type": "object", "properties": {"fields": _without_patterns(self.nullable), "citations": citations},
                 "required": ["fields"]}
 
     @cached_property
@@ -71,7 +76,7 @@ class ResponseSchema:
     def _reply_validator(self) -> Any:
         # Patterns are Sight's to apply (a value that fails one is replaced by the OCR's match, see fields.py), so
         # a reply is not refused for one.
-        return _validator(_without_patterns(self.reply))
+        return _validator(self.reply)
 
     def errors(self, fields: Any) -> list[str]:
         """Why ``fields`` is not valid against the nullable schema (none: it is)."""
@@ -95,7 +100,8 @@ class ResponseSchema:
 
 
 def parse_schema(raw: Any) -> ResponseSchema:
-    """``raw`` checked and compiled (cached by its JSON), or :class:`InvalidSchemaError`."""
+    """``raw`` checked and compiled (cached by its JSON), or :class:`InvalidSchemaError`. Bounded: the checks
+    that cost little (size, depth, pattern count) come first, and the expansion of references has a budget."""
     if not isinstance(raw, dict):
         raise InvalidSchemaError("response_schema must be a JSON object (a JSON Schema)")
     _check_depth(raw)
@@ -105,7 +111,10 @@ def parse_schema(raw: Any) -> ResponseSchema:
         raise InvalidSchemaError(f"response_schema is not JSON: {exc}") from None
     if len(text.encode()) > MAX_SCHEMA_BYTES:
         raise InvalidSchemaError(f"response_schema is {len(text.encode())} bytes; at most {MAX_SCHEMA_BYTES}")
-    return _parse(text)
+    try:
+        return _parse(text)
+    except RecursionError:
+        raise InvalidSchemaError("response_schema nests too deep once its references are expanded") from None
 
 
 @lru_cache(maxsize=256)
@@ -114,22 +123,25 @@ def _parse(text: str) -> ResponseSchema:
     from jsonschema.exceptions import SchemaError
 
     raw = json.loads(text)
+    patterns: list[str] = []
     for key, value in _walk(raw):
-        if key in REF_KEYS and not (isinstance(value, str) and value.startswith("#")):
-            raise InvalidSchemaError(f"{key} {value!r}: only references inside the schema ('#/...') are allowed")
-    raw = _inline(raw)
-    for key, value in _walk(raw):
+        if key in REFUSED_KEYS:
+            raise InvalidSchemaError(f"{key} is not supported in a response schema: use $ref ('#/$defs/...')")
         if key in REF_KEYS and not (isinstance(value, str) and value.startswith("#")):
             raise InvalidSchemaError(f"{key} {value!r}: only references inside the schema ('#/...') are allowed")
         if key == "pattern" and isinstance(value, str):
-            compile_pattern(value)
+            patterns.append(value)
         if key == "patternProperties" and isinstance(value, dict):
-            for pattern in value:
-                compile_pattern(pattern)
-    try:
-        Draft202012Validator.check_schema(raw)
+            patterns.extend(p for p in value if isinstance(p, str))
+    if len(set(patterns)) > MAX_PATTERNS:
+        raise InvalidSchemaError(f"response_schema holds {len(set(patterns))} patterns; at most {MAX_PATTERNS}")
+    try:  # the meta-schema, without its `format` checks: "regex" would test users' patterns with Python's re
+        Draft202012Validator.check_schema(raw, format_checker=None)
     except SchemaError as exc:
         raise InvalidSchemaError(f"response_schema is not a valid JSON Schema: {_describe(exc)}") from None
+    for pattern in dict.fromkeys(patterns):
+        compile_pattern(pattern)
+    raw = _inline(raw)
     if raw.get("type") != "object" or not isinstance(raw.get("properties"), dict) or not raw["properties"]:
         raise InvalidSchemaError('response_schema must describe an object: {"type": "object", "properties": {...}}')
     return ResponseSchema(raw, tuple(_fields(raw, ())))
@@ -147,25 +159,29 @@ def _inline(root: dict[str, Any]) -> dict[str, Any]:
             node = node[part]
         return node
 
-    def walk(value: Any, seen: tuple[str, ...]) -> Any:
+    nodes = 0
+
+    def walk(value: Any, seen: tuple[str, ...], depth: int) -> Any:
+        nonlocal nodes
+        if isinstance(value, dict | list):
+            nodes += 1
+            if nodes > MAX_INLINED_NODES or depth > MAX_JSON_DEPTH:
+                raise InvalidSchemaError("response_schema's references expand past the size limit")
         if isinstance(value, list):
-            return [walk(v, seen) for v in value]
+            return [walk(v, seen, depth + 1) for v in value]
         if not isinstance(value, dict):
             return value
         ref = value.get("$ref")
         if isinstance(ref, str):
-            if ref in seen or len(seen) > MAX_JSON_DEPTH:
+            if ref in seen:
                 raise InvalidSchemaError(f"$ref {ref!r} refers to itself: a response schema cannot be recursive")
             target = resolve(ref)
             rest = {k: v for k, v in value.items() if k != "$ref"}
             merged = {**target, **rest} if isinstance(target, dict) else target
-            return walk(merged, (*seen, ref))
-        return {k: walk(v, seen) for k, v in value.items() if k not in ("$defs", "definitions")}
+            return walk(merged, (*seen, ref), depth)
+        return {k: walk(v, seen, depth + 1) for k, v in value.items() if k not in ("$defs", "definitions")}
 
-    inlined: dict[str, Any] = walk(root, ())
-    _check_depth(inlined)
-    if len(json.dumps(inlined)) > 4 * MAX_SCHEMA_BYTES:
-        raise InvalidSchemaError("response_schema's references expand past the size limit")
+    inlined: dict[str, Any] = walk(root, (), 0)
     return inlined
 
 

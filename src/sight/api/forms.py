@@ -126,6 +126,8 @@ def _items_from_form(form: FormData, max_json_depth: int) -> PredictCall:
             request_wide = bodies.loads(raw_schema, max_json_depth)
         except ValueError as exc:
             raise InvalidSchemaError("response_schema is not valid JSON") from exc
+        except InvalidInputError as exc:  # nested too deep
+            raise InvalidSchemaError(f"response_schema: {exc.message}") from None
     return PredictCall(with_schemas(items, request_wide), _text_field(form, "query"), _text_field(form, "api_key"),
                        form)
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sight.answers.merge import value_at
 from sight.cli.batches import sources
 from sight.cli.console import KeyOpt, UrlOpt, client, console, exit_on_error, progress_console
 from sight.client import StreamEvent
@@ -135,24 +136,14 @@ BADGES = {True: "[green]verified[/green]", False: "[red]not verified[/red]", Non
 def _show_fields(fields: dict[str, Any], evidence: dict[str, list[Evidence]], verified: dict[str, bool | None],
                  title: str = "fields") -> None:
     table = Table("field", "value", "verified", "evidence", title=title)
-    for path, value in leaves(fields).items():
+    for path in verified:  # the property paths (an object-valued property is one value)
+        value = value_at(fields, path)
         shown = "[dim]not found[/dim]" if value is None else escape(str(value))
         cited = "; ".join(f"{e.match}: {escape(e.text or e.name or '')}"
                           + (f" ({escape(e.filename or f'image {e.index}')})" if e.index is not None else "")
                           for e in evidence.get(path, [])[:2])
         table.add_row(escape(path), shown, BADGES[verified.get(path)] if value is not None else "", cited)
     console.print(table)
-
-
-def leaves(fields: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``fields`` by dotted property path."""
-    out: dict[str, Any] = {}
-    for key, value in fields.items():
-        if isinstance(value, dict):
-            out.update(leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def fields_schema(specs: list[str]) -> dict[str, Any] | None:

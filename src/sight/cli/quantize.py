@@ -7,7 +7,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -78,35 +78,47 @@ def quantize(
         if len(calib) < gate.warn_images:
             console.print(f"[yellow]warning[/yellow]: {len(calib)} calibration images; {gate.warn_images} or more "
                           "calibrate better")
+        if len(calib) > gate.max_images:  # every image's activations are held while calibrating
+            step = len(calib) / gate.max_images
+            calib = [calib[int(i * step)] for i in range(gate.max_images)]
+            console.print(f"calibrating on {gate.max_images} images spread over the folder "
+                          "(SIGHT_QUANTIZE__MAX_IMAGES)")
         flags = q.int8_flags()
         if flags is not None and not flags:
             console.print("[yellow]warning[/yellow]: this CPU has no VNNI or AMX: INT8 may be no faster than FP32 "
                           "here (bench/int8_throughput.py measures it)")
-        fp32 = _detector(name, source, settings)
-        with _bar() as bar:
-            tensors = _tensors(fp32, calib, settings, bar)
-            task = bar.add_task("calibrating", total=len(tensors))
-            folder = settings.models_dir
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}-int8.", suffix=".onnx", dir=folder)
-            os.close(fd)
-            tmp = Path(tmp_name)
-            try:
-                method = q.quantize(source, tmp, tensors, keep_fp32=q.decode_nodes(source),
-                                    on_sample=lambda: bar.advance(task))
-                int8 = _detector(f"{name}-int8", tmp, settings)
-                total, rows = _parity(fp32, int8, checks, settings, gate, bar)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+        folder = settings.models_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{name}-int8.onnx"
+        # Not *.onnx until it is whole: a server listing the folder meanwhile must not take it for a detector.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}-int8.", suffix=".partial", dir=folder)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            _write(q, name, source, tmp, target, calib, checks, settings, force)
+        finally:
+            tmp.unlink(missing_ok=True)
     except SightError as exc:
         print_error(exc)
         raise typer.Exit(1) from exc
+
+
+def _write(q: Any, name: str, source: Path, tmp: Path, target: Path, calib: list[Path], checks: list[Path],
+           settings: Settings, force: bool) -> None:
+    """Quantize ``source`` into ``tmp``, check it, and move it to ``target`` if it passes (or ``force``)."""
+    gate = settings.quantize
+    fp32 = _detector(name, source, settings)
+    with _bar() as bar:
+        tensors = _tensors(fp32, calib, settings, bar)
+        task = bar.add_task("calibrating", total=len(tensors))
+        method = q.quantize(source, tmp, tensors, keep_fp32=q.decode_nodes(source),
+                            on_sample=lambda: bar.advance(task))
+        del tensors
+        int8 = _detector(f"{name}-int8", tmp, settings)
+        total, rows = _parity(fp32, int8, checks, settings, gate, bar)
     _show(rows, total)
     why = verdict(total, gate)
-    target = folder / f"{name}-int8.onnx"
     if why is not None and not force:
-        tmp.unlink(missing_ok=True)
         console.print(f"[red]parity check failed[/red]: {escape(why)}. Nothing written (--force writes it anyway).")
         raise typer.Exit(1)
     if why is not None:
@@ -118,9 +130,12 @@ def quantize(
                           "sight.calibration_sha256": _set_hash(calib), "sight.calibration_images": str(len(calib)),
                           "sight.calibration": method, "sight.parity": parity})
     tmp.chmod(0o644)  # mkstemp made it private
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    replaced = target.exists()
     os.replace(tmp, target)  # atomic: a server finds the whole file or none
-    console.print(f"saved {escape(str(target))}: serve it as [bold]{escape(name)}-int8[/bold] "
-                  f'("yolo_model": "{escape(name)}-int8")')
+    console.print(f"{'replaced' if replaced else 'saved'} {escape(str(target))}: serve it as "
+                  f'[bold]{escape(name)}-int8[/bold] ("yolo_model": "{escape(name)}-int8")')
 
 
 def _bar() -> Progress:

@@ -43,6 +43,8 @@ DEFAULT_QUERY = "Describe this image."
 DEFAULT_FIELDS_QUERY = "Fill in the fields from this image."
 # A backend answers 400 (422 for some) to a request field it does not know: then the schema goes in the prompt.
 REFUSED_STATUS = {400, 422}
+REFUSALS_TO_LEARN = 3
+REMEMBERED_SCHEMAS = 256
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 10.0
 # A chat completion's body is read up to this, whatever max_tokens says (a backend that ignores it must not fill
@@ -95,7 +97,10 @@ class OpenAIVisionLLM:
         if settings.api_key is not None:
             headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
         self._client: httpx.AsyncClient | None = None
-        self.refuses_schema = False  # learnt: this backend refused response_format, so schemas go in the prompt
+        # Learnt: schemas this backend refused as response_format (they go in the prompt next time), and, after
+        # REFUSALS_TO_LEARN different ones, that it refuses response_format for any schema.
+        self.refused_schemas: dict[str, None] = {}
+        self.refuses_schema = False
         if settings.base_url:
             self._client = httpx.AsyncClient(
                 base_url=settings.base_url.rstrip("/") + "/",
@@ -138,8 +143,9 @@ class OpenAIVisionLLM:
         response_format: dict[str, Any] | None = {"type": "json_schema", "json_schema": {
             "name": "sight_fields", "schema": schema.reply, "strict": False}}
         messages = self._messages(STRUCTURED_SYSTEM_PROMPT, text, data_uri)
+        key = repr(schema.raw)
         answer: LLMAnswer | None = None
-        if not self.refuses_schema:
+        if not self.refuses_schema and key not in self.refused_schemas:
             try:
                 answer = await self._chat(messages, model, response_format)
             except _SchemaRefused:
@@ -149,21 +155,39 @@ class OpenAIVisionLLM:
             response_format = None
             messages = self._messages(STRUCTURED_SYSTEM_PROMPT, f"{text}\n\n{prompt_for(schema)}", data_uri)
             answer = await self._chat(messages, model)
-            self.refuses_schema = True  # the prompt worked where response_format was refused
+            self._learn_refusal(key)  # the prompt worked where response_format was refused
         mode = "prompt" if response_format is None else "schema"
         reply = read_reply(answer.answer, schema)
         if reply.problem is not None:
             log.warning("the vision LLM's answer does not fit the schema (%s); asking once more", reply.problem)
             messages = [*messages, {"role": "assistant", "content": answer.answer},
                         {"role": "user", "content": repair_prompt(reply.problem)}]
-            first, answer = answer, await self._chat(messages, model, response_format)
+            first = answer
+            try:
+                answer = await self._chat(messages, model, response_format)
+            except _SchemaRefused:  # the repair itself refused (its longer context, say): the first answer stands
+                raise self._invalid(first, mode, f"{reply.problem}; the repair request was refused") from None
             answer = dataclasses.replace(answer, prompt_tokens=first.prompt_tokens + answer.prompt_tokens,
                                          completion_tokens=first.completion_tokens + answer.completion_tokens)
             reply = read_reply(answer.answer, schema)
             if reply.problem is not None:
-                raise LLMInvalidOutputError(f"the vision LLM's answer does not fit the response schema after one "
-                                            f"repair attempt: {reply.problem}", answer.answer, answer.model, mode)
+                raise self._invalid(answer, mode, f"{reply.problem} (after one repair attempt)")
         return dataclasses.replace(answer, structured=mode, reply=reply)
+
+    @staticmethod
+    def _invalid(answer: LLMAnswer, mode: str, problem: str) -> LLMInvalidOutputError:
+        return LLMInvalidOutputError(f"the vision LLM's answer does not fit the response schema: {problem}",
+                                     answer.answer, answer.model, mode, answer.prompt_tokens,
+                                     answer.completion_tokens, answer.truncated)
+
+    def _learn_refusal(self, key: str) -> None:
+        self.refused_schemas[key] = None
+        while len(self.refused_schemas) > REMEMBERED_SCHEMAS:
+            del self.refused_schemas[next(iter(self.refused_schemas))]
+        if len(self.refused_schemas) >= REFUSALS_TO_LEARN and not self.refuses_schema:
+            log.warning("the vision LLM at %s refused response_format for %d schemas: schemas go in the prompt",
+                        self.settings.base_url, len(self.refused_schemas))
+            self.refuses_schema = True
 
     async def condense(self, query: str, answers: list[tuple[str, str]], model: str | None = None) -> LLMAnswer:
         listing = "\n".join(f"- {name}: {answer}" for name, answer in answers)

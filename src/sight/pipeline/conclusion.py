@@ -23,10 +23,12 @@ async def conclude(pipeline: Pipeline, query: str | None, results: Sequence[Item
     from, or "not found", with no further LLM call; without one, it is :func:`condense`'s."""
     asked = [(r.index, r.filename, Answer(fields=r.fields, evidence=r.evidence or {}, verified=r.verified or {}))
              for r in results if r.fields is not None]
-    if asked:
-        merged, said = merge(asked)
-        return said, merged
-    return await condense(pipeline, query, results), MergedAnswer()
+    if not asked:
+        return await condense(pipeline, query, results), MergedAnswer()
+    merged, said = merge(asked)
+    if any(r.llm is not None and r.fields is None for r in results):  # items without a schema answered in prose
+        return await condense(pipeline, query, results), merged
+    return said, merged
 
 
 async def condense(pipeline: Pipeline, query: str | None, results: Sequence[ItemResult]) -> str | None:

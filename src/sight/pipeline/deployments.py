@@ -217,6 +217,8 @@ class Deployments:
 
     async def _builtin_predict(self, image: Any, options: dict[str, Any] | None = None) -> dict[str, Any]:
         opts = item_options(options) if options else ItemOptions(is_yolo=True)
+        if opts.response_schema is not None:
+            parse_schema(opts.response_schema)  # invalid_schema before any work
         query = (options or {}).get("query")
         result = await self.pipeline.run_item(WorkItem(0, None, image_source(image), opts), query)
         return result.model_dump(mode="json", by_alias=True)

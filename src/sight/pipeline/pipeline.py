@@ -199,7 +199,10 @@ class Pipeline:
                     result.image = ImageSize(width=read.original[0], height=read.original[1])
                     grounding = Grounding(grounding.detections, result.ocr.text)
                 except SightError as exc:
-                    errors.append(exc)
+                    if opts.is_ocr or not opts.is_llm:
+                        errors.append(exc)
+                    else:  # OCR ran only to check the LLM's fields: they come back unchecked instead
+                        log.info("item %d: OCR for the schema's evidence failed (%s)", item.index, exc.code)
             if opts.is_llm:
                 try:
                     with self._timed("llm", timings):
@@ -207,7 +210,8 @@ class Pipeline:
                                                     schema)
                     result.llm, reply = llm_result(answer), answer.reply
                 except LLMInvalidOutputError as exc:  # the raw answer stays beside the error
-                    result.llm = LlmResult(answer=exc.answer, model=exc.model, usage=LlmUsage(),
+                    usage = LlmUsage(prompt_tokens=exc.prompt_tokens, completion_tokens=exc.completion_tokens)
+                    result.llm = LlmResult(answer=exc.answer, model=exc.model, usage=usage, truncated=exc.truncated,
                                            structured=exc.structured)
                     errors.append(exc)
         except SightError as exc:
@@ -222,9 +226,13 @@ class Pipeline:
             if lease is not None:
                 lease.release()
         if schema is not None:
-            found = fill(schema, reply, result.ocr.lines if result.ocr is not None else None,
-                         result.yolo.detections if result.yolo is not None else [])
-            result.fields, result.evidence, result.verified = found.fields, found.evidence, found.verified
+            try:
+                found = fill(schema, reply, result.ocr.lines if result.ocr is not None else None,
+                             result.yolo.detections if result.yolo is not None else [])
+                result.fields, result.evidence, result.verified = found.fields, found.evidence, found.verified
+            except Exception:  # a bug, not the user's fault: the item keeps its stages
+                log.exception("filling the fields of item %d failed unexpectedly", item.index)
+                errors.append(SightError("internal error while filling the response schema's fields"))
         result.timings_ms = timings
         if errors:
             result.status = "error"

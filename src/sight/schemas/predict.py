@@ -134,10 +134,11 @@ class MergedAnswer(Parsable):
     value, else the first image's in input order; evidence entries name their image; ``conflicts`` lists every
     image's value where they differ."""
 
-    fields: FieldValues | None = None
-    evidence: dict[str, list[Evidence]] | None = None
-    verified: dict[str, bool | None] | None = None
-    conflicts: dict[str, list[Conflict]] | None = None
+    # Left out when no item asked for a schema: such clients see the request's result as before.
+    fields: FieldValues | None = Field(None, exclude_if=lambda v: v is None)
+    evidence: dict[str, list[Evidence]] | None = Field(None, exclude_if=lambda v: v is None)
+    verified: dict[str, bool | None] | None = Field(None, exclude_if=lambda v: v is None)
+    conflicts: dict[str, list[Conflict]] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class BatchResult(MergedAnswer):

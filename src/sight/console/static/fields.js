@@ -59,14 +59,20 @@ export function responseSchema() {
   return Object.keys(properties).length ? { type: "object", properties } : null;
 }
 
-// `fields` by dotted property path ("plate.serial"), as the evidence and verified keys are.
-export function leaves(fields, prefix = "") {
-  const out = {};
-  for (const [key, value] of Object.entries(fields || {})) {
-    if (value && typeof value === "object" && !Array.isArray(value)) Object.assign(out, leaves(value, `${prefix}${key}.`));
-    else out[`${prefix}${key}`] = value;
+// The value at a dotted property path ("plate.serial"), as the evidence and verified keys name them: an
+// object-valued property is one value, not more paths.
+function valueAt(fields, path) {
+  let value = fields;
+  for (const key of path.split(".")) {
+    if (!value || typeof value !== "object" || Array.isArray(value)) return null;
+    value = value[key] === undefined ? null : value[key];
   }
-  return out;
+  return value;
+}
+
+// `fields` by the property paths `verified` names (one per schema property), in the schema's order.
+export function leaves(fields, verified) {
+  return Object.fromEntries(Object.keys(verified || {}).map((path) => [path, valueAt(fields, path)]));
 }
 
 const shown = (value) => (typeof value === "string" ? value : JSON.stringify(value));
@@ -112,7 +118,7 @@ function cite(entries) {
 export function itemFields(result, overlay) {
   const evidence = result.evidence || {};
   const verified = result.verified || {};
-  const rows = Object.entries(leaves(result.fields)).map(([path, value]) => {
+  const rows = Object.entries(leaves(result.fields, verified)).map(([path, value]) => {
     const entries = evidence[path] || [];
     return fieldRow(path, value, verified[path], { below: cite(entries) },
       (on) => overlay && overlay.showEvidence(on ? entries : []));
@@ -128,7 +134,7 @@ export function mergedFields(complete, cards) {
   const evidence = complete.evidence || {};
   const verified = complete.verified || {};
   const nameOf = (index) => (cards[index] && cards[index].name) || `image ${index}`;
-  const rows = Object.entries(leaves(complete.fields)).map(([path, value]) => {
+  const rows = Object.entries(leaves(complete.fields, verified)).map(([path, value]) => {
     const entries = evidence[path] || [];
     const from = value === null ? [] : namedBy(path, value, cards, entries, nameOf);
     const cell = h("td", { class: "from" }, from.length ? from.join(", ") : h("span", { class: "muted" }, "no image"));
@@ -149,7 +155,7 @@ const state = (verified) => (verified === true ? " (verified)" : verified === fa
 
 // The images whose own value is the merged one; the evidence's image when the items are not at hand.
 function namedBy(path, value, cards, entries, nameOf) {
-  const names = cards.filter((c) => c.result && same(leaves(c.result.fields)[path], value)).map((c) => c.name);
+  const names = cards.filter((c) => c.result && same(valueAt(c.result.fields, path), value)).map((c) => c.name);
   return names.length ? names : [...new Set(entries.map((e) => e.filename || nameOf(e.index)))];
 }
 
