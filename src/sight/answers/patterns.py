@@ -18,7 +18,7 @@ from sight.errors import InvalidSchemaError
 
 MAX_PATTERN_CHARS = 1000
 # RE2's memory for one compiled pattern: a pattern past it is refused rather than slowed down.
-MAX_PATTERN_MEMORY = 2 << 20
+MAX_PATTERN_MEMORY = 1 << 20
 
 
 @lru_cache(maxsize=256)

@@ -28,7 +28,7 @@ MAX_SCHEMA_BYTES = 16 * 1024
 MAX_DEPTH = 8  # nested objects, the top one included
 MAX_JSON_DEPTH = 64  # the schema document itself
 MAX_INLINED_NODES = 20_000  # objects and arrays once local references are expanded
-MAX_PATTERNS = 64
+MAX_PATTERNS = 32
 NULL = {"type": "null"}
 REF_KEYS = ("$ref",)
 # Dynamic references resolve at validation time against scopes the inlined schema no longer has.
@@ -97,6 +97,14 @@ class ResponseSchema:
 
     def reply_errors(self, reply: Any) -> list[str]:
         return [_describe(e) for e in self._reply_validator.iter_errors(reply)]
+
+
+async def checked_schema(raw: Any) -> ResponseSchema:
+    """:func:`parse_schema` in a worker thread: compiling a user's patterns may take a while, never the event
+    loop's while (a schema seen before comes from the cache at once)."""
+    import anyio
+
+    return await anyio.to_thread.run_sync(parse_schema, raw)
 
 
 def parse_schema(raw: Any) -> ResponseSchema:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
-from sight.answers.schema import parse_schema
+from sight.answers.schema import checked_schema
 from sight.api import bodies
 from sight.api.deps import authenticate
 from sight.errors import InvalidInputError, InvalidSchemaError, PayloadTooLargeError
@@ -47,17 +47,23 @@ class PredictCall:
 
 
 def with_schemas(items: list[WorkItem], request_wide: object | None) -> list[WorkItem]:
-    """Give ``request_wide`` to the items that name no response schema of their own, and check every schema:
-    a bad one is 400 ``invalid_schema`` before any work."""
+    """Give ``request_wide`` to the items that name no response schema of their own."""
     for item in items:
         if item.options.response_schema is None and request_wide is not None:
             item.options = item.options.model_copy(update={"response_schema": request_wide})
+    return items
+
+
+async def check_schemas(call: PredictCall) -> PredictCall:
+    """Check every item's response schema (off the event loop): a bad one is 400 ``invalid_schema`` before any
+    work."""
+    for item in call.items:
         if item.options.response_schema is not None:
             try:
-                parse_schema(item.options.response_schema)
+                await checked_schema(item.options.response_schema)
             except InvalidSchemaError as exc:
                 raise InvalidSchemaError(f"item {item.index}: {exc.message}") from None
-    return items
+    return call
 
 
 def _text_field(form: FormData, name: str) -> str | None:
@@ -85,7 +91,7 @@ async def read_v1(request: Request, max_files: int, max_json_depth: int) -> Pred
         raise InvalidInputError(f"malformed multipart body: {exc.detail}") from exc
     try:
         principal = await authenticate(request, _text_field(form, "api_key"))
-        call = _items_from_form(form, max_json_depth)
+        call = await check_schemas(_items_from_form(form, max_json_depth))
     except BaseException:
         await form.close()
         raise
@@ -132,7 +138,7 @@ def _items_from_form(form: FormData, max_json_depth: int) -> PredictCall:
                        form)
 
 
-def read_v2(body: PredictRequestV2, max_files: int) -> PredictCall:
+async def read_v2(body: PredictRequestV2, max_files: int) -> PredictCall:
     if len(body.data) > max_files:
         raise PayloadTooLargeError(f"{len(body.data)} items; at most {max_files} a request")
     items: list[WorkItem] = []
@@ -140,7 +146,7 @@ def read_v2(body: PredictRequestV2, max_files: int) -> PredictCall:
         options = ItemOptions.model_validate(item.model_dump(include=set(ItemOptions.model_fields)))
         source = ImageInput(ref=item)  # image_url or image_base64: checked per item as it loads
         items.append(WorkItem(index, item.filename or _name_from_url(item.image_url), source, options))
-    return PredictCall(with_schemas(items, body.response_schema), body.query, body.api_key)
+    return await check_schemas(PredictCall(with_schemas(items, body.response_schema), body.query, body.api_key))
 
 
 def _name_from_url(url: str | None) -> str | None:

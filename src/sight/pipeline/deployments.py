@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
-from sight.answers.schema import parse_schema
+from sight.answers.schema import checked_schema
 from sight.engines.base import DetectOptions, Grounding
 from sight.errors import InvalidInputError, NotFoundError, SightError, error_for_code
 from sight.pipeline.items import ImageInput, WorkItem
@@ -203,7 +203,7 @@ class Deployments:
         if query is not None and not isinstance(query, str):
             raise InvalidInputError("query must be text")
         if response_schema is not None:
-            parse_schema(response_schema)  # invalid_schema before any work
+            await checked_schema(response_schema)  # invalid_schema before any work
             options = ItemOptions(is_llm=True, response_schema=response_schema)
             result = await self.pipeline.run_item(WorkItem(0, None, image_source(image), options), query)
             if result.error is not None:
@@ -218,7 +218,7 @@ class Deployments:
     async def _builtin_predict(self, image: Any, options: dict[str, Any] | None = None) -> dict[str, Any]:
         opts = item_options(options) if options else ItemOptions(is_yolo=True)
         if opts.response_schema is not None:
-            parse_schema(opts.response_schema)  # invalid_schema before any work
+            await checked_schema(opts.response_schema)  # invalid_schema before any work
         query = (options or {}).get("query")
         result = await self.pipeline.run_item(WorkItem(0, None, image_source(image), opts), query)
         return result.model_dump(mode="json", by_alias=True)

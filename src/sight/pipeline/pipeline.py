@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from sight.answers.fields import fill
-from sight.answers.schema import ResponseSchema, parse_schema
+from sight.answers.schema import ResponseSchema, checked_schema
 from sight.config import Settings
 from sight.engines.base import Detection, DetectOptions, Grounding, LLMAnswer, OcrText, VisionLLM
 from sight.errors import (
@@ -163,7 +163,7 @@ class Pipeline:
         schema: ResponseSchema | None = None
         reply = None
         try:
-            schema = parse_schema(opts.response_schema) if opts.response_schema is not None else None
+            schema = await checked_schema(opts.response_schema) if opts.response_schema is not None else None
             reads = self._reads_text(opts, schema)
             min_side = self._min_side(opts, reads)
             data = await self._load(item.image, timings)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 
-from sight.answers.schema import parse_schema
+from sight.answers.schema import checked_schema
 from sight.api.deps import PrincipalDep, ServicesDep
 from sight.api.errors import documented
 from sight.errors import InvalidSchemaError
@@ -61,7 +61,7 @@ async def add_requests(
     for index, entry in enumerate(body.batch_requests):  # a bad response schema: 400 before anything is stored
         if (schema := entry.batch_request.vision_predict.response_schema) is not None:
             try:
-                parse_schema(schema)
+                await checked_schema(schema)
             except InvalidSchemaError as exc:
                 raise InvalidSchemaError(f"batch_requests[{index}]: {exc.message}") from None
     await services.quota.charge(principal.team_id, len(body.batch_requests))

@@ -112,7 +112,7 @@ async def predict_batch_v2(
     principal: BodyPrincipalDep, body: PredictRequestV2, request: Request, services: ServicesDep
 ) -> PredictBatchResponse:
     """Like ``/batch`` with images given as URLs (fetched through the SSRF guard) or base64."""
-    return await _run_batch(request, services, read_v2(body, services.settings.server.max_files), principal)
+    return await _run_batch(request, services, await read_v2(body, services.settings.server.max_files), principal)
 
 
 @router.post("/stream", response_class=StreamingResponse, responses=STREAM_RESPONSE,
@@ -127,4 +127,4 @@ async def predict_stream(request: Request, services: ServicesDep) -> StreamingRe
 async def predict_stream_v2(principal: BodyPrincipalDep, body: PredictRequestV2, request: Request,
                             services: ServicesDep) -> StreamingResponse:
     """The stream of ``/stream`` for a v2 JSON body."""
-    return await _run_stream(request, services, read_v2(body, services.settings.server.max_files), principal)
+    return await _run_stream(request, services, await read_v2(body, services.settings.server.max_files), principal)
