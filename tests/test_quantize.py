@@ -94,6 +94,7 @@ def test_quantize_writes_an_int8_model_that_keeps_the_fp32_boxes(quantized: Quan
         assert meta[key] == src_meta[key], key
     assert meta["sight.precision"] == "int8" and meta["sight.source_sha256"] == sha256_of(nudenet_path())
     assert len(meta["sight.calibration_sha256"]) == 64 and meta["sight.calibration_images"] == "14"
+    assert meta["sight.calibration"] == "percentile 99.999"  # not the MinMax fallback
     parity = json.loads(meta["sight.parity"])
     assert parity["passed"] and parity["fp32_matched"] >= 0.95 and parity["int8_matched"] >= 0.95
     assert parity["mean_iou"] >= 0.9 and parity["fp32_boxes"] >= 20

@@ -55,34 +55,42 @@ class ImageParity:
         return matched / total if total else 1.0
 
 
-def _twin(box: Detection, others: Sequence[Detection], s: QuantizeSettings) -> tuple[Detection, float] | None:
-    best: tuple[Detection, float] | None = None
-    for other in others:
-        if other.class_id != box.class_id or other.confidence < s.twin_conf:
-            continue
-        overlap = box.box.iou(other.box)
-        if overlap >= s.match_iou and (best is None or overlap > best[1]):
-            best = (other, overlap)
-    return best
+def _twins(boxes: Sequence[Detection], others: Sequence[Detection], s: QuantizeSettings
+           ) -> list[tuple[Detection, Detection, float] | tuple[Detection, None, float]]:
+    """Each of ``boxes`` at or above ``serve_conf``, most confident first, with its twin among ``others`` (same
+    class, IoU >= ``match_iou``, scoring ``twin_conf`` or more), one to one: a twin taken is not taken again."""
+    taken: set[int] = set()
+    out: list[tuple[Detection, Detection, float] | tuple[Detection, None, float]] = []
+    for box in sorted((b for b in boxes if b.confidence >= s.serve_conf), key=lambda b: -b.confidence):
+        best, overlap = None, 0.0
+        for i, other in enumerate(others):
+            if i in taken or other.class_id != box.class_id or other.confidence < s.twin_conf:
+                continue
+            iou = box.box.iou(other.box)
+            if iou >= s.match_iou and iou > overlap:
+                best, overlap = i, iou
+        if best is None:
+            out.append((box, None, 0.0))
+        else:
+            taken.add(best)
+            out.append((box, others[best], overlap))
+    return out
 
 
 def compare(fp32: Sequence[Detection], int8: Sequence[Detection], s: QuantizeSettings) -> ImageParity:
     """``fp32`` and ``int8``: one image's detections at ``twin_conf`` or above. A box at or above ``serve_conf``
-    is matched when the other side has a twin (same class, IoU >= ``match_iou``) scoring ``twin_conf`` or more."""
+    is matched when the other side has a twin (same class, IoU >= ``match_iou``) scoring ``twin_conf`` or more,
+    one to one."""
     out = ImageParity()
-    for box in fp32:
-        if box.confidence < s.serve_conf:
-            continue
+    for box, twin, overlap in _twins(fp32, int8, s):
         out.fp32 += 1
-        if (found := _twin(box, int8, s)) is not None:
+        if twin is not None:
             out.fp32_matched += 1
-            out.ious.append(found[1])
-            out.conf_changes.append(abs(found[0].confidence - box.confidence))
-    for box in int8:
-        if box.confidence < s.serve_conf:
-            continue
+            out.ious.append(overlap)
+            out.conf_changes.append(abs(twin.confidence - box.confidence))
+    for _box, twin, _overlap in _twins(int8, fp32, s):
         out.int8 += 1
-        out.int8_matched += _twin(box, fp32, s) is not None
+        out.int8_matched += twin is not None
     return out
 
 
