@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from sight.config import (
     LLMSettings,
@@ -27,6 +28,12 @@ from sight.config import (
 from sight.runtimes.base import Place
 from tests.conftest import IMAGES, nudenet_path
 from tests.helpers import wait_until
+
+# The marks of the tests that start a Ray cluster: slow (they start processes), bounded, and quiet about the
+# warnings Ray's own imports raise.
+CLUSTER_MARKS = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+                 pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
 
 STREAM = "/api/v1/inference/predict/stream/v2"
 DETECTOR = "detect-nudenet-v1"

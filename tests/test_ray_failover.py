@@ -12,6 +12,7 @@ import pytest
 
 from sight.api.app import create_app
 from tests.ray_cluster import (
+    CLUSTER_MARKS,
     DETECTOR,
     RayServed,
     b64,
@@ -26,8 +27,7 @@ from tests.ray_cluster import (
 )
 from tests.servers import FakeLLMServer, LiveServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore::ResourceWarning")]
+pytestmark = CLUSTER_MARKS
 APP = "sight"
 
 

@@ -32,6 +32,7 @@ from sight.errors import InvalidInputError
 from tests.conftest import IMAGES, ROOT, nudenet_path
 from tests.ray_cluster import (
     APP,
+    CLUSTER_MARKS,
     DETECTOR,
     STREAM,
     RayServed,
@@ -48,8 +49,7 @@ from tests.ray_cluster import (
 )
 from tests.servers import FakeLLMServer, LiveServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore::ResourceWarning")]
+pytestmark = CLUSTER_MARKS
 
 
 @pytest.fixture(scope="module")

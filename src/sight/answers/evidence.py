@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from sight.schemas import DetectionOut, Evidence, OcrLineOut
 
@@ -34,7 +35,8 @@ RANK = {"exact": 0, "normalised": 1, "near": 2}
 NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")  # a fixed pattern of Sight's own, never a user's
 
 
-def normalise(text: str) -> tuple[str, list[int]]:
+@lru_cache(maxsize=4096)  # each OCR line is normalised once per item, not once per field
+def normalise(text: str) -> tuple[str, tuple[int, ...]]:
     """``text`` case-folded, NFKC, dashes unified and whitespace removed; and, per character kept, its index in
     ``text`` (so a match found here has its place in the original)."""
     out: list[str] = []
@@ -46,7 +48,7 @@ def normalise(text: str) -> tuple[str, list[int]]:
             if not c.isspace():
                 out.append(c)
                 where.append(i)
-    return "".join(out), where
+    return "".join(out), tuple(where)
 
 
 def value_text(value: object) -> str | None:

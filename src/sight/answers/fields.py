@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sight.answers.evidence import line_evidence, locate
+from sight.answers.paths import put_at, value_at
 from sight.answers.replies import Reply
 from sight.answers.schema import FieldSpec, ResponseSchema
 from sight.schemas import Answer, DetectionOut, Evidence, OcrLineOut
@@ -29,12 +30,12 @@ def fill(schema: ResponseSchema, reply: Reply | None, lines: Sequence[OcrLineOut
     evidence: dict[str, list[Evidence]] = {}
     verified: dict[str, bool | None] = {}
     for spec in schema.fields:
-        given = _get(reply.fields, spec.keys) if reply is not None and reply.fields is not None else None
+        given = value_at(reply.fields, spec.path) if reply is not None else None
         cited = reply.citations.get(spec.path, []) if reply is not None else []
         value, found, agree = _one(spec, given, lines or [], detections, cited)
         if not schema.fits(spec, value):  # an OCR match that breaks another keyword of its property
             value, found, agree = None, [], None
-        _put(fields, spec.keys, value)
+        put_at(fields, spec.path, value)
         evidence[spec.path], verified[spec.path] = found, agree
     return Answer(fields=fields, evidence=evidence, verified=verified)
 
@@ -82,17 +83,3 @@ def _pattern_match(spec: FieldSpec, lines: Sequence[OcrLineOut]) -> tuple[OcrLin
         if found is not None and found.group(0):
             return line, found.group(0)
     return None
-
-
-def _get(data: Any, keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
-def _put(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
-    for key in keys[:-1]:
-        data = data.setdefault(key, {})
-    data[keys[-1]] = value

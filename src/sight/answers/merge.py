@@ -18,18 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sight.answers.paths import put_at, value_at
 from sight.schemas import Answer, Conflict, MergedAnswer
 
 NOT_FOUND = "not found"
-
-
-def value_at(fields: Any, path: str) -> Any:
-    """The value at a dotted property path (an object-valued property is one value, not more paths)."""
-    for key in path.split("."):
-        if not isinstance(fields, dict):
-            return None
-        fields = fields.get(key)
-    return fields
 
 
 def merge(answers: Sequence[tuple[int, str | None, Answer]]) -> tuple[MergedAnswer, str | None]:
@@ -51,13 +43,13 @@ def merge(answers: Sequence[tuple[int, str | None, Answer]]) -> tuple[MergedAnsw
     for path in paths:
         held = [(index, name, answer, values[path]) for index, name, answer, values in leaves
                 if values.get(path) is not None]
-        _put(fields, path, None)
+        put_at(fields, path, None)
         evidence[path], verified[path] = [], None
         if not held:
             said.append(f"{path}: {NOT_FOUND}")
             continue
         index, name, answer, value = next((h for h in held if h[2].verified.get(path)), held[0])
-        _put(fields, path, value)
+        put_at(fields, path, value)
         evidence[path] = [e.model_copy(update={"index": index, "filename": name}) for e in answer.evidence[path]]
         verified[path] = answer.verified.get(path)
         state = "" if verified[path] is None else ", verified" if verified[path] else ", not verified"
@@ -66,10 +58,3 @@ def merge(answers: Sequence[tuple[int, str | None, Answer]]) -> tuple[MergedAnsw
             conflicts[path] = [Conflict(index=i, filename=n, value=v, verified=a.verified.get(path))
                                for i, n, a, v in held]
     return MergedAnswer(fields=fields, evidence=evidence, verified=verified, conflicts=conflicts), "; ".join(said)
-
-
-def _put(data: dict[str, Any], path: str, value: Any) -> None:
-    keys = path.split(".")
-    for key in keys[:-1]:
-        data = data.setdefault(key, {})
-    data[keys[-1]] = value

@@ -37,11 +37,10 @@ REFUSED_KEYS = ("$dynamicRef", "$dynamicAnchor", "$recursiveRef", "$recursiveAnc
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One leaf property: its dotted ``path``, the ``keys`` that reach it, its schema and, for a string with a
+    """One leaf property: its dotted ``path``, its schema and, for a string with a
     ``pattern``, the compiled pattern (RE2)."""
 
     path: str
-    keys: tuple[str, ...]
     schema: dict[str, Any]
     pattern: Any = None
 
@@ -99,12 +98,17 @@ class ResponseSchema:
         return [_describe(e) for e in self._reply_validator.iter_errors(reply)]
 
 
-async def checked_schema(raw: Any) -> ResponseSchema:
+async def checked_schema(raw: Any, where: str | None = None) -> ResponseSchema:
     """:func:`parse_schema` in a worker thread: compiling a user's patterns may take a while, never the event
-    loop's while (a schema seen before comes from the cache at once)."""
+    loop's while (a schema seen before comes from the cache at once). ``where`` (``item 2``) prefixes the error."""
     import anyio
 
-    return await anyio.to_thread.run_sync(parse_schema, raw)
+    try:
+        return await anyio.to_thread.run_sync(parse_schema, raw)
+    except InvalidSchemaError as exc:
+        if where is None:
+            raise
+        raise InvalidSchemaError(f"{where}: {exc.message}") from None
 
 
 def parse_schema(raw: Any) -> ResponseSchema:
@@ -201,35 +205,37 @@ def _fields(schema: dict[str, Any], keys: tuple[str, ...]) -> Iterator[FieldSpec
             raise InvalidSchemaError(f"property {name!r}: names must be non-empty and hold no '.' (paths are dotted)")
         path = (*keys, name)
         if not isinstance(sub, dict):
-            yield FieldSpec(".".join(path), path, {})
+            yield FieldSpec(".".join(path), {})
         elif _is_object(sub):
             yield from _fields(sub, path)
         elif (inner := _optional_object(sub)) is not None:
             yield from _fields(inner, path)
         else:
             pattern = _pattern_of(sub)
-            yield FieldSpec(".".join(path), path, sub, compile_pattern(pattern) if pattern is not None else None)
+            yield FieldSpec(".".join(path), sub, compile_pattern(pattern) if pattern is not None else None)
+
+
+def _optional(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``x`` of ``anyOf: [x, null]`` (an optional property, as pydantic writes ``X | None``), else None."""
+    options = schema.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and NULL in options:
+        other = options[0] if options[1] == NULL else options[1]
+        return other if isinstance(other, dict) else None
+    return None
 
 
 def _optional_object(schema: dict[str, Any]) -> dict[str, Any] | None:
     """The object of ``anyOf: [object, null]`` (an optional nested model), if ``schema`` is one."""
-    options = schema.get("anyOf")
-    if isinstance(options, list) and len(options) == 2 and NULL in options:
-        other = options[0] if options[1] == NULL else options[1]
-        if isinstance(other, dict) and _is_object(other):
-            return other
-    return None
+    other = _optional(schema)
+    return other if other is not None and _is_object(other) else None
 
 
 def _pattern_of(schema: dict[str, Any]) -> str | None:
     """The pattern of a string property, or of the string in ``anyOf: [string, null]`` (an optional one)."""
-    if isinstance(schema.get("pattern"), str) and (_types(schema) <= {"string", "null"}):
-        return str(schema["pattern"])
-    options = schema.get("anyOf")
-    if isinstance(options, list) and len(options) == 2 and NULL in options:
-        other = options[0] if options[1] == NULL else options[1]
-        if isinstance(other, dict) and isinstance(other.get("pattern"), str) and _types(other) <= {"string"}:
-            return str(other["pattern"])
+    for candidate in (schema, _optional(schema)):
+        if candidate is not None and isinstance(candidate.get("pattern"), str) and \
+                _types(candidate) <= {"string", "null"}:
+            return str(candidate["pattern"])
     return None
 
 

@@ -59,10 +59,7 @@ async def check_schemas(call: PredictCall) -> PredictCall:
     work."""
     for item in call.items:
         if item.options.response_schema is not None:
-            try:
-                await checked_schema(item.options.response_schema)
-            except InvalidSchemaError as exc:
-                raise InvalidSchemaError(f"item {item.index}: {exc.message}") from None
+            await checked_schema(item.options.response_schema, f"item {item.index}")
     return call
 
 

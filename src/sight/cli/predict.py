@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sight.answers.merge import value_at
+from sight.answers.paths import value_at
 from sight.cli.batches import sources
 from sight.cli.console import KeyOpt, UrlOpt, client, console, exit_on_error, progress_console
 from sight.client import StreamEvent

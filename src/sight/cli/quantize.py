@@ -198,7 +198,6 @@ def _show(rows: list[tuple[str, ImageParity]], total: ImageParity) -> None:
 
 def _set_hash(paths: list[Path]) -> str:
     """Names the calibration set: the hash of its files' hashes, in order."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+    from sight.models.quantize import sha256_of
+
+    return hashlib.sha256("".join(sha256_of(path) for path in paths).encode()).hexdigest()

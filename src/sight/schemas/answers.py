@@ -18,7 +18,8 @@ SCHEMA_DESCRIPTION = (
 FieldValues = dict[str, Any]
 
 
-def _absent(value: object) -> bool:
+def absent(value: object) -> bool:
+    """``Field(exclude_if=absent)``: a key left out of the JSON when it has no value."""
     return value is None
 
 
@@ -31,12 +32,12 @@ class Evidence(BaseModel):
     match: Literal["exact", "normalised", "near"] = Field(
         description="exact; normalised (case, spacing); near (one or two confusable characters: O/0, I/1/l, "
                     "S/5, B/8, Z/2)")
-    text: str | None = Field(None, exclude_if=_absent)
-    name: str | None = Field(None, exclude_if=_absent)
+    text: str | None = Field(None, exclude_if=absent)
+    name: str | None = Field(None, exclude_if=absent)
     confidence: float
     box: Box
-    index: int | None = Field(None, exclude_if=_absent)
-    filename: str | None = Field(None, exclude_if=lambda v: v is None)
+    index: int | None = Field(None, exclude_if=absent)
+    filename: str | None = Field(None, exclude_if=absent)
 
 
 class Conflict(BaseModel):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from sight.schemas.answers import SCHEMA_DESCRIPTION, Conflict, Evidence, FieldValues, Parsable
+from sight.schemas.answers import SCHEMA_DESCRIPTION, Conflict, Evidence, FieldValues, Parsable, absent
 from sight.schemas.common import Box, ErrorInfo, ImageRef, ImageSize, Probability, Text
 
 SCHEMA_EXAMPLE = {"type": "object", "properties": {"serial_number": {
@@ -100,7 +100,7 @@ class LlmResult(BaseModel):
                             "more than max_tokens can hold and Sight kept the first SIGHT_LLM__MAX_TOKENS x 16 "
                             "bytes.")
     structured: Literal["schema", "prompt"] | None = Field(
-        None, exclude_if=lambda v: v is None,
+        None, exclude_if=absent,
         description="Only with a response schema: how it reached the backend, as its `response_format` json_schema "
                     "(`schema`) or, where the backend refused that, in the prompt (`prompt`).")
 
@@ -135,10 +135,10 @@ class MergedAnswer(Parsable):
     image's value where they differ."""
 
     # Left out when no item asked for a schema: such clients see the request's result as before.
-    fields: FieldValues | None = Field(None, exclude_if=lambda v: v is None)
-    evidence: dict[str, list[Evidence]] | None = Field(None, exclude_if=lambda v: v is None)
-    verified: dict[str, bool | None] | None = Field(None, exclude_if=lambda v: v is None)
-    conflicts: dict[str, list[Conflict]] | None = Field(None, exclude_if=lambda v: v is None)
+    fields: FieldValues | None = Field(None, exclude_if=absent)
+    evidence: dict[str, list[Evidence]] | None = Field(None, exclude_if=absent)
+    verified: dict[str, bool | None] | None = Field(None, exclude_if=absent)
+    conflicts: dict[str, list[Conflict]] | None = Field(None, exclude_if=absent)
 
 
 class BatchResult(MergedAnswer):

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Header, Query
 from sight.answers.schema import checked_schema
 from sight.api.deps import PrincipalDep, ServicesDep
 from sight.api.errors import documented
-from sight.errors import InvalidSchemaError
 from sight.schemas import (
     BatchCreate,
     BatchList,
@@ -60,10 +59,7 @@ async def add_requests(
     """Add ``vision_predict`` requests; ids left out are generated. Processing starts at once."""
     for index, entry in enumerate(body.batch_requests):  # a bad response schema: 400 before anything is stored
         if (schema := entry.batch_request.vision_predict.response_schema) is not None:
-            try:
-                await checked_schema(schema)
-            except InvalidSchemaError as exc:
-                raise InvalidSchemaError(f"batch_requests[{index}]: {exc.message}") from None
+            await checked_schema(schema, f"batch_requests[{index}]")
     await services.quota.charge(principal.team_id, len(body.batch_requests))
     ids = await services.batches.add_requests(principal.team_id, batch_id, body.batch_requests)
     if services.runner is not None:
