@@ -5,12 +5,15 @@ INT8 file served by its stem, with no onnx in the serving process."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
@@ -21,9 +24,9 @@ from sight.api.app import create_app
 from sight.cli import app as cli
 from sight.config import Settings, YoloSettings
 from sight.engines.base import DetectOptions
-from sight.engines.onnx_yolo import OnnxYoloDetector
+from sight.engines.onnx_yolo import OnnxYoloDetector, letterbox, to_tensor
 from sight.models.parity import compare
-from sight.models.quantize import decode_nodes, sha256_of
+from sight.models.quantize import decode_nodes, decompose_dfl, sha256_of
 from tests.conftest import IMAGES, YOLO11N_UNTRAINED, nudenet_path
 from tests.helpers import image_bytes, v1_request
 
@@ -95,6 +98,8 @@ def test_quantize_writes_an_int8_model_that_keeps_the_fp32_boxes(quantized: Quan
     assert meta["sight.precision"] == "int8" and meta["sight.source_sha256"] == sha256_of(nudenet_path())
     assert len(meta["sight.calibration_sha256"]) == 64 and meta["sight.calibration_images"] == "14"
     assert meta["sight.calibration"] == "percentile 99.999"  # not the MinMax fallback
+    assert meta["sight.dfl"] == "decomposed"
+    assert not [n for n in _graph(quantized.int8).node if n.op_type == "Softmax" and "dfl" in n.name]
     parity = json.loads(meta["sight.parity"])
     assert parity["passed"] and parity["fp32_matched"] >= 0.95 and parity["int8_matched"] >= 0.95
     assert parity["mean_iou"] >= 0.9 and parity["fp32_boxes"] >= 20
@@ -186,6 +191,36 @@ def test_the_decode_nodes_are_the_detect_heads_after_its_last_convolutions() -> 
         assert any("dfl" in n for n in found) and any(by_name[n].op_type == "Sigmoid" for n in found)
         output = graph.output[0].name
         assert any(output in by_name[n].output for n in found), "the output concat stays FP32"
+
+
+def _graph(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph
+
+
+@pytest.mark.parametrize("source", [nudenet_path(), YOLO11N_UNTRAINED], ids=["yolov8n", "yolo11n"])
+def test_the_dfl_decomposed_gives_the_exported_model_its_numbers(source: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model.onnx"
+    shutil.copyfile(source, copy)
+    assert decompose_dfl(copy) == 1 and decompose_dfl(copy) == 0  # found by structure, once
+    softmaxes = [n for n in _graph(copy).node if n.op_type == "Softmax"]
+    assert all("attn" in n.name for n in softmaxes)  # YOLO11's attention keeps its own; the DFL's is gone
+    images = [Image.open(IMAGES / name).convert("RGB") for name in ("astronaut.png", "bus.jpg")]
+    exported, decomposed = (OnnxYoloDetector.load(p.stem, p) for p in (source, copy))
+    for image in images:
+        tensor = to_tensor([letterbox(image, exported.imgsz, exported.stride)[0]])
+        want = exported.session.run(None, {exported.input_name: tensor})[0]
+        got = decomposed.session.run(None, {decomposed.input_name: tensor})[0]
+        assert got.shape == want.shape and np.allclose(got, want, rtol=1e-5, atol=1e-3)
+    if source != YOLO11N_UNTRAINED:  # trained: the same boxes, to float rounding
+        options = DetectOptions(conf=0.1)
+        for image in images:
+            want, got = exported.detect(image, options), decomposed.detect(image, options)
+            assert want and [d.name for d in got] == [d.name for d in want]
+            for a, b in zip(want, got, strict=True):
+                assert abs(a.confidence - b.confidence) < 1e-4
+                assert a.box.iou(b.box) > 0.999
 
 
 def test_int8_flags_are_read_from_the_cpu_and_a_cpu_without_them_is_warned_about(

@@ -114,6 +114,7 @@ def _write(q: Any, name: str, source: Path, tmp: Path, target: Path, calib: list
         method = q.quantize(source, tmp, tensors, keep_fp32=q.decode_nodes(source),
                             on_sample=lambda: bar.advance(task))
         del tensors
+        rewritten = q.decompose_dfl(tmp)  # before the parity check, so that it checks the file written
         int8 = _detector(f"{name}-int8", tmp, settings)
         total, rows = _parity(fp32, int8, checks, settings, gate, bar)
     _show(rows, total)
@@ -128,7 +129,8 @@ def _write(q: Any, name: str, source: Path, tmp: Path, target: Path, calib: list
               "fp32_boxes": total.fp32, "check_images": len(checks), "passed": why is None}
     q.stamp(source, tmp, {q.PRECISION_KEY: "int8", "sight.source": name, "sight.source_sha256": q.sha256_of(source),
                           "sight.calibration_sha256": _set_hash(calib), "sight.calibration_images": str(len(calib)),
-                          "sight.calibration": method, "sight.parity": parity})
+                          "sight.calibration": method, "sight.parity": parity,
+                          "sight.dfl": "decomposed" if rewritten else "as exported"})
     tmp.chmod(0o644)  # mkstemp made it private
     with tmp.open("rb") as f:
         os.fsync(f.fileno())
