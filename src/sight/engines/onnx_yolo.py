@@ -253,16 +253,16 @@ class OnnxYoloDetector:
         predictor finds them (class-aware NMS, best class per anchor, a strict ``> conf``)."""
         conf_thr = self.conf if options.conf is None else options.conf
         iou_thr = self.iou if options.iou is None else options.iou
-        pred = output.T  # anchors x (4 + classes)
-        scores = pred[:, 4:]
-        class_id = scores.argmax(axis=1)
-        confidence = scores[np.arange(len(class_id)), class_id]
-        keep = confidence > conf_thr
+        scores = output[4:]  # classes x anchors: reduced along contiguous rows, best class only where it passes
+        candidates = np.flatnonzero(scores.max(axis=0) > conf_thr)
+        class_id = scores[:, candidates].argmax(axis=0)
         if wanted is not None:
-            keep &= np.isin(class_id, wanted)
-        if not keep.any():
+            asked = np.isin(class_id, wanted)
+            candidates, class_id = candidates[asked], class_id[asked]
+        if not candidates.size:
             return []
-        xywh, class_id, confidence = pred[keep, :4], class_id[keep], confidence[keep]
+        confidence = scores[class_id, candidates]
+        xywh = output[:4, candidates].T
         if len(confidence) > MAX_NMS_CANDIDATES:
             top = np.argsort(-confidence, kind="stable")[:MAX_NMS_CANDIDATES]
             xywh, class_id, confidence = xywh[top], class_id[top], confidence[top]
