@@ -132,6 +132,11 @@ def test_wide_and_narrow_sessions_find_the_same_objects() -> None:
     detector = OnnxYoloDetector.load("nudenet", nudenet_path(), intra_op_threads=1, wide_threads=2)
     assert detector.can_run_wide and detector.wide_session is not None
     assert detector.wide_session.get_session_options().intra_op_num_threads == 2
+    # Its pool threads spin during a run, and stop when it returns: never on cores the narrow runs take next.
+    wide_options = detector.wide_session.get_session_options()
+    assert wide_options.get_session_config_entry("session.force_spinning_stop") == "1"
+    with pytest.raises(Exception, match="does not have configuration"):  # spinning left allowed
+        wide_options.get_session_config_entry("session.intra_op.allow_spinning")
     assert detector.session.get_session_options().intra_op_num_threads == 1
     for session in (detector.session, detector.wide_session):  # one arena of activations for both
         assert session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"

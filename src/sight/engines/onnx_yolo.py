@@ -176,12 +176,12 @@ class OnnxYoloDetector:
             raise ModelUnavailableError(f"model {name!r}: no ONNX file at {path}")
         chosen = pick_providers(providers)
 
-        def session(threads: int, spin: bool = True) -> ort.InferenceSession:
-            return open_session(path, f"model {name!r}", chosen, threads=threads, spin=spin)
+        def session(threads: int, idle_spin: bool = True) -> ort.InferenceSession:
+            return open_session(path, f"model {name!r}", chosen, threads=threads, idle_spin=idle_spin)
 
         main = session(intra_op_threads)
         wide = main.get_providers()[0] == CPU and 0 < intra_op_threads < wide_threads
-        return cls(name, main, wide_session=session(wide_threads, spin=False) if wide else None, **kwargs)
+        return cls(name, main, wide_session=session(wide_threads, idle_spin=False) if wide else None, **kwargs)
 
     @property
     def providers(self) -> list[str]:

@@ -72,10 +72,12 @@ def share_cpu_arena() -> bool:
 
 
 def open_session(path: Path, what: str, providers: Sequence[str], *, threads: int = 0,
-                 spin: bool = True) -> ort.InferenceSession:
+                 idle_spin: bool = True) -> ort.InferenceSession:
     """A session over ``path`` asking for ``providers`` (``pick_providers``), ``threads`` intra-op threads
-    (0: ONNX Runtime's default, one per core). A fallback from the first provider is logged with its reason;
-    a file that does not load is ``EngineUnavailableError`` naming ``what``."""
+    (0: ONNX Runtime's default, one per core). ``idle_spin=False``: its pool threads spin while a run is in
+    progress but stop the moment it returns, instead of spinning on (ONNX Runtime's default) on cores that
+    other runs need. A fallback from the first provider is logged with its reason; a file that does not load
+    is ``EngineUnavailableError`` naming ``what``."""
     import warnings
 
     ort = onnxruntime()
@@ -84,8 +86,10 @@ def open_session(path: Path, what: str, providers: Sequence[str], *, threads: in
     options.log_severity_level = 3  # errors only: ONNX Runtime's own warnings are about its internals
     if threads:
         options.intra_op_num_threads = threads
-    if not spin:  # idle pool threads would otherwise spin on cores that other runs need
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not idle_spin:
+        # Not allow_spinning=0: threads that sleep between a run's operators must be woken for each, which cost
+        # an INT8 model, with its many short operators, about a fifth of its time over two cores.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     if providers[0] == CPU and share_cpu_arena():
         options.add_session_config_entry("session.use_env_allocators", "1")
     available = ort.get_available_providers()
