@@ -8,11 +8,15 @@ the same run: images/s at 1 and 8 clients, CPU ms per image, lone-image latency.
 The INT8 file comes from ``sight models quantize MODEL --calibration <the shared photos and their mirror
 images> --force`` (the untrained model's random weights make its parity meaningless, so the gate is forced;
 parity is tested on a trained model, tests/test_quantize.py). One ``sight serve`` holds both as detectors
-``fp32`` and ``int8``; requests carry 8 JPEG photos each (``yolo_model`` per item) and alternate between the
-two, round after round, so machine noise hits both. Bare: each file's session on pre-made tensors, one
-single-threaded run per usable core at once (how Sight runs it). Lone latency: one image per request, one
-request at a time, median. The CPU's name and its INT8 instruction sets are printed: without VNNI or AMX,
-INT8 may not be faster, and this bench shows it. Numbers, never pass/fail.
+``fp32`` and ``int8``; requests carry 8 JPEG photos each (``yolo_model`` per item). Each round measures both
+models back to back, the one that goes first changing every round, and every ratio is taken within a round
+(then its median and range over the rounds are printed), so that the machine's drift hits both sides of it.
+Bare: each file's session on pre-made tensors, one single-threaded run per usable core at once (how Sight
+runs it), at 640x640 (the reference bench/predict_throughput.py uses) and at the shapes Sight serves these
+photos at (padded to the stride only: 640x480 and 448x640, less work). Lone latency: one image per request,
+one request at a time, the two models taking turns request by request; medians. The CPU's name and its INT8
+instruction sets are printed: without VNNI or AMX, INT8 may not be faster, and this bench shows it. Numbers,
+never pass/fail.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -85,14 +90,18 @@ class Served:
         images = requests * PER_REQUEST
         return Run(images / (time.perf_counter() - start), (process_cpu_seconds(self.pid) - server_cpu) * 1000 / images)
 
-    def lone_ms(self, model: str, n: int) -> float:
-        self.request(model, 0, images=1)
-        times = []
+    def lone_ms(self, models: tuple[str, ...], n: int) -> dict[str, float]:
+        """Median latency of one image per request, one request at a time, the models taking turns request by
+        request (so that both see the same moments of the machine)."""
+        times: dict[str, list[float]] = {m: [] for m in models}
+        for model in models:
+            self.request(model, 0, images=1)
         for i in range(n):
-            start = time.perf_counter()
-            self.request(model, i, images=1)
-            times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
+            for model in models if i % 2 == 0 else models[::-1]:
+                start = time.perf_counter()
+                self.request(model, i, images=1)
+                times[model].append((time.perf_counter() - start) * 1000)
+        return {m: statistics.median(t) for m, t in times.items()}
 
 
 def openvino_report(fp32: Path, int8: Path) -> str:
@@ -119,7 +128,10 @@ def openvino_report(fp32: Path, int8: Path) -> str:
         name = session.get_inputs()[0].name
         import numpy as np
 
-        tensor = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
+        rng = np.random.default_rng(0)
+        pixels = session.get_inputs()[0].type == "tensor(uint8)"  # an INT8 file from `sight models quantize`
+        tensor = rng.integers(0, 256, (1, 640, 640, 3), dtype=np.uint8) if pixels else rng.random(
+            (1, 3, 640, 640), dtype=np.float32)
         session.run(None, {name: tensor})
         start = time.perf_counter()
         for _ in range(10):
@@ -132,9 +144,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--int8", type=Path, help="an INT8 file already made (default: quantize --model here)")
-    parser.add_argument("--images", type=int, default=48, help="images per measurement")
+    parser.add_argument("--images", type=int, default=128, help="images per measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--lone", type=int, default=20, help="lone requests per model and round")
     parser.add_argument("--openvino", action="store_true")
     args = parser.parse_args()
@@ -143,52 +155,76 @@ def main() -> None:
           f"{', '.join(flags) if flags else 'none (no VNNI, no AMX): INT8 may not be faster here'}")
     with tempfile.TemporaryDirectory() as work:
         int8 = args.int8 or quantize_forced(args.model, Path(work))
-        served: dict[tuple[str, int], list[Run]] = {}
-        bare: dict[str, list[Run]] = {"fp32": [], "int8": []}
-        lone: dict[str, list[float]] = {"fp32": [], "int8": []}
+        rounds: list[Round] = []
         cores = usable_cpus()
         proc, url, key = spawn_server(args.model, Path(work), SIGHT_YOLO__MODELS=json.dumps(
             {"fp32": str(args.model), "int8": str(int8)}))
         try:
             sight = Served(url, key, proc.pid)
-            for _ in range(args.rounds):
-                for name, path in (("fp32", args.model), ("int8", int8)):
-                    bare[name].append(bare_session(path, args.images, threads=1, callers=cores))
+            for n in range(args.rounds):
+                order = ("fp32", "int8") if n % 2 == 0 else ("int8", "fp32")  # neither always goes first
+                paths = {"fp32": args.model, "int8": int8}
+                one = Round()
+                for name in order:
+                    one.bare[name] = bare_session(paths[name], args.images, threads=1, callers=cores)
+                    one.bare_served_shapes[name] = bare_session(paths[name], args.images, threads=1, callers=cores,
+                                                                rect=True)
                 for clients in args.clients:
-                    for name in ("fp32", "int8"):
-                        served.setdefault((name, clients), []).append(sight.throughput(name, args.images, clients))
-                for name in ("fp32", "int8"):
-                    lone[name].append(sight.lone_ms(name, args.lone))
+                    for name in order:
+                        one.served[(name, clients)] = sight.throughput(name, args.images, clients)
+                one.lone = sight.lone_ms(order, args.lone)
+                rounds.append(one)
         finally:
             proc.terminate()
             proc.wait(30)
-        report(args, served, bare, lone)
+        report(args, rounds)
         if args.openvino:
             print(openvino_report(args.model, int8))
 
 
-def report(args: argparse.Namespace, served: dict[tuple[str, int], list[Run]], bare: dict[str, list[Run]],
-           lone: dict[str, list[float]]) -> None:
+@dataclass
+class Round:
+    """One round's measurements, both models taken back to back, so that their ratios are paired."""
+
+    bare: dict[str, Run] = field(default_factory=dict)
+    bare_served_shapes: dict[str, Run] = field(default_factory=dict)
+    served: dict[tuple[str, int], Run] = field(default_factory=dict)
+    lone: dict[str, float] = field(default_factory=dict)
+
+
+def report(args: argparse.Namespace, rounds: list[Round]) -> None:
+    """Medians over the rounds; each ratio is taken within a round, then its median and range given."""
     def med(runs: list[Run]) -> Run:
         return Run(statistics.median(r.ips for r in runs), statistics.median(r.cpu_ms for r in runs))
 
-    b = {name: med(runs) for name, runs in bare.items()}
-    print(f"\nmodel {args.model.name} at 640, {args.rounds} rounds of {args.images} images, medians")
-    print(f"{'what':30} {'images/s':>9} {'CPU ms/img':>11} {'vs bare':>8}")
+    def ratio(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f}x (rounds: {min(values):.2f}-{max(values):.2f})"
+
+    print(f"\nmodel {args.model.name} at 640, {len(rounds)} rounds of {args.images} images, medians")
+    print(f"{'what':34} {'images/s':>9} {'CPU ms/img':>11} {'vs bare':>8}")
+    bare = {name: med([r.bare[name] for r in rounds]) for name in ("fp32", "int8")}
     for name in ("fp32", "int8"):
-        print(f"{'bare ' + name.upper() + ' session':30} {b[name].ips:>9.2f} {b[name].cpu_ms:>11.1f} {'1.00':>8}")
+        shaped = med([r.bare_served_shapes[name] for r in rounds])
+        print(f"{'bare ' + name.upper() + ', 640x640':34} {bare[name].ips:>9.2f} {bare[name].cpu_ms:>11.1f} "
+              f"{'1.00':>8}")
+        print(f"{'bare ' + name.upper() + ', the shapes Sight serves':34} {shaped.ips:>9.2f} {shaped.cpu_ms:>11.1f}")
     for clients in args.clients:
         for name in ("fp32", "int8"):
-            s = med(served[(name, clients)])
-            print(f"{f'Sight {name.upper()}, {clients} clients':30} {s.ips:>9.2f} {s.cpu_ms:>11.1f} "
-                  f"{s.ips / b[name].ips:>8.2f}")
+            s = med([r.served[(name, clients)] for r in rounds])
+            print(f"{f'Sight {name.upper()}, {clients} clients':34} {s.ips:>9.2f} {s.cpu_ms:>11.1f} "
+                  f"{s.ips / bare[name].ips:>8.2f}")
     for clients in args.clients:
-        f, i = med(served[("fp32", clients)]), med(served[("int8", clients)])
-        print(f"INT8 / FP32 through Sight at {clients} clients: {i.ips / f.ips:.2f}x images/s, "
-              f"{f.cpu_ms / i.cpu_ms:.2f}x less CPU per image")
-    lf, li = statistics.median(lone["fp32"]), statistics.median(lone["int8"])
-    print(f"lone image: FP32 {lf:.1f} ms, INT8 {li:.1f} ms: {lf / li:.2f}x lower latency")
-    print(f"bare INT8 / bare FP32: {b['int8'].ips / b['fp32'].ips:.2f}x")
+        ips = [r.served[("int8", clients)].ips / r.served[("fp32", clients)].ips for r in rounds]
+        cpu = [r.served[("fp32", clients)].cpu_ms / r.served[("int8", clients)].cpu_ms for r in rounds]
+        print(f"INT8 / FP32 through Sight at {clients} clients: {ratio(ips)} images/s, {ratio(cpu)} less CPU per image")
+    lf, li = (statistics.median(r.lone[m] for r in rounds) for m in ("fp32", "int8"))
+    print(f"lone image: FP32 {lf:.1f} ms, INT8 {li:.1f} ms: {ratio([r.lone['fp32'] / r.lone['int8'] for r in rounds])} "
+          "lower latency")
+    top = max(args.clients)
+    for what, key in (("640x640", "bare"), ("the shapes Sight serves", "bare_served_shapes")):
+        served = [r.served[("int8", top)].ips / getattr(r, key)["int8"].ips for r in rounds]
+        print(f"Sight INT8 at {top} clients / bare INT8 at {what}: {ratio(served)}")
+    print(f"bare INT8 / bare FP32 (640x640): {ratio([r.bare['int8'].ips / r.bare['fp32'].ips for r in rounds])}")
 
 
 if __name__ == "__main__":

@@ -42,9 +42,10 @@ class Run:
     cpu_ms: float  # CPU time per image of the process that ran the model (all its threads)
 
 
-def bare_session(model: Path, n: int, *, threads: int = 0, callers: int = 1) -> Run:
+def bare_session(model: Path, n: int, *, threads: int = 0, callers: int = 1, rect: bool = False) -> Run:
     """Images/s of the bare session, one image per run, on pre-made tensors. Defaults: ONNX Runtime's own
-    (one run at a time over every core); ``threads=1, callers=cores`` is how Sight runs it."""
+    (one run at a time over every core); ``threads=1, callers=cores`` is how Sight runs it. 640x640 tensors,
+    or with ``rect`` the shapes Sight serves a model with dynamic axes (each photo padded to the stride only)."""
     import onnxruntime as ort
     from PIL import Image
 
@@ -55,8 +56,11 @@ def bare_session(model: Path, n: int, *, threads: int = 0, callers: int = 1) -> 
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    tensors = [to_tensor([letterbox(Image.open(SHARED / "images" / p).convert("RGB"), (640, 640))[0]])
-               for p in PHOTOS]
+    canvases = [letterbox(Image.open(SHARED / "images" / p).convert("RGB"), (640, 640), rect=rect)[0]
+                for p in PHOTOS]
+    # An INT8 file from `sight models quantize` takes the letterboxed pixels as they are (uint8 NHWC).
+    pixels = session.get_inputs()[0].type == "tensor(uint8)"
+    tensors = [canvas[None] if pixels else to_tensor([canvas]) for canvas in canvases]
     for t in tensors:
         session.run(None, {name: t})
     start, cpu = time.perf_counter(), time.process_time()

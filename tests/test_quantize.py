@@ -26,7 +26,8 @@ from sight.config import Settings, YoloSettings
 from sight.engines.base import DetectOptions
 from sight.engines.onnx_yolo import OnnxYoloDetector, letterbox, to_tensor
 from sight.models.parity import compare
-from sight.models.quantize import decode_nodes, decompose_dfl, sha256_of
+from sight.models.quantize import decode_nodes, quantize, sha256_of
+from sight.models.rewrites import decompose_dfl, take_pixels
 from tests.conftest import IMAGES, YOLO11N_UNTRAINED, nudenet_path
 from tests.helpers import image_bytes, v1_request
 
@@ -98,7 +99,8 @@ def test_quantize_writes_an_int8_model_that_keeps_the_fp32_boxes(quantized: Quan
     assert meta["sight.precision"] == "int8" and meta["sight.source_sha256"] == sha256_of(nudenet_path())
     assert len(meta["sight.calibration_sha256"]) == 64 and meta["sight.calibration_images"] == "14"
     assert meta["sight.calibration"] == "percentile 99.999"  # not the MinMax fallback
-    assert meta["sight.dfl"] == "decomposed"
+    assert meta["sight.dfl"] == "decomposed" and meta["sight.input"] == "uint8 NHWC RGB"
+    assert int8.get_inputs()[0].type == "tensor(uint8)" and int8.get_inputs()[0].shape[3] == 3
     assert not [n for n in _graph(quantized.int8).node if n.op_type == "Softmax" and "dfl" in n.name]
     parity = json.loads(meta["sight.parity"])
     assert parity["passed"] and parity["fp32_matched"] >= 0.95 and parity["int8_matched"] >= 0.95
@@ -221,6 +223,30 @@ def test_the_dfl_decomposed_gives_the_exported_model_its_numbers(source: Path, t
             for a, b in zip(want, got, strict=True):
                 assert abs(a.confidence - b.confidence) < 1e-4
                 assert a.box.iou(b.box) > 0.999
+
+
+def test_the_int8_file_takes_the_letterboxed_pixels_and_gives_the_same_numbers(tmp_path: Path) -> None:
+    fp32 = OnnxYoloDetector.load("fp32", nudenet_path())
+    photos = [Image.open(IMAGES / n).convert("RGB") for n in ("astronaut.png", "bus.jpg", "coffee.png", "rocket.jpg")]
+    canvases = [letterbox(photo, fp32.imgsz, fp32.stride)[0] for photo in photos]
+    floats = tmp_path / "floats.onnx"
+    quantize(nudenet_path(), floats, [to_tensor([c]) for c in canvases])
+    pixels = tmp_path / "pixels.onnx"
+    shutil.copyfile(floats, pixels)
+    assert take_pixels(pixels) and not take_pixels(pixels)  # once: the second finds no float input
+    before, after = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (floats, pixels))
+    assert after.get_inputs()[0].type == "tensor(uint8)" and after.get_inputs()[0].shape[1:] == ["height", "width", 3]
+    for canvas in canvases:
+        want = before.run(None, {"images": to_tensor([canvas])})[0]
+        assert np.array_equal(after.run(None, {"images": canvas[None]})[0], want)  # the same quantized values
+    detector = OnnxYoloDetector.load("int8", pixels)
+    assert detector.takes_pixels and detector.rect and detector.imgsz == fp32.imgsz
+    # One picture alone, and two of one shape in one batched call.
+    alone, *pair = detector.detect_many([photos[0], photos[1], photos[1]], DetectOptions(conf=0.25))
+    assert [d.name for d in alone] == ["FACE_FEMALE"] and pair[0] == pair[1]
+    untouched = tmp_path / "fp32.onnx"
+    shutil.copyfile(nudenet_path(), untouched)
+    assert not take_pixels(untouched) and untouched.read_bytes() == nudenet_path().read_bytes()
 
 
 def test_int8_flags_are_read_from_the_cpu_and_a_cpu_without_them_is_warned_about(

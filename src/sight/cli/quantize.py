@@ -106,6 +106,8 @@ def quantize(
 def _write(q: Any, name: str, source: Path, tmp: Path, target: Path, calib: list[Path], checks: list[Path],
            settings: Settings, force: bool) -> None:
     """Quantize ``source`` into ``tmp``, check it, and move it to ``target`` if it passes (or ``force``)."""
+    from sight.models import rewrites
+
     gate = settings.quantize
     fp32 = _detector(name, source, settings)
     with _bar() as bar:
@@ -114,7 +116,8 @@ def _write(q: Any, name: str, source: Path, tmp: Path, target: Path, calib: list
         method = q.quantize(source, tmp, tensors, keep_fp32=q.decode_nodes(source),
                             on_sample=lambda: bar.advance(task))
         del tensors
-        rewritten = q.decompose_dfl(tmp)  # before the parity check, so that it checks the file written
+        # Before the parity check, so that it checks the file written.
+        dfl, pixels = rewrites.decompose_dfl(tmp), rewrites.take_pixels(tmp)
         int8 = _detector(f"{name}-int8", tmp, settings)
         total, rows = _parity(fp32, int8, checks, settings, gate, bar)
     _show(rows, total)
@@ -130,7 +133,8 @@ def _write(q: Any, name: str, source: Path, tmp: Path, target: Path, calib: list
     q.stamp(source, tmp, {q.PRECISION_KEY: "int8", "sight.source": name, "sight.source_sha256": q.sha256_of(source),
                           "sight.calibration_sha256": _set_hash(calib), "sight.calibration_images": str(len(calib)),
                           "sight.calibration": method, "sight.parity": parity,
-                          "sight.dfl": "decomposed" if rewritten else "as exported"})
+                          "sight.dfl": "decomposed" if dfl else "as exported",
+                          "sight.input": rewrites.PIXELS if pixels else "as exported"})
     tmp.chmod(0o644)  # mkstemp made it private
     with tmp.open("rb") as f:
         os.fsync(f.fileno())

@@ -139,11 +139,14 @@ class OnnxYoloDetector:
         if isinstance(names, list):
             names = dict(enumerate(names))
         self.names: dict[int, str] = {int(k): str(v) for k, v in (names or {}).items()}
+        # An Ultralytics export takes pixels / 255 as float NCHW; an INT8 file from `sight models quantize` takes the
+        # letterboxed pictures themselves, uint8 NHWC (sight.models.rewrites.take_pixels).
+        self.takes_pixels = inp.type == "tensor(uint8)"
+        h, w = (inp.shape[1], inp.shape[2]) if self.takes_pixels else (inp.shape[2], inp.shape[3])
         imgsz = _parse_literal(meta.get("imgsz"))
         if isinstance(imgsz, int):
             imgsz = [imgsz, imgsz]
         if not imgsz:
-            h, w = inp.shape[2], inp.shape[3]
             imgsz = [h if isinstance(h, int) else 640, w if isinstance(w, int) else 640]
         self.imgsz: tuple[int, int] = (int(imgsz[0]), int(imgsz[1]))
         self.stride = int(_parse_literal(meta.get("stride")) or 32)
@@ -157,7 +160,7 @@ class OnnxYoloDetector:
         batch_dim = inp.shape[0]
         self.dynamic_batch = not isinstance(batch_dim, int)
         # Spatial axes the export left open: images are padded only to the stride, as Ultralytics' predictor does.
-        self.rect = not (isinstance(inp.shape[2], int) and isinstance(inp.shape[3], int))
+        self.rect = not (isinstance(h, int) and isinstance(w, int))
 
     @classmethod
     def load(
@@ -243,8 +246,11 @@ class OnnxYoloDetector:
         ]
 
     def _run(self, session: ort.InferenceSession, canvases: Sequence[np.ndarray]) -> np.ndarray:
-        result = session.run([self.output_name], {self.input_name: to_tensor(canvases)})
-        return np.asarray(result[0])
+        if self.takes_pixels:
+            batch = canvases[0][None] if len(canvases) == 1 else np.stack(canvases)
+        else:
+            batch = to_tensor(canvases)
+        return np.asarray(session.run([self.output_name], {self.input_name: batch})[0])
 
     def decode(
         self, output: np.ndarray, lb: Letterbox, options: DetectOptions, wanted: np.ndarray | None

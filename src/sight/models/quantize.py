@@ -1,6 +1,6 @@
 """INT8 versions of detectors: ONNX Runtime's static QDQ quantization (per-channel INT8 weights, UINT8
-activations), calibrated on the user's own images, with the Detect head's decoding kept in FP32 and its DFL
-softmax rewritten into ops ONNX Runtime runs fast (``decompose_dfl``).
+activations), calibrated on the user's own images, with the Detect head's decoding kept in FP32 (``models.rewrites``
+then makes the file fast on ONNX Runtime).
 
 Only ``sight models quantize`` imports this: it needs ``onnx`` (``pip install 'sight[quantize]'``), which
 serving never does. An INT8 file is an ONNX file like any other: it loads with ONNX Runtime alone and is
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 PRECISION_KEY = "sight.precision"
 INSTALL = "quantizing needs onnx: pip install 'sight[quantize]'"
 LEARNABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+PIXEL_SCALE = {"scale": np.array(1 / 255, dtype=np.float32), "zero_point": np.array(0, dtype=np.uint8)}
 # Instruction sets that run INT8 convolutions fast (VNNI in AVX-512 or AVX, Intel AMX).
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -49,7 +50,8 @@ def int8_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
     return [f for f in INT8_FLAGS if f in flags]
 
 
-def _onnx() -> Any:
+def onnx_module() -> Any:
+    """``onnx``, or ``EngineUnavailableError`` saying how to install it."""
     try:
         import onnx
     except ImportError:
@@ -63,7 +65,7 @@ def decode_nodes(model_path: Path) -> list[str]:
     Softmax). That is the reshapes and concats after the head's last convolutions, the DFL, the anchor and
     stride arithmetic, the class sigmoid and the output concat: quantized, they give every score one UINT8
     scale shared with pixel coordinates (scores become 0 or 1.25). The last convolutions themselves stay INT8."""
-    graph = _onnx().load(str(model_path), load_external_data=False).graph
+    graph = onnx_module().load(str(model_path), load_external_data=False).graph
     producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
@@ -90,104 +92,6 @@ def decode_nodes(model_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.name in below_conv and n.name not in reaches_conv and n.name not in names]
 
 
-def _attr(node: Any, name: str, default: Any = None) -> Any:
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return _onnx().helper.get_attribute_value(attribute)
-    return default
-
-
-def decompose_dfl(path: Path) -> int:
-    """Rewrite, in place, the DFL's softmax-then-1x1-convolution as the same arithmetic on its own axis: the
-    export computes ``conv(softmax(x, axis=1))`` on ``[batch, 16, 4, anchors]`` after a transpose; ONNX Runtime
-    runs a softmax over a middle axis by transposing it, on one thread, and it cost as much as a tenth of the
-    INT8 model's time. Here: ``sum(w * exp(x - max)) / sum(exp(x - max))`` over axis 2 of ``[batch, 4, 16,
-    anchors]``, every op streaming over the anchors. The same FP32 numbers (to float rounding). Found by
-    structure: a Softmax over axis 1 fed by a ``[0, 2, 1, 3]`` Transpose and feeding only a bias-free 1x1 Conv
-    to one channel whose output only Reshapes read. Returns how many it rewrote."""
-    onnx = _onnx()
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    weights = {t.name: t for t in graph.initializer}
-    rewritten = 0
-    for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
-        found = _dfl_at(softmax, producer, consumers, weights)
-        if found is None:
-            continue
-        transpose, conv, weight = found
-        # [batch, 4, 16, anchors] in, [batch, 4, 1, anchors] out: the same elements, in the same order, as the
-        # convolution's [batch, 1, 4, anchors], so the Reshape after it reads them alike.
-        prefix = f"{softmax.name}/sight_decomposed"
-        graph.initializer.extend([numpy_helper.from_array(np.array([2], dtype=np.int64), f"{prefix}/axes"),
-                                  numpy_helper.from_array(weight.reshape(1, -1).astype(np.float32), f"{prefix}/w")])
-        nodes = _expectation(transpose.input[0], conv.output[0], prefix, opset)
-        at = list(graph.node).index(transpose)
-        for old in (transpose, softmax, conv):
-            graph.node.remove(old)
-        for offset, node in enumerate(nodes):
-            graph.node.insert(at + offset, node)
-        # Shapes that inference recorded for the old layout.
-        stale = {transpose.output[0], softmax.output[0], conv.output[0]}
-        kept = [v for v in graph.value_info if v.name not in stale]
-        del graph.value_info[:]
-        graph.value_info.extend(kept)
-        if not any(conv.input[1] in n.input for n in graph.node):
-            graph.initializer.remove(weights[conv.input[1]])
-        rewritten += 1
-    if rewritten:
-        onnx.save(model, str(path))
-    return rewritten
-
-
-def _dfl_at(softmax: Any, producer: dict[str, Any], consumers: dict[str, list[Any]], weights: dict[str, Any]
-            ) -> tuple[Any, Any, np.ndarray] | None:
-    """The DFL's Transpose, Conv and its weight around ``softmax``, or None where the structure differs."""
-    from onnx import numpy_helper
-
-    transpose, users = producer.get(softmax.input[0]), consumers.get(softmax.output[0], [])
-    if (transpose is None or transpose.op_type != "Transpose" or list(_attr(transpose, "perm", [])) != [0, 2, 1, 3]
-            or _attr(softmax, "axis", -1) != 1 or len(consumers.get(transpose.output[0], [])) != 1
-            or len(users) != 1 or users[0].op_type != "Conv"):
-        return None
-    conv = users[0]
-    if len(conv.input) != 2 or conv.input[1] not in weights:
-        return None
-    weight = numpy_helper.to_array(weights[conv.input[1]])
-    if (weight.ndim != 4 or weight.shape[0] != 1 or weight.shape[2:] != (1, 1) or _attr(conv, "group", 1) != 1
-            or any(v != 1 for v in _attr(conv, "strides", [1, 1]))
-            or not all(c.op_type == "Reshape" for c in consumers.get(conv.output[0], []))):
-        return None
-    return transpose, conv, weight
-
-
-def _expectation(x: str, out: str, prefix: str, opset: int) -> list[Any]:
-    """``out = sum(w * exp(x - max)) / sum(exp(x - max))`` over axis 2 of ``x``, ``w`` and the axes being the
-    initializers ``<prefix>/w`` and ``<prefix>/axes``."""
-    from onnx import helper
-
-    def reduce(op: str, source: str, target: str, since: int) -> Any:
-        if opset >= since:  # axes became an input in opset 18 (ReduceMax) and 13 (ReduceSum)
-            return helper.make_node(op, [source, f"{prefix}/axes"], [target], name=f"{prefix}/{op}", keepdims=1)
-        return helper.make_node(op, [source], [target], name=f"{prefix}/{op}", axes=[2], keepdims=1)
-
-    return [
-        reduce("ReduceMax", x, f"{prefix}/max", 18),
-        helper.make_node("Sub", [x, f"{prefix}/max"], [f"{prefix}/shifted"], name=f"{prefix}/Sub"),
-        helper.make_node("Exp", [f"{prefix}/shifted"], [f"{prefix}/exp"], name=f"{prefix}/Exp"),
-        reduce("ReduceSum", f"{prefix}/exp", f"{prefix}/sum", 13),
-        helper.make_node("MatMul", [f"{prefix}/w", f"{prefix}/exp"], [f"{prefix}/dot"], name=f"{prefix}/MatMul"),
-        helper.make_node("Div", [f"{prefix}/dot", f"{prefix}/sum"], [out], name=f"{prefix}/Div"),
-    ]
-
-
 class _Reader:
     """ONNX Runtime's calibration reader: one letterboxed tensor at a time, ``on_sample`` after each."""
 
@@ -211,11 +115,13 @@ def quantize(source: Path, target: Path, tensors: Sequence[np.ndarray], *, keep_
     serving does), ``keep_fp32`` nodes left in FP32. Percentile calibration (99.999), which clips the rare
     outliers MinMax lets set the scale; MinMax where the activations are too flat for a histogram (an untrained
     model's). Returns the calibration used."""
-    _onnx()
+    onnx_module()
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    # The input is pixels / 255: quantized with scale 1/255 and zero point 0 it gives back the pixel values
+    # exactly (a calibrated scale would round them, or clip the brightest at the percentile).
     excluded = list(keep_fp32)
     for method, name in ((CalibrationMethod.Percentile, "percentile 99.999"), (CalibrationMethod.MinMax, "minmax")):
         try:
@@ -228,7 +134,7 @@ def quantize(source: Path, target: Path, tensors: Sequence[np.ndarray], *, keep_
                 # Percentile calibration holds every image's activations until it ends, which is why the images
                 # are capped (SIGHT_QUANTIZE__MAX_IMAGES). (CalibMaxIntermediateOutputs, which folds MinMax's in
                 # chunks, left nudenet 22 INT8 boxes on the check set against 35 without it.)
-                extra_options={"CalibPercentile": 99.999},
+                extra_options={"CalibPercentile": 99.999, "TensorQuantOverrides": {input_name: [PIXEL_SCALE]}},
             )
             return name
         except ValueError as exc:  # numpy: "Too many bins for data range"
@@ -240,7 +146,7 @@ def quantize(source: Path, target: Path, tensors: Sequence[np.ndarray], *, keep_
 
 def stamp(source: Path, target: Path, extra: dict[str, Any]) -> None:
     """Give ``target`` the source's metadata (names, imgsz, stride, task) and ``extra`` (provenance)."""
-    onnx = _onnx()
+    onnx = onnx_module()
     src = onnx.load(str(source), load_external_data=False)
     dst = onnx.load(str(target))
     meta = {p.key: p.value for p in dst.metadata_props}
