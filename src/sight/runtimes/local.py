@@ -71,7 +71,9 @@ class LocalRuntime:
 
         try:
             with anyio.fail_after(timeout):
-                detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
+                # Loaded already (every item but the first few): no trip to a worker thread to fetch it.
+                loaded = engines.loaded_detector(entry)
+                detector = loaded if loaded is not None else await anyio.to_thread.run_sync(engines.detector_for, entry)
                 batcher = self.batcher(engines, entry, detector, self.metrics.batch_size.labels(entry.ref).observe)
                 if batcher is not None:
                     return await batcher.detect(image, options)

@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sight.errors import AuthenticationError, ConflictError, NotFoundError
@@ -49,10 +49,17 @@ class KeyInfo:
     expires_at: datetime | None
 
 
+# Every request asks this: columns on a plain connection, not ORM objects in a session, and the statement built
+# once (about half the time).
+_VERIFY = (select(ApiKey.secret_hash, ApiKey.team_id, ApiKey.is_admin, ApiKey.revoked_at, ApiKey.expires_at,
+                  Team.name).join(Team, Team.id == ApiKey.team_id).where(ApiKey.id == bindparam("key_id")))
+
+
 class KeyStore:
     def __init__(self, db: AsyncEngine) -> None:
         self._sessions = session_factory(db)
         self._reads = session_factory(db, readonly=True)
+        self._read_db = db.execution_options(sqlite_begin="DEFERRED")
 
     async def has_teams(self) -> bool:
         async with self._reads() as s:
@@ -106,22 +113,17 @@ class KeyStore:
             raise AuthenticationError("invalid API key")
         match = KEY_PATTERN.match(presented)
         key_id, secret = match.groups() if match else ("", presented)
-        row: tuple[ApiKey, str] | None = None
+        row = None
         if match:
-            async with self._reads() as s:
-                found = await s.execute(
-                    select(ApiKey, Team.name).join(Team, Team.id == ApiKey.team_id).where(ApiKey.id == key_id)
-                )
-                first = found.first()
-                row = (first[0], first[1]) if first else None
+            async with self._read_db.connect() as conn:
+                row = (await conn.execute(_VERIFY, {"key_id": key_id})).first()
         # Compare even when there is no such key, so unknown and wrong keys cost the same.
-        ok = hmac.compare_digest(row[0].secret_hash if row else _DUMMY_HASH, _hash(secret))
+        ok = hmac.compare_digest(row.secret_hash if row else _DUMMY_HASH, _hash(secret))
         if row is None or not ok:
             raise AuthenticationError("invalid API key")
-        key, team_name = row
-        if key.revoked_at is not None:
+        if row.revoked_at is not None:
             raise AuthenticationError("invalid API key")
-        expires = key.expires_at
+        expires = row.expires_at
         if expires is not None and (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) <= _now():
             raise AuthenticationError("invalid API key")
-        return Principal(key_id=key.id, team_id=key.team_id, team_name=team_name, is_admin=key.is_admin)
+        return Principal(key_id=key_id, team_id=row.team_id, team_name=row.name, is_admin=row.is_admin)
