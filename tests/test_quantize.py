@@ -249,6 +249,28 @@ def test_the_int8_file_takes_the_letterboxed_pixels_and_gives_the_same_numbers(t
     assert not take_pixels(untouched) and untouched.read_bytes() == nudenet_path().read_bytes()
 
 
+def test_a_fixed_shape_export_takes_fixed_shape_pixels(tmp_path: Path) -> None:
+    """Ultralytics exports without dynamic axes by default (the official yolo11n is [1, 3, 640, 640])."""
+    import onnx
+
+    model = onnx.load(str(nudenet_path()))
+    for value, dims in ((model.graph.input[0], [1, 3, 320, 320]), (model.graph.output[0], [1, 22, 2100])):
+        for dim, size in zip(value.type.tensor_type.shape.dim, dims, strict=True):
+            dim.ClearField("dim_param")
+            dim.dim_value = size
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(model, str(fixed))
+    photos = [Image.open(IMAGES / n).convert("RGB") for n in ("astronaut.png", "bus.jpg", "coffee.png", "rocket.jpg")]
+    int8 = tmp_path / "fixed-int8.onnx"
+    tensors = [to_tensor([letterbox(photo, (320, 320))[0]]) for photo in photos]
+    quantize(fixed, int8, tensors, keep_fp32=decode_nodes(fixed))
+    assert decompose_dfl(int8) == 1 and take_pixels(int8)
+    detector = OnnxYoloDetector.load("int8", int8)
+    assert detector.session.get_inputs()[0].shape == [1, 320, 320, 3]
+    assert detector.takes_pixels and not detector.rect and not detector.dynamic_batch
+    assert [d.name for d in detector.detect(photos[0], DetectOptions())] == ["FACE_FEMALE"]
+
+
 def test_int8_flags_are_read_from_the_cpu_and_a_cpu_without_them_is_warned_about(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sight.models import quantize as q
