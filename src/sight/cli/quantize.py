@@ -61,7 +61,8 @@ def quantize(
                                         "or cannot judge.")] = False,
 ) -> None:
     """Write <name>-int8.onnx into the models folder: static INT8 (QDQ, per-channel weights), calibrated on your
-    images letterboxed as serving does, the Detect head's decoding kept in FP32; then served by its stem
+    images letterboxed as serving does, the Detect head's decoding kept in FP32 (its DFL rewritten to run fast),
+    taking the letterboxed pixels as uint8 NHWC; then served by its stem
     ("yolo_model": "<name>-int8"). Before writing, both models run on the check set and a table shows how
     many boxes each keeps of the other's; below the gate (SIGHT_QUANTIZE__*) nothing is written and it exits 1.
     Needs pip install 'sight[quantize]'."""
