@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 from common import DEFAULT_MODEL, PHOTOS, SHARED, spawn_server
 from predict_throughput import PER_REQUEST, Run, bare_session, process_cpu_seconds
 
 from sight.engines.cpus import usable_cpus
+from sight.engines.onnx_yolo import takes_pixels, to_input
 from sight.models.quantize import int8_flags
 
 
@@ -126,12 +128,8 @@ def openvino_report(fp32: Path, int8: Path) -> str:
         options.add_provider_for_devices(devices[:1], {"num_of_threads": "1"})
         session = ort.InferenceSession(str(path), options)
         name = session.get_inputs()[0].name
-        import numpy as np
-
-        rng = np.random.default_rng(0)
-        pixels = session.get_inputs()[0].type == "tensor(uint8)"  # an INT8 file from `sight models quantize`
-        tensor = rng.integers(0, 256, (1, 640, 640, 3), dtype=np.uint8) if pixels else rng.random(
-            (1, 3, 640, 640), dtype=np.float32)
+        canvas = np.random.default_rng(0).integers(0, 256, (640, 640, 3), dtype=np.uint8)
+        tensor = to_input([canvas], takes_pixels(session))
         session.run(None, {name: tensor})
         start = time.perf_counter()
         for _ in range(10):

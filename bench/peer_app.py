@@ -14,11 +14,12 @@ import onnxruntime as ort
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
-from sight.engines.onnx_yolo import letterbox, to_tensor
+from sight.engines.onnx_yolo import letterbox, takes_pixels, to_input
 
 MODEL = os.environ["SIGHT_BENCH_MODEL"]
 session = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"])
 input_name = session.get_inputs()[0].name
+pixels = takes_pixels(session)
 app = FastAPI()
 
 
@@ -28,6 +29,6 @@ def detect(files: list[UploadFile] = File(...)) -> dict[str, list[int]]:  # noqa
     for upload in files:
         image = Image.open(io.BytesIO(upload.file.read())).convert("RGB")
         canvas, _ = letterbox(image, (640, 640))
-        out = session.run(None, {input_name: to_tensor([canvas])})[0]
+        out = session.run(None, {input_name: to_input([canvas], pixels)})[0]
         counts.append(int((np.asarray(out)[0, 4:].max(axis=0) > 0.25).sum()))
     return {"candidates": counts}

@@ -49,7 +49,7 @@ def bare_session(model: Path, n: int, *, threads: int = 0, callers: int = 1, rec
     import onnxruntime as ort
     from PIL import Image
 
-    from sight.engines.onnx_yolo import letterbox, to_tensor
+    from sight.engines.onnx_yolo import letterbox, takes_pixels, to_input
 
     options = ort.SessionOptions()
     if threads:
@@ -58,9 +58,7 @@ def bare_session(model: Path, n: int, *, threads: int = 0, callers: int = 1, rec
     name = session.get_inputs()[0].name
     canvases = [letterbox(Image.open(SHARED / "images" / p).convert("RGB"), (640, 640), rect=rect)[0]
                 for p in PHOTOS]
-    # An INT8 file from `sight models quantize` takes the letterboxed pixels as they are (uint8 NHWC).
-    pixels = session.get_inputs()[0].type == "tensor(uint8)"
-    tensors = [canvas[None] if pixels else to_tensor([canvas]) for canvas in canvases]
+    tensors = [to_input([canvas], takes_pixels(session)) for canvas in canvases]
     for t in tensors:
         session.run(None, {name: t})
     start, cpu = time.perf_counter(), time.process_time()

@@ -116,14 +116,15 @@ def lone_image(http: httpx.Client, model: Path, n: int) -> None:
     (every core) and with one thread (what one run slot gets under load)."""
     import onnxruntime as ort
 
-    from sight.engines.onnx_yolo import letterbox, to_tensor
+    from sight.engines.onnx_yolo import letterbox, takes_pixels, to_input
 
     photo = (SHARED / "images" / "bus.jpg").read_bytes()
-    tensor = to_tensor([letterbox(Image.open(io.BytesIO(photo)).convert("RGB"), (640, 640))[0]])
     one = ort.SessionOptions()
     one.intra_op_num_threads = 1
     bare = {"every core": ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]),
             "one thread": ort.InferenceSession(str(model), one, providers=["CPUExecutionProvider"])}
+    tensor = to_input([letterbox(Image.open(io.BytesIO(photo)).convert("RGB"), (640, 640))[0]],
+                      takes_pixels(bare["one thread"]))
     times: dict[str, list[float]] = {"sight": [], "sight yolo stage": [], **{k: [] for k in bare}}
     for _ in range(n + 2):  # interleaved, idle between calls
         for name, session in bare.items():

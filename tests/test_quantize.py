@@ -25,6 +25,7 @@ from sight.cli import app as cli
 from sight.config import Settings, YoloSettings
 from sight.engines.base import DetectOptions
 from sight.engines.onnx_yolo import OnnxYoloDetector, letterbox, to_tensor
+from sight.errors import EngineUnavailableError
 from sight.models.parity import compare
 from sight.models.quantize import decode_nodes, quantize, sha256_of
 from sight.models.rewrites import decompose_dfl, take_pixels
@@ -225,12 +226,48 @@ def test_the_dfl_decomposed_gives_the_exported_model_its_numbers(source: Path, t
                 assert a.box.iou(b.box) > 0.999
 
 
+def _dfl_graph(path: Path, opset: int, reshape_to: list[int]) -> np.ndarray:
+    """A DFL alone, as Ultralytics exports it: [1, 64, 50] -> [1, 4, 16, 50] -> transposed -> softmax over axis 1
+    -> 1x1 convolution by 0..15 -> reshaped by ``reshape_to``. Returns an input for it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1), "w"),
+               numpy_helper.from_array(np.array([1, 4, 16, 50], dtype=np.int64), "split"),
+               numpy_helper.from_array(np.array(reshape_to, dtype=np.int64), "joined")]
+    nodes = [helper.make_node("Reshape", ["x", "split"], ["r"], name="dfl/Reshape"),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3], name="dfl/Transpose"),
+             helper.make_node("Softmax", ["t"], ["s"], axis=1, name="dfl/Softmax"),
+             helper.make_node("Conv", ["s", "w"], ["c"], name="dfl/conv/Conv"),
+             helper.make_node("Reshape", ["c", "joined"], ["y"], name="dfl/Reshape_1")]
+    graph = helper.make_graph(nodes, "dfl", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 50])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8), str(path))
+    return np.random.default_rng(opset).normal(0, 4, (1, 64, 50)).astype(np.float32)
+
+
+@pytest.mark.parametrize("opset", [12, 13, 17, 18])
+def test_the_dfl_is_rewritten_only_where_the_numbers_stay(opset: int, tmp_path: Path) -> None:
+    exported = tmp_path / "dfl.onnx"
+    x = _dfl_graph(exported, opset, [1, 4, 50])
+    rewritten = tmp_path / "rewritten.onnx"
+    shutil.copyfile(exported, rewritten)
+    # Before opset 13 a softmax over axis 1 normalises over every axis from 1 on: another function, left alone.
+    assert decompose_dfl(rewritten) == (opset >= 13)
+    want, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+                 for p in (exported, rewritten))
+    assert got.shape == want.shape == (1, 4, 50) and np.allclose(got, want, rtol=1e-5, atol=1e-5)
+    # A reshape that copies a dimension (0) past the first would read the new layout differently: left alone.
+    _dfl_graph(exported, opset, [1, 0, 50])
+    assert decompose_dfl(exported) == 0
+
+
 def test_the_int8_file_takes_the_letterboxed_pixels_and_gives_the_same_numbers(tmp_path: Path) -> None:
     fp32 = OnnxYoloDetector.load("fp32", nudenet_path())
     photos = [Image.open(IMAGES / n).convert("RGB") for n in ("astronaut.png", "bus.jpg", "coffee.png", "rocket.jpg")]
     canvases = [letterbox(photo, fp32.imgsz, fp32.stride)[0] for photo in photos]
     floats = tmp_path / "floats.onnx"
-    quantize(nudenet_path(), floats, [to_tensor([c]) for c in canvases])
+    quantize(nudenet_path(), floats, [to_tensor([c]) for c in canvases], keep_fp32=decode_nodes(nudenet_path()))
     pixels = tmp_path / "pixels.onnx"
     shutil.copyfile(floats, pixels)
     assert take_pixels(pixels) and not take_pixels(pixels)  # once: the second finds no float input
@@ -242,11 +279,28 @@ def test_the_int8_file_takes_the_letterboxed_pixels_and_gives_the_same_numbers(t
     detector = OnnxYoloDetector.load("int8", pixels)
     assert detector.takes_pixels and detector.rect and detector.imgsz == fp32.imgsz
     # One picture alone, and two of one shape in one batched call.
-    alone, *pair = detector.detect_many([photos[0], photos[1], photos[1]], DetectOptions(conf=0.25))
-    assert [d.name for d in alone] == ["FACE_FEMALE"] and pair[0] == pair[1]
+    options = DetectOptions(conf=0.1)
+    alone, *pair = detector.detect_many([photos[0], photos[1], photos[1]], options)
+    assert "FACE_FEMALE" in [d.name for d in alone]
+    assert pair[0] and pair[0] == pair[1] == detector.detect(photos[1], options)  # batched as found alone
     untouched = tmp_path / "fp32.onnx"
     shutil.copyfile(nudenet_path(), untouched)
     assert not take_pixels(untouched) and untouched.read_bytes() == nudenet_path().read_bytes()
+
+
+def test_a_uint8_input_that_is_not_pictures_is_refused_at_load(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([1, 3, 64], dtype=np.int64), "shape")
+    nodes = [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["f", "shape"], ["output0"])]
+    graph = helper.make_graph(nodes, "nchw", [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 64])], [shape])
+    path = tmp_path / "nchw-uint8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    with pytest.raises(EngineUnavailableError, match=r"takes uint8 \[1, 3, 8, 8\]"):
+        OnnxYoloDetector.load("nchw", path)
 
 
 def test_a_fixed_shape_export_takes_fixed_shape_pixels(tmp_path: Path) -> None:

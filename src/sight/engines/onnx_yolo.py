@@ -80,6 +80,20 @@ def to_tensor(canvases: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+def takes_pixels(session: ort.InferenceSession) -> bool:
+    """Whether ``session``'s model takes the letterboxed pictures themselves (uint8 ``[batch, height, width, 3]``,
+    as ``sight models quantize`` writes it) rather than an Ultralytics export's float NCHW in 0..1."""
+    return bool(session.get_inputs()[0].type == "tensor(uint8)")
+
+
+def to_input(canvases: Sequence[np.ndarray], pixels: bool) -> np.ndarray:
+    """The model input for letterboxed HWC uint8 ``canvases`` of one shape: themselves, batched (``pixels``; no copy
+    for one), else ``to_tensor``."""
+    if pixels:
+        return canvases[0][None] if len(canvases) == 1 else np.stack(canvases)
+    return to_tensor(canvases)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Greedy non-maximum suppression over xyxy ``boxes`` (torchvision's rule: a box is kept when its IoU with
     every kept, better box is at most ``iou``; ties in score keep their order); returns kept indices, best
@@ -141,7 +155,10 @@ class OnnxYoloDetector:
         self.names: dict[int, str] = {int(k): str(v) for k, v in (names or {}).items()}
         # An Ultralytics export takes pixels / 255 as float NCHW; an INT8 file from `sight models quantize` takes the
         # letterboxed pictures themselves, uint8 NHWC (sight.models.rewrites.take_pixels).
-        self.takes_pixels = inp.type == "tensor(uint8)"
+        self.takes_pixels = takes_pixels(session)
+        if self.takes_pixels and (len(inp.shape) != 4 or inp.shape[3] != 3):
+            raise EngineUnavailableError(f"model {name!r} takes uint8 {inp.shape}; Sight feeds uint8 input as "
+                                         "[batch, height, width, 3] pictures (what `sight models quantize` writes)")
         h, w = (inp.shape[1], inp.shape[2]) if self.takes_pixels else (inp.shape[2], inp.shape[3])
         imgsz = _parse_literal(meta.get("imgsz"))
         if isinstance(imgsz, int):
@@ -246,10 +263,7 @@ class OnnxYoloDetector:
         ]
 
     def _run(self, session: ort.InferenceSession, canvases: Sequence[np.ndarray]) -> np.ndarray:
-        if self.takes_pixels:
-            batch = canvases[0][None] if len(canvases) == 1 else np.stack(canvases)
-        else:
-            batch = to_tensor(canvases)
+        batch = to_input(canvases, self.takes_pixels)
         return np.asarray(session.run([self.output_name], {self.input_name: batch})[0])
 
     def decode(

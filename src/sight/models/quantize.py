@@ -120,8 +120,6 @@ def quantize(source: Path, target: Path, tensors: Sequence[np.ndarray], *, keep_
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    # The input is pixels / 255: quantized with scale 1/255 and zero point 0 it gives back the pixel values
-    # exactly (a calibrated scale would round them, or clip the brightest at the percentile).
     excluded = list(keep_fp32)
     for method, name in ((CalibrationMethod.Percentile, "percentile 99.999"), (CalibrationMethod.MinMax, "minmax")):
         try:
@@ -134,6 +132,8 @@ def quantize(source: Path, target: Path, tensors: Sequence[np.ndarray], *, keep_
                 # Percentile calibration holds every image's activations until it ends, which is why the images
                 # are capped (SIGHT_QUANTIZE__MAX_IMAGES). (CalibMaxIntermediateOutputs, which folds MinMax's in
                 # chunks, left nudenet 22 INT8 boxes on the check set against 35 without it.)
+                # The input is pixels / 255: quantized with scale 1/255 and zero point 0 it gives back the pixel
+                # values exactly (a calibrated scale would round them, or clip the brightest at the percentile).
                 extra_options={"CalibPercentile": 99.999, "TensorQuantOverrides": {input_name: [PIXEL_SCALE]}},
             )
             return name

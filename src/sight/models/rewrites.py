@@ -51,6 +51,8 @@ def decompose_dfl(path: Path) -> int:
             consumers.setdefault(name, []).append(node)
     weights = {t.name: t for t in graph.initializer}
     rewritten = 0
+    if opset < 13:  # before opset 13 Softmax(axis=1) normalises over every axis from 1 on, not over axis 1 alone
+        return 0
     for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
         found = _dfl_at(softmax, producer, consumers, weights)
         if found is None:
@@ -96,9 +98,20 @@ def _dfl_at(softmax: Any, producer: dict[str, Any], consumers: dict[str, list[An
     weight = numpy_helper.to_array(weights[conv.input[1]])
     if (weight.ndim != 4 or weight.shape[0] != 1 or weight.shape[2:] != (1, 1) or _attr(conv, "group", 1) != 1
             or any(v != 1 for v in _attr(conv, "strides", [1, 1]))
-            or not all(c.op_type == "Reshape" for c in consumers.get(conv.output[0], []))):
+            or not all(_reshapes_alike(c, weights) for c in consumers.get(conv.output[0], []))):
         return None
     return transpose, conv, weight
+
+
+def _reshapes_alike(node: Any, weights: dict[str, Any]) -> bool:
+    """A Reshape that reads ``[batch, 4, 1, anchors]`` as it read ``[batch, 1, 4, anchors]``: any but one whose
+    constant shape copies an input dimension past the first (a 0 there would copy another size now)."""
+    from onnx import numpy_helper
+
+    if node.op_type != "Reshape":
+        return False
+    shape = weights.get(node.input[1]) if len(node.input) > 1 else None
+    return shape is None or not (numpy_helper.to_array(shape)[1:] == 0).any()
 
 
 def _expectation(x: str, out: str, prefix: str, opset: int) -> list[Any]:
@@ -107,7 +120,7 @@ def _expectation(x: str, out: str, prefix: str, opset: int) -> list[Any]:
     from onnx import helper
 
     def reduce(op: str, source: str, target: str, since: int) -> Any:
-        if opset >= since:  # axes became an input in opset 18 (ReduceMax) and 13 (ReduceSum)
+        if opset >= since:  # axes became an input in opset 18 (ReduceMax) and 13 (ReduceSum, always so here)
             return helper.make_node(op, [source, f"{prefix}/axes"], [target], name=f"{prefix}/{op}", keepdims=1)
         return helper.make_node(op, [source], [target], name=f"{prefix}/{op}", axes=[2], keepdims=1)
 
@@ -151,8 +164,7 @@ def take_pixels(path: Path) -> bool:
     graph.node.remove(quantize)
     graph.node.insert(at, helper.make_node("Transpose", [source.name], [quantize.output[0]], perm=[0, 3, 1, 2],
                                            name=f"{source.name}/sight_pixels_to_nchw"))
-    batch, _, height, width = (_copy(d) for d in tensor.shape.dim)
-    channels = _copy(tensor.shape.dim[1])
+    batch, channels, height, width = (_copy(d) for d in tensor.shape.dim)
     del tensor.shape.dim[:]
     tensor.shape.dim.extend([batch, height, width, channels])
     tensor.elem_type = TensorProto.UINT8

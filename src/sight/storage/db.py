@@ -46,10 +46,14 @@ def open_db(database_url: str) -> AsyncEngine:
     return db
 
 
+def read_only(db: AsyncEngine) -> AsyncEngine:
+    """``db`` for connections that must not write: on SQLite their transactions begin DEFERRED."""
+    return db.execution_options(sqlite_begin="DEFERRED")
+
+
 def session_factory(db: AsyncEngine, *, readonly: bool = False) -> async_sessionmaker[Any]:
     """Sessions on ``db``; ``readonly`` ones must not write (on SQLite they begin DEFERRED)."""
-    bind = db.execution_options(sqlite_begin="DEFERRED") if readonly else db
-    return async_sessionmaker(bind, expire_on_commit=False)
+    return async_sessionmaker(read_only(db) if readonly else db, expire_on_commit=False)
 
 
 async def migrate(db: AsyncEngine) -> None:

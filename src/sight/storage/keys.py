@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sight.errors import AuthenticationError, ConflictError, NotFoundError
-from sight.storage.db import session_factory
+from sight.storage.db import read_only, session_factory
 from sight.storage.tables import ApiKey, Team
 
 KEY_PREFIX = "sk-sight-"
@@ -59,7 +59,7 @@ class KeyStore:
     def __init__(self, db: AsyncEngine) -> None:
         self._sessions = session_factory(db)
         self._reads = session_factory(db, readonly=True)
-        self._read_db = db.execution_options(sqlite_begin="DEFERRED")
+        self._read_db = read_only(db)
 
     async def has_teams(self) -> bool:
         async with self._reads() as s:
