@@ -44,6 +44,8 @@ def decompose_dfl(path: Path) -> int:
     model = onnx.load(str(path))
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:  # before opset 13 Softmax(axis=1) normalises over every axis from 1 on, not over axis 1 alone
+        return 0
     producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
@@ -51,8 +53,6 @@ def decompose_dfl(path: Path) -> int:
             consumers.setdefault(name, []).append(node)
     weights = {t.name: t for t in graph.initializer}
     rewritten = 0
-    if opset < 13:  # before opset 13 Softmax(axis=1) normalises over every axis from 1 on, not over axis 1 alone
-        return 0
     for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
         found = _dfl_at(softmax, producer, consumers, weights)
         if found is None:
