@@ -159,9 +159,9 @@ def main() -> None:
             {"fp32": str(args.model), "int8": str(int8)}))
         try:
             sight = Served(url, key, proc.pid)
+            paths = {"fp32": args.model, "int8": int8}
             for n in range(args.rounds):
                 order = ("fp32", "int8") if n % 2 == 0 else ("int8", "fp32")  # neither always goes first
-                paths = {"fp32": args.model, "int8": int8}
                 one = Round()
                 for name in order:
                     one.bare[name] = bare_session(paths[name], args.images, threads=1, callers=cores)
@@ -219,8 +219,9 @@ def report(args: argparse.Namespace, rounds: list[Round]) -> None:
     print(f"lone image: FP32 {lf:.1f} ms, INT8 {li:.1f} ms: {ratio([r.lone['fp32'] / r.lone['int8'] for r in rounds])} "
           "lower latency")
     top = max(args.clients)
-    for what, key in (("640x640", "bare"), ("the shapes Sight serves", "bare_served_shapes")):
-        served = [r.served[("int8", top)].ips / getattr(r, key)["int8"].ips for r in rounds]
+    for what, bares in (("640x640", [r.bare for r in rounds]),
+                        ("the shapes Sight serves", [r.bare_served_shapes for r in rounds])):
+        served = [r.served[("int8", top)].ips / b["int8"].ips for r, b in zip(rounds, bares, strict=True)]
         print(f"Sight INT8 at {top} clients / bare INT8 at {what}: {ratio(served)}")
     print(f"bare INT8 / bare FP32 (640x640): {ratio([r.bare['int8'].ips / r.bare['fp32'].ips for r in rounds])}")
 

@@ -58,7 +58,8 @@ def bare_session(model: Path, n: int, *, threads: int = 0, callers: int = 1, rec
     name = session.get_inputs()[0].name
     canvases = [letterbox(Image.open(SHARED / "images" / p).convert("RGB"), (640, 640), rect=rect)[0]
                 for p in PHOTOS]
-    tensors = [to_input([canvas], takes_pixels(session)) for canvas in canvases]
+    pixels = takes_pixels(session)
+    tensors = [to_input([canvas], pixels) for canvas in canvases]
     for t in tensors:
         session.run(None, {name: t})
     start, cpu = time.perf_counter(), time.process_time()

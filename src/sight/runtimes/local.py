@@ -71,9 +71,7 @@ class LocalRuntime:
 
         try:
             with anyio.fail_after(timeout):
-                # Loaded already (every item but the first few): no trip to a worker thread to fetch it.
-                loaded = engines.loaded_detector(entry)
-                detector = loaded if loaded is not None else await anyio.to_thread.run_sync(engines.detector_for, entry)
+                detector = await detector_of(engines, entry)
                 batcher = self.batcher(engines, entry, detector, self.metrics.batch_size.labels(entry.ref).observe)
                 if batcher is not None:
                     return await batcher.detect(image, options)
@@ -139,7 +137,7 @@ class LocalRuntime:
     async def shadow_detect(self, engines: EngineRegistry, entry: ModelEntry, picture: Picture,
                             options: DetectOptions) -> list[Detection]:
         image = pixels(picture)
-        detector = await anyio.to_thread.run_sync(engines.detector_for, entry)
+        detector = await detector_of(engines, entry)
         async with self.limiter(f"shadow:{entry.ref}", 1):  # never queued ahead of answers
             found = await anyio.to_thread.run_sync(detector.detect, image, options)
         return to_original(found, image.size, picture.full_size)
@@ -162,6 +160,13 @@ class LocalRuntime:
 
     async def states(self, engines: EngineRegistry, entries: Sequence[ModelEntry]) -> dict[str, ModelState]:
         return {m.ref: model_state(engines, m) for m in entries}  # every model is in this process
+
+
+async def detector_of(engines: EngineRegistry, entry: ModelEntry) -> Detector:
+    """``entry``'s detector: at once when loaded (every item but the first few), else downloaded and loaded in a
+    worker thread."""
+    loaded = engines.loaded_detector(entry)
+    return loaded if loaded is not None else await anyio.to_thread.run_sync(engines.detector_for, entry)
 
 
 def on_cpu(detector: Detector | None) -> bool:
